@@ -1,0 +1,41 @@
+"""fastkv: the BEAM's in-memory storage strategies for Python.
+
+The public tables come from the compiled extension ``fastkv._core``; importing
+fastkv without it built is an ImportError, never a silent fallback. The pure
+Python twins live in :mod:`fastkv.reference` and are imported explicitly.
+
+``COMPILED`` names the tables served by the compiled core. A table whose
+compiled version has not landed yet is exported from the reference and is
+absent from ``COMPILED`` (and listed in ``NOT_COMPILED``): visible, never silent.
+"""
+
+from fastkv import _core  # a missing build must fail here, loudly
+from fastkv import reference as _reference
+from fastkv._errors import ClosedError
+
+_TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent")
+
+COMPILED = tuple(name for name in _TABLES if hasattr(_core, name))
+NOT_COMPILED = tuple(name for name in _TABLES if name not in COMPILED)
+
+FrozenTable = getattr(_core, "FrozenTable", None) or _reference.FrozenTable
+LockedTable = getattr(_core, "LockedTable", None) or _reference.LockedTable
+OwnerTable = getattr(_core, "OwnerTable", None) or _reference.OwnerTable
+Agent = getattr(_core, "Agent", None) or _reference.Agent
+
+from fastkv.module import ModuleTable  # noqa: E402  (built on the names above)
+from fastkv import persistent  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "COMPILED",
+    "ClosedError",
+    "FrozenTable",
+    "LockedTable",
+    "ModuleTable",
+    "NOT_COMPILED",
+    "OwnerTable",
+    "persistent",
+]

@@ -1,0 +1,1 @@
+# fastkv/_locked.pxi: included by _core.pyx (not yet written)

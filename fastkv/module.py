@@ -1,0 +1,7 @@
+"""ModuleTable (placeholder: being written)."""
+
+__all__ = ["ModuleTable"]
+
+
+class ModuleTable:
+    pass

@@ -1,0 +1,1 @@
+"""fastkv.persistent (placeholder: being written)."""

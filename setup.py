@@ -1,0 +1,49 @@
+"""Build fastkv._core from Cython.
+
+FASTKV_DEBUG=1 builds with assertions on (NDEBUG undefined), -O0 -g and
+Cython line tracing; FASTKV_ANNOTATE=1 also writes the `cython -a` HTML.
+"""
+import glob
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTKV_DEBUG", "") == "1"
+ANNOTATE = os.environ.get("FASTKV_ANNOTATE", "") == "1"
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "linetrace": DEBUG,
+}
+
+macros = []
+if sys.platform == "win32":
+    cflags = ["/O2"]
+elif DEBUG:
+    cflags = ["-O0", "-g", "-Wall", "-UNDEBUG"]
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1"), ("FASTKV_DEBUG", "1")]
+else:
+    cflags = ["-O2", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+
+ext = Extension(
+    "fastkv._core",
+    ["fastkv/_core.pyx"],
+    define_macros=macros,
+    extra_compile_args=cflags,
+    depends=sorted(glob.glob("fastkv/*.pxi") + glob.glob("fastkv/*.pxd") + glob.glob("fastkv/*.h")),
+)
+
+setup(
+    ext_modules=cythonize(
+        [ext],
+        compiler_directives=directives,
+        annotate=ANNOTATE,
+        force=DEBUG,
+    )
+)
