@@ -9,6 +9,8 @@ compiled version has not landed yet is exported from the reference and is
 absent from ``COMPILED`` (and listed in ``NOT_COMPILED``): visible, never silent.
 """
 
+from typing import TYPE_CHECKING
+
 from fastkv import _core  # a missing build must fail here, loudly
 from fastkv import reference as _reference
 from fastkv._errors import ClosedError
@@ -18,10 +20,13 @@ _TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent")
 COMPILED = tuple(name for name in _TABLES if hasattr(_core, name))
 NOT_COMPILED = tuple(name for name in _TABLES if name not in COMPILED)
 
-FrozenTable = getattr(_core, "FrozenTable", None) or _reference.FrozenTable
-LockedTable = getattr(_core, "LockedTable", None) or _reference.LockedTable
-OwnerTable = getattr(_core, "OwnerTable", None) or _reference.OwnerTable
-Agent = getattr(_core, "Agent", None) or _reference.Agent
+if TYPE_CHECKING:  # the stubs in _core.pyi describe the public classes
+    from fastkv._core import Agent, FrozenTable, LockedTable, OwnerTable
+else:
+    FrozenTable = getattr(_core, "FrozenTable", None) or _reference.FrozenTable
+    LockedTable = getattr(_core, "LockedTable", None) or _reference.LockedTable
+    OwnerTable = getattr(_core, "OwnerTable", None) or _reference.OwnerTable
+    Agent = getattr(_core, "Agent", None) or _reference.Agent
 
 from fastkv.module import ModuleTable  # noqa: E402  (built on the names above)
 from fastkv import persistent  # noqa: E402
