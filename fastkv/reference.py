@@ -35,7 +35,6 @@ import reprlib
 import sys
 import threading
 import types
-import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 
 from fastkv._errors import ClosedError
@@ -657,17 +656,522 @@ class LockedTable(_TableAPI):
 
 
 # ---------------------------------------------------------------------------
-# OwnerTable and Agent (being written)
+# The owner engine shared by OwnerTable and Agent
+# ---------------------------------------------------------------------------
+#
+# A request is a tuple ``(fn, args, reply)``: the owner thread runs
+# ``fn(*args)``; ``reply`` is a ``_Reply`` the caller waits on (a call), or
+# None (a cast: an exception is logged and counted). ``_STOP``, queued by
+# close(), ends the owner loop after every request queued before it.
+#
+# The core never refers to the public table or agent object, so a table that
+# is dropped without close() is collected; its ``__del__`` closes the core.
+# Open cores are kept in ``_OPEN_CORES`` for the atexit hook and the fork
+# handler.
+
+_STOP = object()
+_OPEN_CORES = set()  # every core whose owner has not been asked to stop
+_OPEN_CORES_LOCK = threading.Lock()
+_owner_names = itertools.count(1)
+
+
+class _Reply:
+    """The completion of one call: the owner sets ``value`` or ``error``, then
+    ``done``; the caller waits on ``done``."""
+
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.value = None
+        self.error = None
+
+
+class _OwnerCore:
+    """One owner thread and its FIFO request queue.
+
+    ``lock`` guards ``closed`` together with enqueueing: a request is either
+    queued before ``_STOP`` (and served) or refused with ClosedError, never
+    left waiting behind a stopped owner.
+    """
+
+    __slots__ = ("kind", "queue", "lock", "closed", "forked", "served", "errors", "thread", "ident")
+
+    def __init__(self, kind):
+        self.kind = kind  # "OwnerTable" or "Agent", for messages
+        self.queue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.forked = False
+        self.served = 0
+        self.errors = 0
+        self.ident = 0
+        self.thread = threading.Thread(
+            target=_owner_loop,
+            args=(self,),
+            name=f"fastkv-{kind}-owner-{next(_owner_names)}",
+            daemon=True,
+        )
+        with _OPEN_CORES_LOCK:
+            _OPEN_CORES.add(self)
+        self.thread.start()
+
+    def closed_error(self):
+        if self.forked:
+            return ClosedError(
+                f"this {self.kind} was created before os.fork(): its owner thread "
+                "does not exist in the child process"
+            )
+        return ClosedError(f"this {self.kind} is closed")
+
+    def check_open(self):
+        """Raise ClosedError if the owner no longer accepts requests."""
+        if self.closed:
+            raise self.closed_error()
+
+    def on_owner(self):
+        """True when the calling thread is the owner thread itself."""
+        return self.ident == _get_ident()
+
+    def cast(self, fn, args):
+        """Queue ``fn(*args)`` for the owner; do not wait. O(1)."""
+        with self.lock:
+            if self.closed:
+                raise self.closed_error()
+            self.queue.put((fn, args, None))
+
+    def call(self, fn, args):
+        """Run ``fn(*args)`` on the owner after everything queued before it,
+        wait for it, return its result or raise its exception. Served inline
+        when the caller is the owner thread itself (it cannot wait for
+        itself)."""
+        if self.ident == _get_ident():
+            if self.forked:
+                raise self.closed_error()
+            return fn(*args)
+        reply = _Reply()
+        with self.lock:
+            if self.closed:
+                raise self.closed_error()
+            self.queue.put((fn, args, reply))
+        reply.done.wait()
+        if reply.error is not None:
+            error = reply.error
+            reply.error = None
+            raise error
+        return reply.value
+
+    def stop(self):
+        """Stop accepting requests and queue ``_STOP`` behind the queued ones.
+        True if this call did it (False: already closed)."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
+            self.queue.put(_STOP)
+        with _OPEN_CORES_LOCK:
+            _OPEN_CORES.discard(self)
+        return True
+
+    def close(self, timeout=None):
+        """stop(), then wait up to ``timeout`` seconds (None: no limit) for the
+        owner to apply every queued request and exit. True if it has."""
+        self.stop()
+        if self.forked:
+            return True  # no owner in this process: nothing left to run
+        if self.ident == _get_ident():
+            return False  # the owner cannot wait for itself to finish
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def _owner_loop(core):
+    """The owner thread: serve requests in arrival order until ``_STOP``."""
+    core.ident = _get_ident()
+    get = core.queue.get
+    while True:
+        request = get()
+        if request is _STOP:
+            break
+        fn, args, reply = request
+        request = None
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            if reply is None:
+                core.errors += 1
+                _logger.exception("a cast on %s raised", core.thread.name)
+            else:
+                reply.error = exc
+            exc = None
+        else:
+            if reply is not None:
+                reply.value = result
+            result = None
+        core.served += 1
+        if reply is not None:
+            reply.done.set()
+        fn = args = reply = None  # drop references before waiting again
+    core.ident = 0  # no thread is this owner any more (idents are reused)
+
+
+def _close_open_owners_at_exit():
+    """atexit: close every open owner, applying its queued casts first.
+
+    Never hangs: the wait for an owner goes on while it makes progress and is
+    abandoned after 5 seconds without any request served."""
+    with _OPEN_CORES_LOCK:
+        cores = list(_OPEN_CORES)
+    for core in cores:
+        core.stop()
+    for core in cores:
+        if core.forked or core.on_owner():
+            continue
+        served = core.served
+        while not core.close(timeout=5.0):
+            if core.served == served:
+                break  # stuck for 5 s: give up, the thread is a daemon
+            served = core.served
+
+
+def _after_fork_in_child():
+    """os.fork() child: the owner threads did not survive; every OwnerTable
+    and Agent created before the fork raises ClosedError from now on."""
+    global _OPEN_CORES_LOCK
+    _OPEN_CORES_LOCK = threading.Lock()  # may have been held by a parent thread
+    cores = list(_OPEN_CORES)
+    _OPEN_CORES.clear()
+    for core in cores:
+        core.lock = threading.Lock()
+        core.closed = True
+        core.forked = True
+
+
+atexit.register(_close_open_owners_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------------
+# OwnerTable
+# ---------------------------------------------------------------------------
+
+_ACCESS_LEVELS = ("private", "protected")
+
+
+class OwnerTable(_TableAPI):
+    """A table owned by one thread, which performs every operation in arrival
+    order (the BEAM's private/protected ``:ets`` behind a GenServer).
+
+    ``OwnerTable(data=(), /, access="private", **kwargs)`` is built like
+    ``dict(...)`` and starts a daemon owner thread. The data lives in a
+    ``LockedTable`` of the same implementation, touched only by the owner
+    (``access="private"``) or read directly by any thread while writes stay
+    serialized through the owner (``access="protected"``).
+
+    Reads (``get``, ``t[k]``, ``in``, ``len``, iteration, ``to_dict``, ...)
+    are calls: the caller waits for the owner's answer, a cross-thread round
+    trip. ``put`` / ``t[k] = v`` / ``put_many`` / ``update`` / ``clear`` are
+    casts: queued, the caller does not wait. ``delete``, ``del t[k]``,
+    ``pop``, ``popitem`` and ``setdefault`` answer something, so they are
+    calls. Requests form one FIFO: one caller's cast followed by its call
+    always sees the cast. Keys are hashed by the caller before queueing
+    (unhashable: ``TypeError`` at the call site, casts included). A request
+    made on the owner thread itself is served inline. After ``close()``, or in
+    the child of an ``os.fork()``, every method raises ``ClosedError``.
+    """
+
+    __slots__ = ("_core", "_storage", "_protected", "__weakref__")
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self._storage = LockedTable()
+        self._protected = False
+        self._core = _OwnerCore("OwnerTable")
+        return self
+
+    def __init__(self, data=(), /, access="private", **kwargs):
+        if access not in _ACCESS_LEVELS:
+            raise ValueError(f'access must be "private" or "protected", not {access!r}')
+        items = _collect(data, kwargs)
+        self._core.check_open()
+        self._protected = access == "protected"
+        self._storage.put_many(items)  # no request can be queued yet
+
+    def __del__(self):
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.stop()  # the owner applies what is queued, then exits
+
+    # -- reads: calls, or direct under access="protected" ---------------------
+
+    def _read(self, fn, *args):
+        core = self._core
+        if self._protected:
+            core.check_open()
+            return fn(*args)
+        return core.call(fn, args)
+
+    def __getitem__(self, key):
+        """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
+        the owner); a direct O(1) read under ``access="protected"``."""
+        hash(key)
+        return self._read(self._storage.__getitem__, key)
+
+    def get(self, key, default=None):
+        """The value for ``key``, else ``default``. A call; a direct O(1) read
+        under ``access="protected"``."""
+        hash(key)
+        return self._read(self._storage.get, key, default)
+
+    def __contains__(self, key):
+        """``key in t``. A call; direct under ``access="protected"``."""
+        hash(key)
+        return self._read(self._storage.__contains__, key)
+
+    def __len__(self):
+        """Number of keys. A call; direct under ``access="protected"``."""
+        return self._read(self._storage.__len__)
+
+    def __iter__(self):
+        """Iterate the keys of a snapshot taken (by the owner, or directly
+        under ``access="protected"``) when iteration starts. O(n) copy."""
+        return iter(self._read(_keys_list, self._storage))
+
+    def get_many(self, keys, default=None):
+        """``[t.get(k, default) for k in keys]``, all read in one request (one
+        round trip). Keys are hashed before it is queued."""
+        keys = list(keys)
+        for key in keys:
+            hash(key)
+        return self._read(self._storage.get_many, keys, default)
+
+    def to_dict(self):
+        """A new ``dict`` with the items. One call (round trip), O(n) copy."""
+        return self._read(self._storage.to_dict)
+
+    def copy(self):
+        """An independent ``OwnerTable`` (never a subclass) with the same items
+        and access level, and its own owner thread. O(n)."""
+        access = "protected" if self._protected else "private"
+        return OwnerTable(self.to_dict(), access=access)
+
+    def __repr__(self):
+        if self._core.closed:
+            return f"{type(self).__name__}(<closed>)"
+        return _TableAPI.__repr__(self)
+
+    # -- writes: casts ------------------------------------------------------------------
+
+    def put(self, key, value):
+        """Store ``value`` under ``key`` (``t[key] = value``): a cast, queued
+        for the owner; the caller does not wait. ``key`` is hashed first."""
+        hash(key)
+        self._core.cast(self._storage.put, (key, value))
+
+    __setitem__ = put
+
+    def put_many(self, mapping_or_pairs):
+        """Store many items in one cast, applied atomically by the owner. The
+        argument is read (and every key hashed) before it is queued."""
+        items = _collect(mapping_or_pairs, None)
+        self._core.cast(self._storage.put_many, (items,))
+
+    def update(self, other=(), /, **kwargs):
+        """``dict.update`` as one cast (see ``put_many``)."""
+        self.put_many(_collect(other, kwargs))
+
+    def clear(self):
+        """Remove every item: a cast."""
+        self._core.cast(self._storage.clear, ())
+
+    # -- writes that answer: calls --------------------------------------------
+
+    def delete(self, key):
+        """Remove ``key``; True if it was there. A call (it answers), in the
+        same FIFO as the casts."""
+        hash(key)
+        return self._core.call(self._storage.delete, (key,))
+
+    def __delitem__(self, key):
+        """``del t[key]``: remove ``key`` or raise ``KeyError(key)``. A call."""
+        hash(key)
+        self._core.call(self._storage.__delitem__, (key,))
+
+    def pop(self, key, default=_MISSING):
+        """``dict.pop``: remove ``key`` and return its value, else ``default``,
+        else ``KeyError(key)``. A call."""
+        hash(key)
+        return self._core.call(self._storage.take, (key, default))
+
+    def popitem(self):
+        """Remove and return the last inserted ``(key, value)`` pair;
+        ``KeyError`` when empty. A call."""
+        return self._core.call(self._storage.popitem, ())
+
+    def setdefault(self, key, default=None):
+        """The value for ``key``; if absent, store ``default`` and return it.
+        A call."""
+        hash(key)
+        return self._core.call(self._storage.setdefault, (key, default))
+
+    # -- the owner ------------------------------------------------------------------
+
+    def call(self, fn, /, *args):
+        """Run ``fn(table, *args)`` on the owner thread, after everything
+        queued before it, and return its result; ``table`` is the
+        ``LockedTable`` holding the data. An exception reaches the caller and
+        the owner keeps serving (whatever ``fn`` changed before raising stays
+        changed)."""
+        return self._core.call(fn, (self._storage,) + args)
+
+    def sync(self):
+        """Wait until every request queued before this one has been applied.
+        A no-op on the owner thread itself."""
+        self._core.call(_noop, ())
+
+    def close(self, timeout=None):
+        """Stop accepting requests, let the owner apply everything already
+        queued, then stop it. Waits up to ``timeout`` seconds (None: until
+        done); True if the owner finished in time. Idempotent; afterwards
+        every method raises ``ClosedError``."""
+        return self._core.close(timeout)
+
+    def info(self):
+        """``{"size": keys, "queue": requests waiting, "served": requests
+        served, "errors": casts that raised, "access": "private" or
+        "protected"}``. Read without a round trip."""
+        core = self._core
+        core.check_open()
+        return {
+            "size": len(self._storage),
+            "queue": core.queue.qsize(),
+            "served": core.served,
+            "errors": core.errors,
+            "access": "protected" if self._protected else "private",
+        }
+
+
+def _keys_list(table):
+    return list(table)
+
+
+def _noop():
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Agent
 # ---------------------------------------------------------------------------
 
 
-class OwnerTable:
-    pass
+class _AgentState:
+    """The box holding an Agent's state, touched only on its owner thread."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state):
+        self.state = state
+
+
+def _agent_get(box, fn, args):
+    return fn(box.state, *args)
+
+
+def _agent_update(box, fn, args):
+    box.state = fn(box.state, *args)
+
+
+def _agent_get_and_update(box, fn, args):
+    reply, new_state = fn(box.state, *args)
+    box.state = new_state
+    return reply
 
 
 class Agent:
-    pass
+    """Any state, changed only by functions run on its owner thread (Elixir's
+    ``Agent``: a GenServer holding a value).
+
+    ``Agent(state=None)`` starts a daemon owner thread. Every request runs on
+    that thread in arrival order: ``get``, ``update`` and ``get_and_update``
+    wait for the answer (a cross-thread round trip), ``cast`` does not. An
+    exception in a waited-for function reaches the caller and leaves the state
+    unchanged; an exception in a cast is logged on the ``fastkv`` logger and
+    counted in ``info()["errors"]``. A request made on the owner thread itself
+    is served inline. After ``close()``, or in the child of an ``os.fork()``,
+    every method raises ``ClosedError``.
+    """
+
+    __slots__ = ("_core", "_box", "__weakref__")
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self._box = _AgentState(None)
+        self._core = _OwnerCore("Agent")
+        return self
+
+    def __init__(self, state=None):
+        self._core.check_open()
+        self._box.state = state  # no request can be queued yet
+
+    def __del__(self):
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.stop()
+
+    def get(self, fn, /, *args):
+        """Return ``fn(state, *args)``, run on the owner. A call."""
+        return self._core.call(_agent_get, (self._box, fn, args))
+
+    def update(self, fn, /, *args):
+        """``state = fn(state, *args)`` on the owner; waits until it is done.
+        Returns None. If ``fn`` raises, the caller gets it, state unchanged."""
+        self._core.call(_agent_update, (self._box, fn, args))
+
+    def get_and_update(self, fn, /, *args):
+        """``fn(state, *args)`` returns ``(reply, new_state)``: the state
+        becomes ``new_state`` and ``reply`` is returned. A call; if ``fn``
+        raises or does not return a pair, the caller gets the error and the
+        state is unchanged."""
+        return self._core.call(_agent_get_and_update, (self._box, fn, args))
+
+    def cast(self, fn, /, *args):
+        """Queue ``state = fn(state, *args)``; the caller does not wait. An
+        exception is logged on the ``fastkv`` logger and counted in
+        ``info()["errors"]``; the state stays as it was."""
+        self._core.cast(_agent_update, (self._box, fn, args))
+
+    def sync(self):
+        """Wait until every request queued before this one has been applied.
+        A no-op on the owner thread itself."""
+        self._core.call(_noop, ())
+
+    def close(self, timeout=None):
+        """Stop accepting requests, let the owner apply everything already
+        queued, then stop it. Waits up to ``timeout`` seconds (None: until
+        done); True if the owner finished in time. Idempotent; afterwards
+        every method raises ``ClosedError``."""
+        return self._core.close(timeout)
+
+    def info(self):
+        """``{"queue": requests waiting, "served": requests served,
+        "errors": casts that raised}``. Read without a round trip."""
+        core = self._core
+        core.check_open()
+        return {"queue": core.queue.qsize(), "served": core.served, "errors": core.errors}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return None
+
+    def __repr__(self):
+        state = "closed" if self._core.closed else "open"
+        return f"<{type(self).__name__} ({state})>"
 
 
 Mapping.register(FrozenTable)
 MutableMapping.register(LockedTable)
+MutableMapping.register(OwnerTable)
