@@ -232,6 +232,11 @@ class FrozenTable(_TableAPI):
         """A new ``dict`` with the current snapshot's items. O(n) copy."""
         return dict(self._snap)
 
+    def __sizeof__(self):
+        """Bytes of the table's own structure: the object and its current
+        snapshot's hash table (not the keys and values)."""
+        return object.__sizeof__(self) + self._snap.__sizeof__()
+
     def copy(self):
         """An independent ``FrozenTable`` (never a subclass, as dict.copy)
         with the same items. O(1): it shares the immutable snapshot."""
@@ -418,6 +423,11 @@ class LockedTable(_TableAPI):
         finally:
             self._leave()
 
+    def __sizeof__(self):
+        """Bytes of the table's own structure: the object and its hash table
+        (not the keys and values)."""
+        return object.__sizeof__(self) + self._data.__sizeof__()
+
     def copy(self):
         """An independent ``LockedTable`` (never a subclass, as dict.copy)
         with the same items. O(n)."""
@@ -448,10 +458,10 @@ class LockedTable(_TableAPI):
         self._enter()
         try:
             size = len(self._data)
-            memory = sys.getsizeof(self._data)
+            memory = sys.getsizeof(self)
         finally:
             self._leave()
-        return {"size": size, "memory": memory + sys.getsizeof(self)}
+        return {"size": size, "memory": memory}
 
     # -- writes -----------------------------------------------------------------------
 
