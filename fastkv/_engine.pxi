@@ -1,1 +1,642 @@
-# fastkv/_engine.pxi: included by _core.pyx (not yet written)
+# fastkv/_engine.pxi: the hash-table engine (included by _core.pyx).
+#
+# Design
+# ======
+#
+# One ``Table`` is CPython's compact dict layout, written out as a C struct:
+#
+#     indices   2**log2 slots of int8/16/32/64 (the width grows with the table,
+#               as in CPython): IX_EMPTY (-1), IX_DUMMY (-2, a deleted entry)
+#               or the position of an entry in ``entries``.
+#     entries   ``capacity`` slots, filled in insertion order; entries[0:nentries]
+#               have been written, of which ``used`` are live. An entry holds
+#               its cached hash and *strong* references to key and value; a
+#               deleted entry has key == value == NULL.
+#
+# Probing is CPython's: i = hash & mask, then i = (5*i + perturb + 1) & mask
+# with perturb >>= 5 each step, so every slot is visited. The index is never
+# more than 2/3 full (``capacity <= usable(2**log2)``, dummies included), so
+# every probe sequence ends on an IX_EMPTY slot. A table that grows gets
+# ``usable(next_pow2(3 * used))`` entry slots (dict's growth rate); a table
+# sized for n entries (``table_init``/``table_copy``) gets exactly n.
+# Deleting leaves a dummy in the index and a hole in ``entries``; trailing
+# holes are trimmed at once (so popitem is O(1) and LIFO), the others go when
+# the table is rebuilt (growth, ``table_resize``, ``table_copy``).
+#
+# An empty table points at one static, read-only index of 8 IX_EMPTY slots and
+# has no entries array: it costs no allocation, and ``table_clear`` can never
+# fail.
+#
+# Lookup compares identity, then the cached hash, then equality. Equality of two
+# exact ``str`` (length, kind, memcmp) or two exact ``int`` is decided in C and
+# runs no Python code; exact str against exact int is "not equal". Anything
+# else calls ``PyObject_RichCompareBool(stored_key, key, Py_EQ)``, which can run
+# arbitrary Python code -- including code that mutates or empties this very
+# table. The lookup holds a reference to the stored key while it compares, and
+# afterwards checks ``version`` (bumped by every change): if the table changed
+# it restarts, as dict does; after MAX_RESTARTS restarts it raises RuntimeError
+# instead of looping forever.
+#
+# C-level API (for the tables built on the engine)
+# ================================================
+#
+# Every function needs the GIL. "Runs Python" means it can call a key's
+# ``__eq__`` (lookups) or a destructor (anything that drops a reference); the
+# caller must then hold a strong reference to whatever owns the Table (so the
+# struct itself stays alive) and must not keep borrowed pointers into
+# ``entries`` across the call. Functions that do not run Python say so.
+#
+#   table_init(t, n) except -1            t is uninitialised or empty: make it an
+#                                         empty table with room for n entries
+#                                         (n == 0: no allocation). MemoryError.
+#                                         No Python.
+#   table_clear(t) noexcept               drop every entry; t becomes empty (the
+#                                         static index, nothing allocated). The
+#                                         table is consistent before the DECREFs,
+#                                         which run Python. Also the destructor.
+#   table_hash(key) except? -1            hash(key); the cached hash of an exact
+#                                         str without a call. Runs Python for
+#                                         types other than exact str/int.
+#   table_lookup(t, key, h) except -2     index (>= 0) of the entry whose key
+#                                         equals ``key``, IX_EMPTY (-1) if absent,
+#                                         -2 with an exception set. Runs Python.
+#   table_lookup_fast(t, key, h) noexcept  for an exact str or int key: index,
+#                                         IX_EMPTY if absent, or IX_SLOW (-3) if
+#                                         the answer needs Python code (then call
+#                                         table_lookup). Never runs Python, never
+#                                         sets an exception.
+#   table_insert(t, key, h, value) except -1   set t[key] = value: 1 if key was
+#                                         added, 0 if its value was replaced
+#                                         (the old key object is kept). INCREFs
+#                                         what it stores. Runs Python.
+#   table_append(t, key, h, value) except -1   add a key known to be absent (the
+#                                         caller looked it up and no Python ran
+#                                         since). INCREFs key and value. Grows
+#                                         the table if full. No Python.
+#   table_replace_at(t, ix, value) noexcept  replace entry ix's value (INCREFs the
+#                                         new one, then DECREFs the old: runs
+#                                         Python after the table is consistent).
+#   table_delete(t, key, h) except -1     1 if key was there and is removed, 0 if
+#                                         absent. Runs Python.
+#   table_pop(t, key, h, &value) except -1  as table_delete, and on 1 *value is a
+#                                         NEW reference to the removed value.
+#   table_popitem(t, &key, &value) noexcept  remove the last inserted entry: 1 and
+#                                         two NEW references, or 0 if empty. No
+#                                         Python.
+#   table_detach_at(t, ix, &key, &value) noexcept  remove live entry ix, handing
+#                                         its two references to the caller. No
+#                                         Python.
+#   table_resize(t, capacity) except -1   rebuild with room for ``capacity``
+#                                         (>= used) entries, holes squeezed out,
+#                                         insertion order kept. No Python.
+#   table_copy(dst, src, capacity, skip) except -1   dst (uninitialised or
+#                                         empty) becomes a copy of src with room
+#                                         for ``capacity`` entries, leaving out
+#                                         entry ``skip`` (-1: none). INCREFs
+#                                         every key and value. No Python.
+#   table_next(t, &pos, &key, &value) noexcept   iteration: start with pos = 0;
+#                                         True and BORROWED key/value for the
+#                                         next live entry, False at the end.
+#                                         Borrowed pointers are valid only until
+#                                         Python code runs. No Python.
+#   table_sizeof(t) noexcept              bytes allocated for the arrays.
+#   table_traverse(t, visit, arg)         tp_traverse helper (visits keys and
+#                                         values).
+#
+# ``version`` changes whenever the table changes: a caller that ran Python code
+# can compare it to know whether an index it holds is still valid.
+
+from cpython.object cimport PyObject, Py_EQ
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint64_t
+
+cdef extern from *:
+    """
+    /* The cached hash of an exact str: public field of PyASCIIObject on every
+       CPython 3.x (-1 when not computed yet). */
+    #define FASTKV_STR_HASH(op) (((PyASCIIObject *)(op))->hash)
+    /* The index every empty table shares: 8 slots of IX_EMPTY, never written. */
+    static int8_t fastkv_empty_index[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    /* int == int for two exact ints too big for a long long: long_richcompare
+       (C code, no Python); returns a new reference to True or False. */
+    #define fastkv_long_richcompare_eq(a, b) (PyLong_Type.tp_richcompare((a), (b), Py_EQ))
+    """
+    ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
+    PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
+    Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept
+    int8_t fastkv_empty_index[8]
+
+cdef extern from "Python.h":
+    # PyObject* flavours of the C-API (Cython's own take ``object``).
+    void _incref "Py_INCREF"(PyObject* o) noexcept
+    void _decref "Py_DECREF"(PyObject* o)
+    bint _is_str "PyUnicode_CheckExact"(PyObject* o) noexcept
+    bint _is_int "PyLong_CheckExact"(PyObject* o) noexcept
+    Py_ssize_t _str_len "PyUnicode_GET_LENGTH"(PyObject* o) noexcept
+    int _str_kind "PyUnicode_KIND"(PyObject* o) noexcept
+    void* _str_data "PyUnicode_DATA"(PyObject* o) noexcept
+    long long _int_as_ll "PyLong_AsLongLongAndOverflow"(PyObject* o, int* overflow) noexcept
+    int _richcompare_bool "PyObject_RichCompareBool"(PyObject* a, PyObject* b, int op) noexcept
+    Py_hash_t _object_hash "PyObject_Hash"(PyObject* o) except? -1
+    PyObject* Py_True
+    void* PyMem_Realloc(void* p, size_t n) noexcept
+
+
+ctypedef struct Entry:
+    Py_hash_t hash
+    PyObject* key        # strong reference; NULL for a deleted entry
+    PyObject* value      # strong reference; NULL for a deleted entry
+
+ctypedef struct Table:
+    Py_ssize_t used      # live entries
+    Py_ssize_t nentries  # entries[0:nentries] written (live or deleted)
+    Py_ssize_t capacity  # entry slots allocated
+    size_t mask          # 2**log2 - 1
+    int log2             # log2 of the number of index slots (>= 3)
+    int ixshift          # log2 of the index width in bytes (0..3)
+    uint64_t version     # bumped on every change
+    void* indices        # fastkv_empty_index when nothing is allocated
+    Entry* entries       # NULL when capacity == 0
+
+
+cdef enum:
+    IX_EMPTY = -1        # index slot: no entry; lookup result: key absent
+    IX_DUMMY = -2        # index slot: a deleted entry
+    IX_SLOW = -3         # table_lookup_fast: undecided without Python code
+    MIN_LOG2 = 3         # smallest index: 8 slots
+    MAX_RESTARTS = 100   # lookups restarted because __eq__ changed the table
+
+
+# --- sizing and the index --------------------------------------------------
+
+cdef inline Py_ssize_t _usable(int log2) noexcept nogil:
+    """Entries an index of 2**log2 slots may reference (2/3 load, as dict)."""
+    return ((<Py_ssize_t>1 << log2) << 1) // 3
+
+
+cdef inline int _log2_for(Py_ssize_t n) noexcept nogil:
+    """Smallest index size (log2, >= 3) that may reference n entries."""
+    cdef int k = MIN_LOG2
+    while _usable(k) < n:
+        k += 1
+    return k
+
+
+cdef inline int _ixshift_for(int log2) noexcept nogil:
+    if log2 < 8:
+        return 0
+    if log2 < 16:
+        return 1
+    if log2 < 32:
+        return 2
+    return 3
+
+
+cdef inline Py_ssize_t _ix_get(const Table* t, size_t i) noexcept nogil:
+    cdef int s = t.ixshift
+    if s == 0:
+        return (<const int8_t*>t.indices)[i]
+    if s == 1:
+        return (<const int16_t*>t.indices)[i]
+    if s == 2:
+        return (<const int32_t*>t.indices)[i]
+    return (<const int64_t*>t.indices)[i]
+
+
+cdef inline void _ix_set(Table* t, size_t i, Py_ssize_t ix) noexcept nogil:
+    cdef int s = t.ixshift
+    if s == 0:
+        (<int8_t*>t.indices)[i] = <int8_t>ix
+    elif s == 1:
+        (<int16_t*>t.indices)[i] = <int16_t>ix
+    elif s == 2:
+        (<int32_t*>t.indices)[i] = <int32_t>ix
+    else:
+        (<int64_t*>t.indices)[i] = <int64_t>ix
+
+
+cdef inline size_t _index_bytes(const Table* t) noexcept nogil:
+    return (<size_t>1 << t.log2) << t.ixshift
+
+
+cdef inline void _set_empty(Table* t) noexcept nogil:
+    t.used = 0
+    t.nentries = 0
+    t.capacity = 0
+    t.log2 = MIN_LOG2
+    t.mask = (1 << MIN_LOG2) - 1
+    t.ixshift = 0
+    t.indices = <void*>fastkv_empty_index
+    t.entries = NULL
+
+
+cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
+    """Give the (empty, unallocated) table fresh arrays for ``capacity``
+    entries, the index all IX_EMPTY. MemoryError, t unchanged, on failure."""
+    cdef int log2 = _log2_for(capacity)
+    cdef int ixshift = _ixshift_for(log2)
+    cdef size_t nbytes
+    cdef void* indices
+    cdef Entry* entries = NULL
+    if capacity < 0 or <size_t>capacity > (<size_t>0x7fffffffffffffff) // sizeof(Entry) or log2 > 60:
+        raise MemoryError()
+    nbytes = (<size_t>1 << log2) << ixshift
+    indices = PyMem_Malloc(nbytes)
+    if indices == NULL:
+        raise MemoryError()
+    if capacity > 0:
+        entries = <Entry*>PyMem_Malloc(<size_t>capacity * sizeof(Entry))
+        if entries == NULL:
+            PyMem_Free(indices)
+            raise MemoryError()
+    memset(indices, 0xff, nbytes)       # -1 == IX_EMPTY at every width
+    t.used = 0
+    t.nentries = 0
+    t.capacity = capacity
+    t.log2 = log2
+    t.mask = (<size_t>1 << log2) - 1
+    t.ixshift = ixshift
+    t.indices = indices
+    t.entries = entries
+    return 0
+
+
+cdef inline void _free_arrays(void* indices, Entry* entries) noexcept:
+    if indices != <void*>fastkv_empty_index:
+        PyMem_Free(indices)
+    if entries != NULL:
+        PyMem_Free(entries)
+
+
+cdef inline size_t _free_slot(const Table* t, Py_hash_t hash) noexcept nogil:
+    """First index slot on hash's probe sequence that holds no entry."""
+    cdef size_t mask = t.mask
+    cdef size_t perturb = <size_t>hash
+    cdef size_t i = <size_t>hash & mask
+    while _ix_get(t, i) >= 0:
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+    return i
+
+
+cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexcept nogil:
+    """The index slot that points at live entry ix (which has this hash)."""
+    cdef size_t mask = t.mask
+    cdef size_t perturb = <size_t>hash
+    cdef size_t i = <size_t>hash & mask
+    while _ix_get(t, i) != ix:
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+    return i
+
+
+cdef inline void _build_index(Table* t) noexcept nogil:
+    """Point the (all IX_EMPTY) index at entries[0:nentries], all live."""
+    cdef Py_ssize_t j
+    for j in range(t.nentries):
+        _ix_set(t, _free_slot(t, t.entries[j].hash), j)
+
+
+# --- equality without Python -------------------------------------------------
+
+cdef inline bint _str_eq(PyObject* a, PyObject* b) noexcept:
+    """Two exact, hashed (so ready) str objects: equal contents?"""
+    cdef Py_ssize_t n = _str_len(a)
+    cdef int kind
+    if n != _str_len(b):
+        return False
+    kind = _str_kind(a)
+    if kind != _str_kind(b):
+        return False
+    return memcmp(_str_data(a), _str_data(b), <size_t>n * kind) == 0
+
+
+cdef inline bint _int_eq(PyObject* a, PyObject* b) noexcept:
+    """Two exact int objects: equal values? (long_richcompare, no Python.)"""
+    cdef int ova, ovb
+    cdef long long x = _int_as_ll(a, &ova)
+    cdef long long y = _int_as_ll(b, &ovb)
+    cdef PyObject* r
+    if ova == 0 and ovb == 0:
+        return x == y
+    if ova != ovb:
+        return False
+    r = fastkv_long_richcompare_eq(a, b)
+    _decref(r)
+    return r == Py_True
+
+
+cdef inline int _fast_eq(PyObject* a, PyObject* b) noexcept:
+    """1 equal, 0 not equal, -1 undecided without Python code."""
+    if _is_str(a):
+        if _is_str(b):
+            return _str_eq(a, b)
+        if _is_int(b):
+            return 0
+        return -1
+    if _is_int(a):
+        if _is_int(b):
+            return _int_eq(a, b)
+        if _is_str(b):
+            return 0
+    return -1
+
+
+# --- the API -------------------------------------------------------------------
+
+cdef inline Py_hash_t table_hash(object key) except? -1:
+    """hash(key), reading an exact str's cached hash directly."""
+    cdef Py_hash_t h
+    if _is_str(<PyObject*>key):
+        h = FASTKV_STR_HASH(<PyObject*>key)
+        if h != -1:
+            return h
+    return _object_hash(<PyObject*>key)
+
+
+cdef int table_init(Table* t, Py_ssize_t n) except -1:
+    _set_empty(t)
+    t.version = 0
+    if n > 0:
+        _alloc(t, n)
+    return 0
+
+
+cdef void table_clear(Table* t) noexcept:
+    cdef void* indices = t.indices
+    cdef Entry* entries = t.entries
+    cdef Py_ssize_t n = t.nentries, j
+    _set_empty(t)
+    t.version += 1
+    # The table is now consistent (and empty): destructors may run.
+    for j in range(n):
+        if entries[j].key != NULL:
+            _decref(entries[j].key)
+            _decref(entries[j].value)
+    _free_arrays(indices, entries)
+
+
+cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_t hash) noexcept:
+    cdef size_t mask = t.mask
+    cdef size_t perturb = <size_t>hash
+    cdef size_t i = <size_t>hash & mask
+    cdef Py_ssize_t ix
+    cdef const Entry* ep
+    cdef PyObject* k
+    cdef int eq
+    if _is_str(key):
+        while True:
+            ix = _ix_get(t, i)
+            if ix >= 0:
+                ep = &t.entries[ix]
+                k = ep.key
+                if k == key:
+                    return ix
+                if ep.hash == hash:
+                    if _is_str(k):
+                        if _str_eq(k, key):
+                            return ix
+                    elif not _is_int(k):
+                        return IX_SLOW
+            elif ix == IX_EMPTY:
+                return IX_EMPTY
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+    if not _is_int(key):
+        return IX_SLOW
+    while True:
+        ix = _ix_get(t, i)
+        if ix >= 0:
+            ep = &t.entries[ix]
+            k = ep.key
+            if k == key:
+                return ix
+            if ep.hash == hash:
+                if _is_int(k):
+                    if _int_eq(k, key):
+                        return ix
+                elif not _is_str(k):
+                    return IX_SLOW
+        elif ix == IX_EMPTY:
+            return IX_EMPTY
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+
+
+cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
+    cdef size_t mask, perturb, i
+    cdef Py_ssize_t ix
+    cdef Entry* ep
+    cdef PyObject* startkey
+    cdef uint64_t version
+    cdef int cmp
+    cdef int restarts = 0
+    cdef bint changed
+    while True:
+        mask = t.mask
+        perturb = <size_t>hash
+        i = <size_t>hash & mask
+        changed = False
+        while True:
+            ix = _ix_get(t, i)
+            if ix >= 0:
+                ep = &t.entries[ix]
+                startkey = ep.key
+                if startkey == key:
+                    return ix
+                if ep.hash == hash:
+                    cmp = _fast_eq(startkey, key)
+                    if cmp == 1:
+                        return ix
+                    if cmp < 0:
+                        version = t.version
+                        _incref(startkey)
+                        cmp = _richcompare_bool(startkey, key, Py_EQ)
+                        _decref(startkey)
+                        if cmp < 0:
+                            return -2
+                        if t.version != version:
+                            changed = True
+                            break
+                        if cmp:
+                            return ix
+            elif ix == IX_EMPTY:
+                return IX_EMPTY
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+        restarts += 1
+        if restarts > MAX_RESTARTS:
+            raise RuntimeError(
+                "fastkv: the table kept changing during a lookup "
+                "(a key's __eq__ mutates the table it is looked up in)")
+
+
+cdef int table_resize(Table* t, Py_ssize_t capacity) except -1:
+    cdef Table n
+    cdef Py_ssize_t j, k = 0
+    if capacity < t.used:
+        capacity = t.used
+    _set_empty(&n)
+    _alloc(&n, capacity)
+    for j in range(t.nentries):
+        if t.entries[j].key != NULL:
+            n.entries[k] = t.entries[j]
+            k += 1
+    n.nentries = n.used = k
+    _build_index(&n)
+    _free_arrays(t.indices, t.entries)
+    n.version = t.version + 1
+    t[0] = n
+    return 0
+
+
+cdef inline Py_ssize_t _grow_capacity(Py_ssize_t used) noexcept nogil:
+    """dict's GROWTH_RATE: an index of next_pow2(3 * used) slots, full use."""
+    cdef int k = MIN_LOG2
+    while (<Py_ssize_t>1 << k) < used * 3:
+        k += 1
+    return _usable(k)
+
+
+cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
+    cdef Py_ssize_t j
+    cdef Entry* ep
+    if t.nentries >= t.capacity:
+        table_resize(t, _grow_capacity(t.used + 1))
+    j = t.nentries
+    _ix_set(t, _free_slot(t, hash), j)
+    ep = &t.entries[j]
+    ep.hash = hash
+    ep.key = key
+    ep.value = value
+    _incref(key)
+    _incref(value)
+    t.nentries = j + 1
+    t.used += 1
+    t.version += 1
+    return 0
+
+
+cdef void table_replace_at(Table* t, Py_ssize_t ix, PyObject* value) noexcept:
+    cdef PyObject* old = t.entries[ix].value
+    _incref(value)
+    t.entries[ix].value = value
+    t.version += 1
+    _decref(old)
+
+
+cdef int table_insert(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
+    cdef Py_ssize_t ix = table_lookup(t, key, hash)
+    if ix >= 0:
+        table_replace_at(t, ix, value)
+        return 0
+    table_append(t, key, hash, value)
+    return 1
+
+
+cdef void table_detach_at(Table* t, Py_ssize_t ix, PyObject** key, PyObject** value) noexcept:
+    cdef Entry* ep = &t.entries[ix]
+    _ix_set(t, _slot_of(t, ep.hash, ix), IX_DUMMY)
+    key[0] = ep.key
+    value[0] = ep.value
+    ep.key = NULL
+    ep.value = NULL
+    t.used -= 1
+    t.version += 1
+    while t.nentries > 0 and t.entries[t.nentries - 1].key == NULL:
+        t.nentries -= 1
+
+
+cdef int table_pop(Table* t, PyObject* key, Py_hash_t hash, PyObject** value) except -1:
+    cdef Py_ssize_t ix = table_lookup(t, key, hash)
+    cdef PyObject* k
+    if ix < 0:
+        return 0
+    table_detach_at(t, ix, &k, value)
+    _decref(k)
+    return 1
+
+
+cdef int table_delete(Table* t, PyObject* key, Py_hash_t hash) except -1:
+    cdef PyObject* v
+    if table_pop(t, key, hash, &v):
+        _decref(v)
+        return 1
+    return 0
+
+
+cdef int table_popitem(Table* t, PyObject** key, PyObject** value) noexcept:
+    if t.used == 0:
+        return 0
+    table_detach_at(t, t.nentries - 1, key, value)   # trailing holes are trimmed
+    return 1
+
+
+cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_t skip) except -1:
+    cdef Py_ssize_t j, k = 0
+    cdef Entry* ep
+    _set_empty(dst)
+    dst.version = 0
+    if capacity < src.used:
+        capacity = src.used
+    if capacity == 0:
+        return 0
+    _alloc(dst, capacity)
+    if skip < 0 and src.nentries == src.used and dst.log2 == src.log2:
+        # Same index, no holes: two memcpy and the INCREFs (dict.copy's way).
+        memcpy(dst.indices, src.indices, _index_bytes(src))
+        memcpy(dst.entries, src.entries, <size_t>src.used * sizeof(Entry))
+        k = src.used
+        for j in range(k):
+            _incref(dst.entries[j].key)
+            _incref(dst.entries[j].value)
+        dst.nentries = dst.used = k
+        return 0
+    for j in range(src.nentries):
+        ep = &src.entries[j]
+        if ep.key == NULL or j == skip:
+            continue
+        dst.entries[k] = ep[0]
+        _incref(ep.key)
+        _incref(ep.value)
+        k += 1
+    dst.nentries = dst.used = k
+    _build_index(dst)
+    return 0
+
+
+cdef inline bint table_next(const Table* t, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept:
+    cdef Py_ssize_t i = pos[0]
+    cdef const Entry* ep
+    while i < t.nentries:
+        ep = &t.entries[i]
+        i += 1
+        if ep.key != NULL:
+            key[0] = ep.key
+            value[0] = ep.value
+            pos[0] = i
+            return True
+    pos[0] = i
+    return False
+
+
+cdef inline Py_ssize_t table_sizeof(const Table* t) noexcept:
+    cdef Py_ssize_t n = <Py_ssize_t>t.capacity * <Py_ssize_t>sizeof(Entry)
+    if t.indices != <void*>fastkv_empty_index:
+        n += <Py_ssize_t>_index_bytes(t)
+    return n
+
+
+cdef int table_traverse(const Table* t, visitproc visit, void* arg) noexcept:
+    cdef Py_ssize_t j
+    cdef int r
+    for j in range(t.nentries):
+        if t.entries[j].key != NULL:
+            r = visit(t.entries[j].key, arg)
+            if r:
+                return r
+            r = visit(t.entries[j].value, arg)
+            if r:
+                return r
+    return 0

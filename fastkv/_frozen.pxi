@@ -1,1 +1,645 @@
-# fastkv/_frozen.pxi: included by _core.pyx (not yet written)
+# fastkv/_frozen.pxi: the compiled FrozenTable (included by _core.pyx).
+#
+# A FrozenTable points at one immutable ``_Snapshot`` (an engine Table that is
+# never changed once published). Reads go straight to the current snapshot;
+# ``put``/``delete``/``put_many`` build a new snapshot (an O(n) copy, the
+# ``:persistent_term`` cost model) and swap the pointer. A reader in flight
+# keeps the snapshot it started with:
+#
+# - for an exact str/int key the lookup runs no Python code, so under the GIL
+#   nothing can swap (and free) the snapshot during it: no reference is taken;
+# - any other lookup (a key's ``__eq__`` may run Python, may even write to
+#   this table) holds its own reference to the snapshot for its duration;
+# - iterators, views and get_many hold theirs.
+#
+# Writers serialize on a per-table lock (allocated on the first write, waited
+# for without the GIL), so no write is lost. A write that re-enters the same
+# table from its own thread (a key's ``__eq__`` calling ``put``) raises
+# RuntimeError instead of deadlocking. Input is read and hashed before the lock
+# is taken; the old snapshot is released after it is dropped, so destructors
+# never run under the lock.
+
+cimport cython
+from cpython.pythread cimport (
+    PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+    PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+from cpython.dict cimport PyDict_Next
+from cpython.list cimport PyList_New
+from cpython.object cimport PyObject_RichCompareBool, PyObject_LengthHint
+
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+from types import GenericAlias
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident() noexcept
+    int Py_ReprEnter(object o) except -1
+    void Py_ReprLeave(object o)
+    void _list_set "PyList_SET_ITEM"(object l, Py_ssize_t i, PyObject* o) noexcept
+    object PySequence_Fast(object o, const char* m)
+    Py_ssize_t _seq_size "PySequence_Fast_GET_SIZE"(object o) noexcept
+    PyObject* _seq_item "PySequence_Fast_GET_ITEM"(object o, Py_ssize_t i) noexcept
+    PyObject* _dict_getitem "PyDict_GetItemWithError"(object d, PyObject* key) except? NULL
+    object PyTuple_Pack(Py_ssize_t n, ...)
+
+cdef extern from *:
+    """
+    /* Give the snapshot type our own GC hooks (see _snapshot_traverse). */
+    #define fastkv_set_gc_hooks(type, trav, clear) \\
+        (((PyTypeObject *)(type))->tp_traverse = (traverseproc)(trav), \\
+         ((PyTypeObject *)(type))->tp_clear = (inquiry)(clear))
+    """
+    void fastkv_set_gc_hooks(object type, void* trav, void* clear)
+
+
+cdef object _MISSING = object()
+
+# What PyThread_allocate_lock allocates for a writers' lock: a sem_t (32 bytes
+# on 64-bit Linux and macOS); counted by __sizeof__ once the lock exists.
+cdef Py_ssize_t _LOCK_SIZE = 32
+
+
+@cython.final
+@cython.auto_pickle(False)
+@cython.trashcan(True)
+@cython.no_gc_clear
+cdef class _Snapshot:
+    """One immutable state of a FrozenTable: an engine table that is never
+    changed once published (only filled while still private to a writer)."""
+    cdef Table tab
+    cdef object _gc      # an object field makes the type GC-tracked; its
+                         # traverse/clear are replaced by ours below
+
+    def __cinit__(self):
+        table_init(&self.tab, 0)
+
+    def __dealloc__(self):
+        table_clear(&self.tab)
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + table_sizeof(&self.tab)
+
+
+cdef Py_ssize_t _SNAPSHOT_TAB_OFFSET
+
+
+cdef int _snapshot_traverse(PyObject* o, visitproc visit, void* arg) noexcept:
+    return table_traverse(<Table*>(<char*>o + _SNAPSHOT_TAB_OFFSET), visit, arg)
+
+
+cdef int _snapshot_clear(PyObject* o) noexcept:
+    # Only the cyclic GC calls this, on an unreachable snapshot.
+    table_clear(<Table*>(<char*>o + _SNAPSHOT_TAB_OFFSET))
+    return 0
+
+
+cdef _Snapshot _EMPTY_SNAPSHOT = _Snapshot.__new__(_Snapshot)
+_SNAPSHOT_TAB_OFFSET = <char*>&_EMPTY_SNAPSHOT.tab - <char*><void*>_EMPTY_SNAPSHOT
+fastkv_set_gc_hooks(_Snapshot, <void*>_snapshot_traverse, <void*>_snapshot_clear)
+
+
+cdef inline _Snapshot _snapshot_new():
+    return _Snapshot.__new__(_Snapshot)
+
+
+cdef int _snapshot_trim(Table* t) except -1:
+    """Drop unused entry slots (a snapshot is never appended to)."""
+    cdef Entry* entries
+    if t.capacity == t.used:
+        return 0
+    if t.used == 0:
+        table_clear(t)
+        return 0
+    if t.nentries == t.used:
+        entries = <Entry*>PyMem_Realloc(t.entries, <size_t>t.used * sizeof(Entry))
+        if entries == NULL:
+            raise MemoryError()
+        t.entries = entries
+        t.capacity = t.used
+        return 0
+    return table_resize(t, t.used)
+
+
+cdef int _stage_pair(_Snapshot st, object item, Py_ssize_t n) except -1:
+    cdef object pair
+    try:
+        pair = PySequence_Fast(item, "")
+    except TypeError:
+        raise TypeError(
+            f"cannot convert update sequence element #{n} to a sequence") from None
+    if _seq_size(pair) != 2:
+        raise ValueError(
+            f"update sequence element #{n} has length {_seq_size(pair)}; 2 is required")
+    key = <object>_seq_item(pair, 0)
+    value = <object>_seq_item(pair, 1)
+    table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+    return 0
+
+
+cdef _Snapshot _stage(object data, dict kwargs):
+    """Read ``data`` (a mapping, anything with keys(), or an iterable of pairs)
+    then ``kwargs`` into a new private snapshot, later keys winning. Runs
+    Python (iteration, hashing, __eq__); takes no lock."""
+    cdef _Snapshot st = _snapshot_new()
+    cdef _Snapshot src
+    cdef Py_ssize_t pos = 0, n = 0, extra = len(kwargs) if kwargs else 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef Py_hash_t h
+    cdef bint no_python_ran = True
+    if type(data) is dict:
+        table_init(&st.tab, len(<dict>data) + extra)
+        while PyDict_Next(data, &pos, &k, &v):
+            key = <object>k          # own references: hashing may run Python
+            value = <object>v
+            if no_python_ran and (_is_str(k) or _is_int(k)):
+                # dict keys are distinct and nothing could change the dict yet
+                h = table_hash(key)
+                table_append(&st.tab, k, h, v)
+            else:
+                no_python_ran = False
+                table_insert(&st.tab, k, table_hash(key), v)
+    elif isinstance(data, FrozenTable):
+        src = (<FrozenTable>data)._snap
+        table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
+    elif hasattr(data, "keys"):
+        table_init(&st.tab, PyObject_LengthHint(data, 0) + extra)
+        for key in data.keys():
+            value = data[key]
+            table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+    else:
+        for item in data:
+            _stage_pair(st, item, n)
+            n += 1
+    if kwargs:
+        for key, value in kwargs.items():
+            table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+    return st
+
+
+cdef _Snapshot _merge(_Snapshot old, _Snapshot staged):
+    """old updated with staged's items, as a new snapshot (or one of the two
+    when the other is empty). Runs Python (__eq__); called under the lock."""
+    cdef _Snapshot new
+    cdef Py_ssize_t j
+    cdef Entry* ep
+    if staged.tab.used == 0:
+        return old
+    if old.tab.used == 0:
+        _snapshot_trim(&staged.tab)
+        return staged
+    new = _snapshot_new()
+    table_copy(&new.tab, &old.tab, old.tab.used + staged.tab.used, -1)
+    for j in range(staged.tab.nentries):   # staged is private: nothing changes it
+        ep = &staged.tab.entries[j]
+        if ep.key != NULL:
+            table_insert(&new.tab, ep.key, ep.hash, ep.value)
+    _snapshot_trim(&new.tab)
+    return new
+
+
+cdef object _lookup_slow(FrozenTable self, object key, object missing):
+    cdef _Snapshot snap
+    cdef Py_hash_t h = table_hash(key)     # may run Python
+    cdef Py_ssize_t ix
+    snap = self._snap                       # held for the whole lookup
+    ix = table_lookup(&snap.tab, <PyObject*>key, h)
+    if ix >= 0:
+        return <object>snap.tab.entries[ix].value
+    return missing
+
+
+cdef inline object _lookup(FrozenTable self, object key, object missing):
+    """self[key] as a new reference, or ``missing``."""
+    cdef PyObject* k = <PyObject*>key
+    cdef const Table* t
+    cdef Py_hash_t h
+    cdef Py_ssize_t ix
+    if _is_str(k):
+        h = FASTKV_STR_HASH(k)
+        if h == -1:
+            h = _object_hash(k)        # str hashing runs no Python
+    elif _is_int(k):
+        h = _object_hash(k)
+    else:
+        return _lookup_slow(self, key, missing)
+    t = &self._snap.tab                  # no Python runs until we return
+    ix = table_lookup_fast(t, k, h)
+    if ix >= 0:
+        return <object>t.entries[ix].value
+    if ix == IX_EMPTY:
+        return missing
+    return _lookup_slow(self, key, missing)
+
+
+cdef object _missing_key(FrozenTable self, object key):
+    """A miss in self[key]: a subclass's __missing__, else KeyError(key)."""
+    if type(self) is not FrozenTable:
+        missing = getattr(type(self), "__missing__", None)
+        if missing is not None:
+            return missing(self, key)
+    raise KeyError(key)
+
+
+cdef enum:
+    ITER_KEYS = 0
+    ITER_VALUES = 1
+    ITER_ITEMS = 2
+
+
+@cython.final
+@cython.auto_pickle(False)
+@cython.no_gc_clear
+cdef class _FrozenIterator:
+    """Iterates one snapshot of a FrozenTable (keys, values or items)."""
+    cdef _Snapshot snap
+    cdef Py_ssize_t pos
+    cdef int kind
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject* k
+        cdef PyObject* v
+        if not table_next(&self.snap.tab, &self.pos, &k, &v):
+            raise StopIteration
+        if self.kind == ITER_KEYS:
+            return <object>k
+        if self.kind == ITER_VALUES:
+            return <object>v
+        return (<object>k, <object>v)
+
+    def __length_hint__(self):
+        return self.snap.tab.nentries - self.pos     # snapshots have no holes
+
+
+cdef _FrozenIterator _iterate(_Snapshot snap, int kind):
+    cdef _FrozenIterator it = _FrozenIterator.__new__(_FrozenIterator)
+    it.snap = snap
+    it.pos = 0
+    it.kind = kind
+    return it
+
+
+class _FrozenValuesView(ValuesView):
+    """ValuesView whose every iteration walks one snapshot of the table."""
+    __slots__ = ()
+
+    def __iter__(self):
+        return _iterate((<FrozenTable>self._mapping)._snap, ITER_VALUES)
+
+    def __contains__(self, value):
+        for v in self:
+            if v is value or v == value:
+                return True
+        return False
+
+
+class _FrozenItemsView(ItemsView):
+    """ItemsView whose every iteration walks one snapshot of the table."""
+    __slots__ = ()
+
+    def __iter__(self):
+        return _iterate((<FrozenTable>self._mapping)._snap, ITER_ITEMS)
+
+
+cdef object _equals(_Snapshot snap, object other):
+    """True if the mapping ``other`` has exactly snap's items (dict's rules)."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* found
+    cdef bint is_dict = type(other) is dict
+    cdef bint is_frozen = isinstance(other, FrozenTable)
+    if len(other) != snap.tab.used:
+        return False
+    while table_next(&snap.tab, &pos, &k, &v):
+        key = <object>k           # own references: comparing runs Python
+        value = <object>v
+        if is_dict:
+            found = _dict_getitem(other, k)
+            if found == NULL:
+                return False
+            ovalue = <object>found
+        elif is_frozen:
+            ovalue = _lookup(<FrozenTable>other, key, _MISSING)
+            if ovalue is _MISSING:
+                return False
+        else:
+            try:
+                ovalue = other[key]
+            except KeyError:
+                return False
+        if not PyObject_RichCompareBool(value, ovalue, Py_EQ):
+            return False
+    return True
+
+
+@cython.trashcan(True)
+@cython.no_gc_clear
+cdef class FrozenTable:
+    """FrozenTable(data=(), /, **kwargs)
+
+    A read-optimized mapping replaced whole on write (Erlang's
+    ``:persistent_term``). Reads are O(1) and never block; every read and
+    every iteration sees one complete snapshot. ``put``, ``delete`` and
+    ``put_many`` copy the table (O(n)) and swap the copy in atomically;
+    readers in flight keep the snapshot they started with. Concurrent writers
+    are serialized, so no write is lost.
+    """
+    cdef _Snapshot _snap
+    cdef PyThread_type_lock _wlock      # writers' lock, allocated on first write
+    cdef unsigned long _writer          # thread holding _wlock, 0 if none
+
+    def __cinit__(self, *args, **kwargs):
+        self._snap = _EMPTY_SNAPSHOT
+        self._wlock = NULL
+        self._writer = 0
+
+    def __init__(self, data=(), /, **kwargs):
+        if kwargs or not (type(data) is tuple and len(<tuple>data) == 0):
+            self._update(_stage(data, kwargs))
+
+    def __dealloc__(self):
+        if self._wlock != NULL:
+            PyThread_free_lock(self._wlock)
+            self._wlock = NULL
+
+    # --- writers -------------------------------------------------------------
+
+    cdef int _lock(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self._wlock == NULL:
+            self._wlock = PyThread_allocate_lock()
+            if self._wlock == NULL:
+                raise MemoryError()
+        elif self._writer == me:
+            raise RuntimeError(
+                f"{type(self).__name__} write re-entered from within a write to "
+                "the same table (a key's __eq__ or __hash__ wrote to it)")
+        if not PyThread_acquire_lock(self._wlock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self._wlock, WAIT_LOCK)
+        self._writer = me
+        return 0
+
+    cdef void _unlock(self) noexcept:
+        self._writer = 0
+        PyThread_release_lock(self._wlock)
+
+    cdef int _update(self, _Snapshot staged) except -1:
+        cdef _Snapshot old
+        cdef _Snapshot new
+        if self._wlock == NULL and self._snap.tab.used == 0:
+            # Never written (a constructor): no writer can be in flight, and
+            # from this check to the swap no Python code runs.
+            _snapshot_trim(&staged.tab)
+            if staged.tab.used:
+                self._snap = staged
+            return 0
+        self._lock()
+        try:
+            old = self._snap
+            new = _merge(old, staged)
+            self._snap = new
+        finally:
+            self._unlock()
+        return 0          # old is released after the lock
+
+    def put(self, key, value):
+        """put(key, value) -> None
+
+        Store value under key: copies the table (O(n)) and swaps the copy in.
+        """
+        cdef Py_hash_t h = table_hash(key)
+        cdef _Snapshot old
+        cdef _Snapshot new = _snapshot_new()
+        self._lock()
+        try:
+            old = self._snap
+            table_copy(&new.tab, &old.tab, old.tab.used + 1, -1)
+            if table_insert(&new.tab, <PyObject*>key, h, <PyObject*>value) == 0:
+                _snapshot_trim(&new.tab)
+            self._snap = new
+        finally:
+            self._unlock()
+
+    def delete(self, key):
+        """delete(key) -> bool
+
+        Remove key, True if it was present: copies the table (O(n)) when the
+        key is there, does nothing otherwise.
+        """
+        cdef Py_hash_t h = table_hash(key)
+        cdef _Snapshot old
+        cdef _Snapshot new
+        cdef Py_ssize_t ix
+        self._lock()
+        try:
+            old = self._snap
+            ix = table_lookup(&old.tab, <PyObject*>key, h)
+            if ix < 0:
+                return False
+            if old.tab.used == 1:
+                new = _EMPTY_SNAPSHOT
+            else:
+                new = _snapshot_new()
+                table_copy(&new.tab, &old.tab, old.tab.used - 1, ix)
+            self._snap = new
+            return True
+        finally:
+            self._unlock()
+
+    def put_many(self, items):
+        """put_many(mapping_or_pairs) -> None
+
+        Store every (key, value) of a mapping or an iterable of pairs with one
+        copy of the table (O(n + len(items))); later pairs win. All or nothing:
+        if reading the input raises, the table is unchanged.
+        """
+        self._update(_stage(items, None))
+
+    # --- readers -------------------------------------------------------------
+
+    def __getitem__(self, key):
+        value = _lookup(self, key, _MISSING)
+        if value is _MISSING:
+            return _missing_key(self, key)
+        return value
+
+    def get(self, key, default=None, /):
+        """get(key, default=None) -> value
+
+        The value for key, else default. O(1), never blocks.
+        """
+        return _lookup(self, key, default)
+
+    def __contains__(self, key):
+        return _lookup(self, key, _MISSING) is not _MISSING
+
+    def __len__(self):
+        return self._snap.tab.used
+
+    def __iter__(self):
+        return _iterate(self._snap, ITER_KEYS)
+
+    def get_many(self, keys, default=None, /):
+        """get_many(keys, default=None) -> list
+
+        [self.get(k, default) for k in keys], looked up in one snapshot.
+        """
+        cdef _Snapshot snap = self._snap
+        cdef object seq = PySequence_Fast(keys, "get_many() argument must be iterable")
+        cdef Py_ssize_t n = _seq_size(seq), i, ix
+        cdef list result = PyList_New(n)
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef Py_hash_t h
+        cdef Table* t = &snap.tab
+        cdef PyObject* d = <PyObject*>default
+        for i in range(n):
+            k = _seq_item(seq, i)
+            if _is_str(k):
+                h = FASTKV_STR_HASH(k)
+                if h == -1:
+                    h = _object_hash(k)
+                ix = table_lookup_fast(t, k, h)
+            elif _is_int(k):
+                h = _object_hash(k)
+                ix = table_lookup_fast(t, k, h)
+            else:
+                ix = IX_SLOW
+            if ix == IX_SLOW:
+                # Python may run (and change ``seq`` if it is the caller's list)
+                key = <object>k
+                ix = table_lookup(t, k, table_hash(key))
+                if _seq_size(seq) != n:
+                    raise RuntimeError("get_many() keys changed size during lookup")
+            v = t.entries[ix].value if ix >= 0 else d
+            _incref(v)
+            _list_set(result, i, v)
+        return result
+
+    def to_dict(self):
+        """to_dict() -> dict
+
+        A new dict with the table's items (one snapshot), O(n).
+        """
+        cdef _Snapshot snap = self._snap
+        cdef dict d = {}
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        while table_next(&snap.tab, &pos, &k, &v):
+            d[<object>k] = <object>v
+        return d
+
+    def keys(self):
+        """keys() -> KeysView, live; each iteration walks one snapshot."""
+        return KeysView(self)
+
+    def values(self):
+        """values() -> ValuesView, live; each iteration walks one snapshot."""
+        return _FrozenValuesView(self)
+
+    def items(self):
+        """items() -> ItemsView, live; each iteration walks one snapshot."""
+        return _FrozenItemsView(self)
+
+    # --- the rest of the shared API -------------------------------------------
+
+    def copy(self):
+        """copy() -> FrozenTable
+
+        An independent FrozenTable (never a subclass) with the same items.
+        O(1): the two share the immutable snapshot until either is written.
+        """
+        cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
+        t._snap = self._snap
+        return t
+
+    def __copy__(self):
+        return self.copy()
+
+    def close(self):
+        """close() -> None
+
+        A no-op (nothing runs behind a FrozenTable); the table stays usable.
+        """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return None
+
+    def __eq__(self, other):
+        if not isinstance(other, (FrozenTable, dict, Mapping)):
+            return NotImplemented
+        return _equals(self._snap, other)
+
+    def __ne__(self, other):
+        cdef object eq = self.__eq__(other)
+        if eq is NotImplemented:
+            return eq
+        return not eq
+
+    __hash__ = None
+
+    def __repr__(self):
+        cdef _Snapshot snap = self._snap
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        name = type(self).__name__
+        if snap.tab.used == 0:
+            return name + "({})"
+        if Py_ReprEnter(self):
+            return "..."
+        try:
+            parts = []
+            while table_next(&snap.tab, &pos, &k, &v):
+                key = <object>k
+                value = <object>v
+                parts.append(repr(key) + ": " + repr(value))
+            return name + "({" + ", ".join(parts) + "})"
+        finally:
+            Py_ReprLeave(self)
+
+    def __sizeof__(self):
+        cdef Py_ssize_t size = object.__sizeof__(self)
+        if self._wlock != NULL:
+            size += _LOCK_SIZE
+        if self._snap is not _EMPTY_SNAPSHOT:
+            size += _sys_getsizeof(self._snap)
+        return size
+
+    def __reduce__(self):
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self.to_dict(),), state or None)
+
+    __class_getitem__ = classmethod(GenericAlias)
+
+
+from sys import getsizeof as _sys_getsizeof
+
+Mapping.register(FrozenTable)
+
+
+cdef FrozenTable frozen_from_table(const Table* src):
+    """A new FrozenTable holding a copy of ``src`` (sized exactly, compacted).
+
+    For the tables built on the engine (LockedTable.snapshot): both objects are
+    allocated first (an allocation may run the cyclic GC, hence finalizers);
+    the copy itself only INCREFs, so ``src`` is read in one piece. Raises
+    MemoryError.
+    """
+    cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
+    cdef _Snapshot snap
+    if src.used == 0:
+        return t
+    snap = _snapshot_new()
+    table_copy(&snap.tab, src, src.used, -1)
+    t._snap = snap
+    return t

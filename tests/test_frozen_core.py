@@ -1,0 +1,405 @@
+"""FrozenTable on the compiled engine: references, memory, snapshots, and keys
+whose __eq__/__hash__ run Python (re-entrant, raising).
+
+Behaviour is shared with the reference through ``impl``; the refcount and
+__sizeof__ checks hold for both (the reference on CPython's dict).
+"""
+
+import gc
+import sys
+import threading
+import tracemalloc
+
+import pytest
+
+import fastkv
+
+
+class Key:
+    """A key with a Python __hash__/__eq__ (the engine's slow path)."""
+
+    def __init__(self, name, h=None):
+        self.name = name
+        self.h = hash(name) if h is None else h
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        return isinstance(other, Key) and other.name == self.name
+
+    def __repr__(self):
+        return f"Key({self.name!r})"
+
+
+def refcounts(*objs):
+    return [sys.getrefcount(o) for o in objs]
+
+
+def fresh_str(s):
+    """An equal, non-identical copy of s, hash cached."""
+    c = "".join(list(s))
+    assert c is not s
+    hash(c)
+    return c
+
+
+# --- references: nothing leaks, nothing is freed early ------------------------
+
+
+@pytest.mark.parametrize("make_key", [lambda i: f"k{i}", lambda i: 10**30 + i, lambda i: Key(f"k{i}")],
+                         ids=["str", "int", "pykey"])
+def test_refcounts_reads(impl, make_key):
+    keys = [make_key(i) for i in range(50)]
+    values = [object() for _ in keys]
+    t = impl.FrozenTable(zip(keys, values))
+    miss = make_key(1000)
+    default = object()
+    before = refcounts(*keys, *values, miss, default)
+
+    def reads():
+        for k, v in zip(keys, values):
+            assert t[k] is v
+            assert t.get(k) is v
+            assert k in t
+        assert t.get(miss, default) is default
+        assert miss not in t
+        with pytest.raises(KeyError):
+            t[miss]
+        assert t.get_many(keys + [miss], default) == values + [default]
+        assert list(t) == keys
+        assert list(t.values()) == values
+        assert t.to_dict() == dict(zip(keys, values))
+
+    for _ in range(3):
+        reads()
+    gc.collect()
+    assert refcounts(*keys, *values, miss, default) == before
+
+
+@pytest.mark.parametrize("make_key", [lambda i: f"k{i}", lambda i: Key(f"k{i}")], ids=["str", "pykey"])
+def test_refcounts_writes(impl, make_key):
+    keys = [make_key(i) for i in range(20)]
+    values = [object() for _ in keys]
+    new = object()
+    before = refcounts(*keys, *values, new)
+    t = impl.FrozenTable(zip(keys, values))
+    t.put(keys[0], new)
+    t.put(make_key(999), new)
+    assert t.delete(keys[1]) is True
+    assert t.delete(make_key(12345)) is False
+    t.put_many([(keys[2], new), (keys[3], new)])
+    t.put_many({keys[4]: new})
+    c = t.copy()
+    c.put(keys[5], new)
+    del t, c
+    gc.collect()
+    assert refcounts(*keys, *values, new) == before
+
+
+def test_refcounts_error_paths(impl):
+    class Boom(Exception):
+        pass
+
+    class BadEq(Key):
+        def __eq__(self, other):
+            raise Boom
+
+        __hash__ = Key.__hash__
+
+    class BadHash:
+        def __hash__(self):
+            raise Boom
+
+    keys = [Key(f"k{i}", h=7) for i in range(5)]  # all collide
+    values = [object() for _ in keys]
+    t = impl.FrozenTable(zip(keys, values))
+    bad = BadEq("x", h=7)
+    badh = BadHash()
+    value = object()
+    before = refcounts(*keys, *values, bad, badh, value)
+    for _ in range(3):
+        for op in (lambda: t[bad], lambda: t.get(bad), lambda: bad in t, lambda: t.get_many([keys[0], bad]),
+                   lambda: t.put(bad, value), lambda: t.delete(bad), lambda: t.put_many([(keys[0], value), (bad, value)])):
+            with pytest.raises(Boom):
+                op()
+        for op in (lambda: t[badh], lambda: t.get(badh), lambda: t.put(badh, value), lambda: t.delete(badh),
+                   lambda: t.get_many([badh]), lambda: t.put_many({badh: value}) if False else t.put_many([(badh, value)])):
+            with pytest.raises(Boom):
+                op()
+        with pytest.raises(TypeError):
+            t.put([], value)
+        with pytest.raises(ValueError):
+            t.put_many([(keys[0], value, value)])
+    assert t.to_dict() == dict(zip(keys, values))  # unchanged by every failure
+    op = None
+    gc.collect()
+    assert refcounts(*keys, *values, bad, badh, value) == before
+
+
+# --- memory ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 10, 1000, 50_000])
+def test_sizeof_is_honest(impl, n):
+    """What building a table allocates (its objects and arrays, keys and values
+    excluded) is what sys.getsizeof reports. Several tables are built so the
+    interpreter's own one-off allocations average out."""
+    d = {f"key{i}": i for i in range(n)}
+    count = 20
+    tables = [None] * count
+    impl.FrozenTable(d)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            tables[i] = impl.FrozenTable(d)
+        used = (tracemalloc.get_traced_memory()[0] - start) / count
+    finally:
+        tracemalloc.stop()
+    size = sys.getsizeof(tables[0])
+    assert abs(size - used) <= max(16, 0.01 * used), (size, used)
+
+
+def test_sizeof_counts_what_a_write_allocates(impl):
+    """A write allocates a new snapshot (and, the first time, the writers'
+    lock); the old one, allocated before tracing started, is freed untraced.
+    So what is traced is the table's size less its fixed object part."""
+    tables = [impl.FrozenTable({"a": 1, "b": 2}) for _ in range(21)]
+    tables[0].put("a", 2)  # warm up
+    fixed = sys.getsizeof(impl.FrozenTable())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for t in tables[1:]:
+            t.put("a", 2)
+        used = (tracemalloc.get_traced_memory()[0] - before) / 20
+    finally:
+        tracemalloc.stop()
+    assert abs((sys.getsizeof(tables[1]) - fixed) - used) <= 16, (sys.getsizeof(tables[1]), fixed, used)
+
+
+@pytest.mark.parametrize("n", [1000, 100_000])
+def test_sizeof_compiled_per_entry_at_most_dict(n):
+    d = {i: i for i in range(n)}
+    t = fastkv.FrozenTable(d)
+    assert sys.getsizeof(t) <= sys.getsizeof(d), n
+
+
+def test_built_from_dict_has_no_slack():
+    n = 1000
+    t = fastkv.FrozenTable({i: i for i in range(n)})
+    # entries are sized exactly: one more entry costs exactly one entry more
+    t2 = fastkv.FrozenTable({i: i for i in range(n + 1)})
+    assert sys.getsizeof(t2) - sys.getsizeof(t) == 24
+
+
+# --- snapshots ---------------------------------------------------------------
+
+
+def test_iterator_keeps_its_snapshot(impl):
+    t = impl.FrozenTable({i: i for i in range(1000)})
+    it = iter(t.items())
+    first = next(it)
+    done = threading.Event()
+
+    def writer():
+        for i in range(1000, 1100):
+            t.put(i, i)
+        for i in range(0, 1000, 2):
+            t.delete(i)
+        t.put_many({i: -i for i in range(1, 1000, 2)})
+        done.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    rest = list(it)  # interleaves with the writer
+    w.join()
+    assert done.is_set()
+    assert [first] + rest == [(i, i) for i in range(1000)]
+    assert len(t) == 600
+    assert t[1] == -1 and 0 not in t and t[1050] == 1050
+
+
+def test_readers_see_complete_snapshots_while_writing(impl):
+    t = impl.FrozenTable({"a": 0, "b": 0})
+    stop = threading.Event()
+    bad = []
+
+    def writer():
+        for i in range(1, 300):
+            t.put_many({"a": i, "b": i})
+        stop.set()
+
+    def reader():
+        while not stop.is_set():
+            d = t.to_dict()
+            if d["a"] != d["b"]:
+                bad.append(d)
+            items = dict(t.items())
+            if items["a"] != items["b"]:
+                bad.append(items)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad
+    assert t == {"a": 299, "b": 299}
+
+
+def test_concurrent_writers_lose_nothing(impl):
+    t = impl.FrozenTable()
+
+    def writer(base):
+        for i in range(200):
+            t.put(base + i, i)
+
+    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(t) == 800
+
+
+# --- keys that run Python during a lookup --------------------------------------
+
+
+def test_eq_that_writes_the_same_table(impl):
+    t = impl.FrozenTable()
+    calls = []
+
+    class Sneaky(Key):
+        def __eq__(self, other):
+            calls.append(other)
+            t.put(("written", len(calls)), 1)  # a write from inside a read
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    a, b = Sneaky("a", h=1), Sneaky("a", h=1)
+    t.put(a, "va")
+    # a read whose __eq__ writes: the read finishes on the snapshot it started with
+    assert t[b] == "va"
+    assert calls
+    assert len(t) >= 2
+
+
+def test_write_reentered_from_eq_raises(impl):
+    t = impl.FrozenTable()
+
+    class Reenter(Key):
+        armed = False
+
+        def __eq__(self, other):
+            if Reenter.armed:
+                t.put("inner", 1)
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    t.put(Reenter("a", h=1), 1)
+    Reenter.armed = True
+    with pytest.raises(RuntimeError):
+        t.put(Reenter("b", h=1), 2)
+    Reenter.armed = False
+    assert t == {Reenter("a", h=1): 1}
+    t.put("after", 2)  # the lock was released
+    assert t["after"] == 2
+
+
+def test_eq_that_drops_the_snapshot_while_comparing(impl):
+    """A lookup's __eq__ replaces every snapshot and frees the old one: the
+    lookup must not read a freed entry."""
+    t = impl.FrozenTable()
+
+    class Dropper(Key):
+        def __eq__(self, other):
+            t.put_many({Key(f"junk{i}"): object() for i in range(100)})
+            for k in list(t):
+                t.delete(k)
+            gc.collect()
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    t.put(Dropper("x", h=5), "v")
+    probe = Dropper("x", h=5)
+    assert t.get(probe) == "v"  # found in the snapshot the lookup held
+    assert len(t) == 0
+
+
+def test_raising_eq_and_hash_propagate(impl):
+    class Boom(Exception):
+        pass
+
+    class BadEq(Key):
+        def __eq__(self, other):
+            raise Boom
+
+        __hash__ = Key.__hash__
+
+    t = impl.FrozenTable({Key("a", h=3): 1, "s": 2})
+    with pytest.raises(Boom):
+        t[BadEq("b", h=3)]
+    with pytest.raises(Boom):
+        t.get(BadEq("b", h=3))
+    assert t.get(BadEq("c", h=4)) is None  # no collision: __eq__ never called
+    assert t["s"] == 2
+
+
+def test_str_subclass_and_int_keys_use_dict_semantics(impl):
+    class S(str):
+        def __eq__(self, other):
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    t = impl.FrozenTable({S("abc"): 1, 1: "one"})
+    assert t["abc"] == 1 and t[fresh_str("abc")] == 1
+    assert t[1.0] == "one" and t[True] == "one"
+    big = 2**100
+    t2 = impl.FrozenTable({big: "big", -(2**64): "neg", 2**61 - 1: "p"})
+    assert t2[2**100] == "big" and t2[-(2**64)] == "neg" and t2[2**61 - 1] == "p"
+    assert 0 not in t2  # 2**61-1 hashes to 0
+    assert t2.get(float(2**100)) == "big"
+
+
+def test_many_collisions(impl):
+    keys = [Key(f"k{i}", h=42) for i in range(200)] + [f"s{i}" for i in range(200)]
+    t = impl.FrozenTable({k: i for i, k in enumerate(keys)})
+    for i, k in enumerate(keys):
+        assert t[Key(k.name, h=42) if isinstance(k, Key) else fresh_str(k)] == i
+    for k in keys[::3]:
+        assert t.delete(k)
+    assert len(t) == len(keys) - len(keys[::3])
+    assert list(t) == [k for i, k in enumerate(keys) if i % 3]
+
+
+def test_deep_nesting_dealloc_and_repr(impl):
+    t = impl.FrozenTable()
+    for _ in range(100_000):
+        t = impl.FrozenTable({"t": t})
+    with pytest.raises(RecursionError):
+        repr(t)
+    del t  # must not overflow the C stack
+
+
+def test_self_cycle_is_collected(impl):
+    import weakref
+
+    class Obj:
+        pass
+
+    t = impl.FrozenTable()
+    o = Obj()
+    t.put("self", t)
+    t.put("o", o)
+    r = weakref.ref(o)
+    del t, o
+    gc.collect()
+    assert r() is None
