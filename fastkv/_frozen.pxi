@@ -338,18 +338,22 @@ cdef object _equals(_Snapshot snap, object other):
 @cython.trashcan(True)
 @cython.no_gc_clear
 cdef class FrozenTable:
-    """FrozenTable(data=(), /, **kwargs)
+    """A read-optimized table replaced whole on every write (the BEAM's
+    ``:persistent_term`` holding a map).
 
-    A read-optimized mapping replaced whole on write (Erlang's
-    ``:persistent_term``). Reads are O(1) and never block; every read and
-    every iteration sees one complete snapshot. ``put``, ``delete`` and
-    ``put_many`` copy the table (O(n)) and swap the copy in atomically;
-    readers in flight keep the snapshot they started with. Concurrent writers
-    are serialized, so no write is lost.
+    ``FrozenTable(data=(), /, **kwargs)`` is built like ``dict(...)``.
+    Reads never block and always see one complete snapshot; writes copy the
+    whole table (O(n)) and swap the new snapshot in atomically, so readers in
+    flight keep the snapshot they started with. Writers are serialized by a
+    writer lock; a key whose ``__eq__`` writes to the same table while it is
+    being written raises ``RuntimeError``. It is a ``collections.abc.Mapping``:
+    there is no ``t[k] = v``, writes are spelled ``put`` / ``delete`` /
+    ``put_many``. Key semantics are exactly dict's.
     """
     cdef _Snapshot _snap
     cdef PyThread_type_lock _wlock      # writers' lock, allocated on first write
     cdef unsigned long _writer          # thread holding _wlock, 0 if none
+    cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self._snap = _EMPTY_SNAPSHOT
@@ -407,10 +411,8 @@ cdef class FrozenTable:
         return 0          # old is released after the lock
 
     def put(self, key, value):
-        """put(key, value) -> None
-
-        Store value under key: copies the table (O(n)) and swaps the copy in.
-        """
+        """Store ``value`` under ``key``: copies the table (O(n)) and swaps
+        the new snapshot in atomically. Returns None."""
         cdef Py_hash_t h = table_hash(key)
         cdef _Snapshot old
         cdef _Snapshot new = _snapshot_new()
@@ -425,11 +427,8 @@ cdef class FrozenTable:
             self._unlock()
 
     def delete(self, key):
-        """delete(key) -> bool
-
-        Remove key, True if it was present: copies the table (O(n)) when the
-        key is there, does nothing otherwise.
-        """
+        """Remove ``key``; True if it was there. O(n) copy when it was, O(1)
+        when it was not (nothing is published then)."""
         cdef Py_hash_t h = table_hash(key)
         cdef _Snapshot old
         cdef _Snapshot new
@@ -450,44 +449,42 @@ cdef class FrozenTable:
         finally:
             self._unlock()
 
-    def put_many(self, items):
-        """put_many(mapping_or_pairs) -> None
-
-        Store every (key, value) of a mapping or an iterable of pairs with one
-        copy of the table (O(n + len(items))); later pairs win. All or nothing:
-        if reading the input raises, the table is unchanged.
-        """
-        self._update(_stage(items, None))
+    def put_many(self, mapping_or_pairs):
+        """Store many items at the cost of one copy (O(n + m)), published as
+        one snapshot: readers see all of them or none. The argument is a
+        mapping or an iterable of pairs, read completely before the table is
+        touched (a bad argument changes nothing)."""
+        self._update(_stage(mapping_or_pairs, None))
 
     # --- readers -------------------------------------------------------------
 
     def __getitem__(self, key):
+        """``t[key]``: the value, or ``KeyError(key)``. O(1), never blocks."""
         value = _lookup(self, key, _MISSING)
         if value is _MISSING:
             return _missing_key(self, key)
         return value
 
     def get(self, key, default=None, /):
-        """get(key, default=None) -> value
-
-        The value for key, else default. O(1), never blocks.
-        """
+        """The value for ``key``, else ``default``. O(1), never blocks."""
         return _lookup(self, key, default)
 
     def __contains__(self, key):
+        """``key in t``. O(1), never blocks."""
         return _lookup(self, key, _MISSING) is not _MISSING
 
     def __len__(self):
+        """Number of keys in the current snapshot. O(1)."""
         return self._snap.tab.used
 
     def __iter__(self):
+        """Iterate the keys of the snapshot current when iteration starts
+        (insertion order). O(1) to start; never raises "changed size"."""
         return _iterate(self._snap, ITER_KEYS)
 
     def get_many(self, keys, default=None, /):
-        """get_many(keys, default=None) -> list
-
-        [self.get(k, default) for k in keys], looked up in one snapshot.
-        """
+        """``[t.get(k, default) for k in keys]``, all read from one snapshot.
+        O(len(keys)), never blocks."""
         cdef _Snapshot snap = self._snap
         cdef object seq = PySequence_Fast(keys, "get_many() argument must be iterable")
         cdef Py_ssize_t n = _seq_size(seq), i, ix
@@ -521,10 +518,7 @@ cdef class FrozenTable:
         return result
 
     def to_dict(self):
-        """to_dict() -> dict
-
-        A new dict with the table's items (one snapshot), O(n).
-        """
+        """A new ``dict`` with the current snapshot's items. O(n) copy."""
         cdef _Snapshot snap = self._snap
         cdef dict d = {}
         cdef Py_ssize_t pos = 0
@@ -535,25 +529,26 @@ cdef class FrozenTable:
         return d
 
     def keys(self):
-        """keys() -> KeysView, live; each iteration walks one snapshot."""
+        """A live, set-like view of the keys (``collections.abc.KeysView``);
+        each iteration walks a snapshot taken when it starts."""
         return KeysView(self)
 
     def values(self):
-        """values() -> ValuesView, live; each iteration walks one snapshot."""
+        """A live view of the values (``collections.abc.ValuesView``); each
+        iteration walks a snapshot taken when it starts (O(1) to start)."""
         return _FrozenValuesView(self)
 
     def items(self):
-        """items() -> ItemsView, live; each iteration walks one snapshot."""
+        """A live, set-like view of the ``(key, value)`` pairs
+        (``collections.abc.ItemsView``); each iteration walks a snapshot taken
+        when it starts (O(1) to start)."""
         return _FrozenItemsView(self)
 
     # --- the rest of the shared API -------------------------------------------
 
     def copy(self):
-        """copy() -> FrozenTable
-
-        An independent FrozenTable (never a subclass) with the same items.
-        O(1): the two share the immutable snapshot until either is written.
-        """
+        """An independent ``FrozenTable`` (never a subclass, as dict.copy)
+        with the same items. O(1): it shares the immutable snapshot."""
         cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
         t._snap = self._snap
         return t
@@ -562,10 +557,7 @@ cdef class FrozenTable:
         return self.copy()
 
     def close(self):
-        """close() -> None
-
-        A no-op (nothing runs behind a FrozenTable); the table stays usable.
-        """
+        """Nothing to stop: a no-op, the table stays usable. Idempotent."""
 
     def __enter__(self):
         return self
@@ -575,6 +567,8 @@ cdef class FrozenTable:
         return None
 
     def __eq__(self, other):
+        """Equal to any ``collections.abc.Mapping`` with equal items, as dict
+        compares; ``NotImplemented`` for anything else. O(n)."""
         if not isinstance(other, (FrozenTable, dict, Mapping)):
             return NotImplemented
         return _equals(self._snap, other)
@@ -608,6 +602,9 @@ cdef class FrozenTable:
             Py_ReprLeave(self)
 
     def __sizeof__(self):
+        """Bytes of the table's own structure: the object, its writer lock
+        once a write made one, and its current snapshot's hash table (not the
+        keys and values)."""
         cdef Py_ssize_t size = object.__sizeof__(self)
         if self._wlock != NULL:
             size += _LOCK_SIZE
