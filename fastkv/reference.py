@@ -122,15 +122,19 @@ class _TableAPI:
 
     @reprlib.recursive_repr()
     def __repr__(self):
+        """``TypeName({...items...})``; a table that contains itself prints
+        ``...`` there, as dict does. O(n)."""
         return f"{type(self).__name__}({self.to_dict()!r})"
 
     def close(self):
         """Nothing to stop: a no-op, the table stays usable. Idempotent."""
 
     def __enter__(self):
+        """``with table:`` returns the table itself."""
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
         self.close()
         return None
 
@@ -680,7 +684,7 @@ class LockedTable(_TableAPI):
 # handler.
 
 _STOP = object()
-_OPEN_CORES = set()  # every core whose owner has not been asked to stop
+_OPEN_CORES = set()  # every core whose owner thread is running
 _OPEN_CORES_LOCK = threading.Lock()
 _owner_names = itertools.count(1)
 
@@ -779,8 +783,6 @@ class _OwnerCore:
                 return False
             self.closed = True
             self.queue.put(_STOP)
-        with _OPEN_CORES_LOCK:
-            _OPEN_CORES.discard(self)
         return True
 
     def close(self, timeout=None):
@@ -823,10 +825,13 @@ def _owner_loop(core):
             reply.done.set()
         fn = args = reply = None  # drop references before waiting again
     core.ident = 0  # no thread is this owner any more (idents are reused)
+    with _OPEN_CORES_LOCK:
+        _OPEN_CORES.discard(core)
 
 
 def _close_open_owners_at_exit():
-    """atexit: close every open owner, applying its queued casts first.
+    """atexit: close every running owner (open ones, and closed ones still
+    draining their queue), applying its queued casts first.
 
     Never hangs: the wait for an owner goes on while it makes progress and is
     abandoned after 5 seconds without any request served."""
@@ -967,6 +972,8 @@ class OwnerTable(_TableAPI):
         return OwnerTable(self.to_dict(), access=access)
 
     def __repr__(self):
+        """``OwnerTable({...})`` (one call to the owner), or
+        ``OwnerTable(<closed>)`` once closed: repr never raises ClosedError."""
         if self._core.closed:
             return f"{type(self).__name__}(<closed>)"
         return _TableAPI.__repr__(self)
@@ -1171,13 +1178,18 @@ class Agent:
         return {"queue": core.queue.qsize(), "served": core.served, "errors": core.errors}
 
     def __enter__(self):
+        """``with agent:`` returns the agent itself."""
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        """Leaving the ``with`` block calls ``close()`` (queued casts are
+        applied first); exceptions propagate."""
         self.close()
         return None
 
     def __repr__(self):
+        """``<Agent (open)>`` or ``<Agent (closed)>``: no round trip, the
+        state itself is not shown."""
         state = "closed" if self._core.closed else "open"
         return f"<{type(self).__name__} ({state})>"
 

@@ -274,3 +274,18 @@ def test_interpreter_exit_applies_pending_casts_without_hanging(impl):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["queued True", "last cast applied at 1000"]
+
+
+def test_interpreter_exit_waits_for_a_closed_agent_still_draining(impl):
+    result = run_script(
+        impl,
+        """
+        import time
+        a = m.Agent(0)
+        a.cast(lambda s: time.sleep(0.2) or s)
+        a.cast(lambda s: print("applied after close", flush=True) or s)
+        print("finished in time", a.close(timeout=0), flush=True)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["finished in time False", "applied after close"]
