@@ -886,10 +886,10 @@ class OwnerTable(_TableAPI):
 
     Reads (``get``, ``t[k]``, ``in``, ``len``, iteration, ``to_dict``, ...)
     are calls: the caller waits for the owner's answer, a cross-thread round
-    trip. ``put`` / ``t[k] = v`` / ``put_many`` / ``update`` / ``clear`` are
-    casts: queued, the caller does not wait. ``delete``, ``del t[k]``,
-    ``pop``, ``popitem`` and ``setdefault`` answer something, so they are
-    calls. Requests form one FIFO: one caller's cast followed by its call
+    trip. ``put`` / ``t[k] = v`` / ``delete`` / ``put_many`` / ``update`` /
+    ``clear`` are casts: queued, the caller does not wait (so ``delete``
+    returns None). ``del t[k]``, ``pop``, ``popitem`` and ``setdefault``
+    answer something, so they are calls. Requests form one FIFO: one caller's cast followed by its call
     always sees the cast. Keys are hashed by the caller before queueing
     (unhashable: ``TypeError`` at the call site, casts included). A request
     made on the owner thread itself is served inline. After ``close()``, or in
@@ -920,12 +920,24 @@ class OwnerTable(_TableAPI):
 
     # -- reads: calls, or direct under access="protected" ---------------------
 
+    def _call(self, fn, args):
+        """A call to the owner, refused (RuntimeError) when the calling thread
+        holds the storage lock: under ``access="protected"`` a key's
+        ``__eq__``/``__hash__`` or a destructor running during a direct read
+        would otherwise wait for an owner that waits for that lock."""
+        if self._storage._holder == _get_ident():
+            raise RuntimeError(
+                f"re-entrant call to an {type(self).__name__} from a thread that "
+                "is reading it directly (a key's __eq__/__hash__ or a destructor "
+                "made a request during a protected read)"
+            )
+        return self._core.call(fn, args)
+
     def _read(self, fn, *args):
-        core = self._core
         if self._protected:
-            core.check_open()
+            self._core.check_open()
             return fn(*args)
-        return core.call(fn, args)
+        return self._call(fn, args)
 
     def __getitem__(self, key):
         """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
@@ -1002,35 +1014,37 @@ class OwnerTable(_TableAPI):
         """Remove every item: a cast."""
         self._core.cast(self._storage.clear, ())
 
-    # -- writes that answer: calls --------------------------------------------
-
     def delete(self, key):
-        """Remove ``key``; True if it was there. A call (it answers), in the
-        same FIFO as the casts."""
+        """Remove ``key``: a cast, queued for the owner; the caller does not
+        wait, so it cannot learn whether the key was there and gets None
+        (``pop(key, None)`` and ``del t[key]`` are calls that tell). ``key``
+        is hashed first."""
         hash(key)
-        return self._core.call(self._storage.delete, (key,))
+        self._core.cast(self._storage.delete, (key,))
+
+    # -- writes that answer: calls --------------------------------------------
 
     def __delitem__(self, key):
         """``del t[key]``: remove ``key`` or raise ``KeyError(key)``. A call."""
         hash(key)
-        self._core.call(self._storage.__delitem__, (key,))
+        self._call(self._storage.__delitem__, (key,))
 
     def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. A call."""
         hash(key)
-        return self._core.call(self._storage.take, (key, default))
+        return self._call(self._storage.take, (key, default))
 
     def popitem(self):
         """Remove and return the last inserted ``(key, value)`` pair;
         ``KeyError`` when empty. A call."""
-        return self._core.call(self._storage.popitem, ())
+        return self._call(self._storage.popitem, ())
 
     def setdefault(self, key, default=None):
         """The value for ``key``; if absent, store ``default`` and return it.
         A call."""
         hash(key)
-        return self._core.call(self._storage.setdefault, (key, default))
+        return self._call(self._storage.setdefault, (key, default))
 
     # -- the owner ------------------------------------------------------------------
 
@@ -1040,12 +1054,12 @@ class OwnerTable(_TableAPI):
         ``LockedTable`` holding the data. An exception reaches the caller and
         the owner keeps serving (whatever ``fn`` changed before raising stays
         changed)."""
-        return self._core.call(fn, (self._storage,) + args)
+        return self._call(fn, (self._storage,) + args)
 
     def sync(self):
         """Wait until every request queued before this one has been applied.
         A no-op on the owner thread itself."""
-        self._core.call(_noop, ())
+        self._call(_noop, ())
 
     def close(self, timeout=None):
         """Stop accepting requests, let the owner apply everything already

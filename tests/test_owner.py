@@ -104,6 +104,8 @@ def test_a_callers_cast_then_call_sees_it(table):
         assert i in table
     table.put_many({"x": 1, "y": 2})
     assert table.get_many(["x", "y", "z"], 0) == [1, 2, 0]
+    assert table.delete("x") is None  # a cast: it cannot know
+    assert "x" not in table
     table.clear()
     assert len(table) == 0
 
