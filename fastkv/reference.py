@@ -177,7 +177,7 @@ class FrozenTable(_TableAPI):
         return self
 
     def __init__(self, data=(), /, **kwargs):
-        self.put_many(_collect(data, kwargs))
+        FrozenTable.put_many(self, _collect(data, kwargs))  # not a subclass's override
 
     # -- the writer lock -----------------------------------------------------
 
@@ -345,7 +345,7 @@ class LockedTable(_TableAPI):
         return self
 
     def __init__(self, data=(), /, **kwargs):
-        self.put_many(_collect(data, kwargs))
+        LockedTable.put_many(self, _collect(data, kwargs))  # not a subclass's override
 
     # -- the lock ---------------------------------------------------------------
 
@@ -519,7 +519,7 @@ class LockedTable(_TableAPI):
 
     def update(self, other=(), /, **kwargs):
         """``dict.update``: like ``put_many(dict(other, **kwargs))``, atomic."""
-        self.put_many(_collect(other, kwargs))
+        LockedTable.put_many(self, _collect(other, kwargs))
 
     def insert_new(self, key, value):
         """Store ``value`` only if ``key`` is absent; True if it was stored.
@@ -590,7 +590,7 @@ class LockedTable(_TableAPI):
     def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. O(1), atomic."""
-        return self.take(key, default)
+        return LockedTable.take(self, key, default)
 
     def popitem(self):
         """Remove and return the last inserted ``(key, value)`` pair (LIFO);
@@ -1008,7 +1008,7 @@ class OwnerTable(_TableAPI):
 
     def update(self, other=(), /, **kwargs):
         """``dict.update`` as one cast (see ``put_many``)."""
-        self.put_many(_collect(other, kwargs))
+        OwnerTable.put_many(self, _collect(other, kwargs))
 
     def clear(self):
         """Remove every item: a cast."""
