@@ -1,0 +1,206 @@
+"""Test support shared by the behaviour suite (imported by conftest and tests).
+
+- ``IMPLS``: the two implementations, ``fastkv`` (compiled core) and
+  ``fastkv.reference``.
+- ``Kind``: one table kind of one implementation, with a factory that builds a
+  table like ``dict(...)`` and closes owner tables at the end of the test.
+- ``HashKey`` and ``crashing``: keys with a chosen hash whose ``__hash__`` or
+  ``__eq__`` raise on demand (after immutables' ``HashKeyCrasher``).
+- ``assert_same``: compare a table against a dict oracle, order included.
+"""
+
+import contextlib
+import threading
+
+import fastkv
+import fastkv.module
+import fastkv.reference
+
+IMPLS = {"compiled": fastkv, "reference": fastkv.reference}
+
+# (impl name, kind name): every table kind of both implementations; ModuleTable
+# exists once (it is Python by nature), listed with the public package.
+KIND_NAMES = ("frozen", "locked", "owner-private", "owner-protected", "module")
+KIND_PARAMS = [
+    (impl, kind)
+    for impl in ("compiled", "reference")
+    for kind in KIND_NAMES
+    if not (kind == "module" and impl != "compiled")
+]
+MUTABLE_KIND_PARAMS = [p for p in KIND_PARAMS if p[1] in ("locked", "owner-private", "owner-protected")]
+MAPPING_ONLY_KIND_PARAMS = [p for p in KIND_PARAMS if p[1] in ("frozen", "module")]
+OWNER_KIND_PARAMS = [p for p in KIND_PARAMS if p[1].startswith("owner")]
+
+
+def kind_id(param):
+    impl, kind = param
+    return kind if kind == "module" else f"{impl}-{kind}"
+
+
+class Kind:
+    """One table kind of one implementation.
+
+    ``make(data=(), /, **kwargs)`` builds a table as ``dict(data, **kwargs)``
+    would be built (passing ``access=`` for owner tables); ``make_as(cls, ...)``
+    does the same with a subclass. Every table made is closed by ``close_all``
+    (the fixture finalizer). ``settle(t)`` waits until writes are visible to
+    direct readers (``sync()`` on a protected owner table, where reads bypass
+    the owner queue; nothing elsewhere: a private owner's reads are FIFO with
+    the caller's writes).
+    """
+
+    def __init__(self, impl_name, name):
+        self.impl_name = impl_name
+        self.impl = IMPLS[impl_name]
+        self.name = name
+        self.id = kind_id((impl_name, name))
+        if name == "frozen":
+            self.cls = self.impl.FrozenTable
+        elif name == "locked":
+            self.cls = self.impl.LockedTable
+        elif name.startswith("owner"):
+            self.cls = self.impl.OwnerTable
+        elif name == "module":
+            self.cls = fastkv.module.ModuleTable
+        else:
+            raise ValueError(name)
+        self.owner = name.startswith("owner")
+        self.access = name.split("-")[1] if self.owner else None
+        self.mutable = name in ("locked", "owner-private", "owner-protected")
+        # O(n) writes (a copy, or a module compiled per write): keep sizes small
+        self.copy_on_write = name in ("frozen", "module")
+        self._made = []
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"<Kind {self.id}>"
+
+    def extra_kwargs(self):
+        return {"access": self.access} if self.owner else {}
+
+    def make(self, /, *args, **kwargs):
+        return self.make_as(self.cls, *args, **kwargs)
+
+    def make_as(self, cls, /, *args, **kwargs):
+        table = cls(*args, **kwargs, **self.extra_kwargs())
+        self.track(table)
+        return table
+
+    def track(self, obj):
+        """Close ``obj`` (a table or an agent) when the test ends."""
+        with self._lock:
+            self._made.append(obj)
+        return obj
+
+    def untrack(self, obj):
+        with self._lock:
+            self._made = [o for o in self._made if o is not obj]
+
+    def settle(self, table):
+        if self.access == "protected":
+            table.sync()
+
+    def close_all(self):
+        with self._lock:
+            made, self._made = self._made, []
+        errors = []
+        owners = tuple(getattr(impl, name) for impl in IMPLS.values() for name in ("OwnerTable", "Agent"))
+        for obj in made:
+            try:
+                if isinstance(obj, owners):
+                    obj.close(timeout=10)  # a test that deadlocked an owner must not hang the run
+                else:
+                    obj.close()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def closing_kind(param):
+    kind = Kind(*param)
+    try:
+        yield kind
+    finally:
+        kind.close_all()
+
+
+# -- keys -------------------------------------------------------------------
+
+
+class HashError(Exception):
+    """Raised by a HashKey's __hash__ while hashing errors are armed."""
+
+
+class EqError(Exception):
+    """Raised by a HashKey's __eq__ while equality errors are armed."""
+
+
+_CRASH = {"hash": False, "eq": False}
+
+
+@contextlib.contextmanager
+def crashing(hash=False, eq=False):
+    """Arm HashKey errors for the duration of the block (process-wide: the
+    owner thread of an OwnerTable sees them too)."""
+    saved = dict(_CRASH)
+    _CRASH["hash"] = hash
+    _CRASH["eq"] = eq
+    try:
+        yield
+    finally:
+        _CRASH.update(saved)
+
+
+class HashKey:
+    """A key with a chosen hash and equality by ``name``: equal names are one
+    key, and many names can share one hash (forced collisions). Raises
+    HashError/EqError from __hash__/__eq__ while ``crashing`` arms them."""
+
+    __slots__ = ("hash", "name")
+
+    def __init__(self, hash, name):
+        self.hash = hash
+        self.name = name
+
+    def __hash__(self):
+        if _CRASH["hash"]:
+            raise HashError(f"hash of {self!r}")
+        return self.hash
+
+    def __eq__(self, other):
+        if _CRASH["eq"]:
+            raise EqError(f"eq of {self!r}")
+        if not isinstance(other, HashKey):
+            return NotImplemented
+        return self.name == other.name
+
+    def __ne__(self, other):
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __repr__(self):
+        return f"HashKey({self.hash}, {self.name!r})"
+
+
+# -- oracle comparison ------------------------------------------------------
+
+
+def _same(x, y):
+    return x is y or (type(x) is type(y) and x == y)
+
+
+def assert_same(table, oracle):
+    """``table`` holds exactly ``oracle``'s items, in ``oracle``'s order, with
+    keys and values of the same types (the first key inserted is kept) and
+    equal or identical to the oracle's."""
+    items = list(table.items())
+    expected = list(oracle.items())
+    assert len(table) == len(oracle)
+    assert [k for k, _ in items] == [k for k, _ in expected]
+    for (k, v), (ek, ev) in zip(items, expected):
+        assert _same(k, ek), (k, ek)
+        assert _same(v, ev), (k, v, ev)
+    assert list(table) == list(oracle)
+    assert table.to_dict() == oracle
