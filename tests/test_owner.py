@@ -37,6 +37,7 @@ def run_script(impl, body):
     return subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script],
         env=env,
+        cwd=root,  # never the source tree: `-c` puts the cwd first on sys.path
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
