@@ -1,9 +1,1110 @@
-"""`python -m fastkv bench` (placeholder: being written)."""
+"""``python -m fastkv bench``: the article's comparison of in-memory stores, redone in Python.
 
+Every strategy fastkv offers is measured in one process, beside a plain
+``dict``, the pure-Python reference tables, and the peers a Python user would
+otherwise pick (when installed): ``immutables.Map``, ``frozendict``,
+``cachetools.LRUCache``, ``cachebox.Cache``, a dict behind a ``threading.Lock``,
+and a hand-rolled owner thread serving a dict from a ``queue.SimpleQueue``.
+
+Scenarios (each at every size; sizes default to 10 / 1,000 / 100,000 keys in
+``--quick`` mode and add 1,000,000 in ``--full`` mode):
+
+- ``read``    one thread reads present keys, the store never written;
+- ``write``   one thread overwrites present keys (size stays constant);
+- ``mix``     one thread, 9 reads then 1 write, repeated (90/10);
+- ``threads`` N threads (``--threads``, default 4) read at once; the figure is
+  the aggregate ops/s of all threads.
+
+Keys are strings ``"key:<i>"``. Values are shaped like the article's: a record
+of a dozen short string fields per key. They are built cheaply from a pool of
+1,024 distinct records (key i holds record i % 1024): every store here holds
+references, so a lookup costs the same whatever record it returns.
+
+Timing method (timeit-style, nothing clever):
+
+- Everything a timed loop needs is built before the clock starts: the store,
+  the bound method it calls (``read = table.get``), and a list of keys drawn at
+  random (fixed seed) from the store's keys.
+- A timed run is a plain Python ``for`` loop over that key list calling the
+  operation, timed with ``time.perf_counter``; for writes that are queued to an
+  owner thread, the run ends with the store's ``sync()`` so every queued write
+  is counted as done. The loop's own overhead is included for every strategy
+  alike; nothing is subtracted.
+- The number of operations per run is calibrated like ``timeit.autorange``
+  (x10 until a run lasts a tenth of ``--min-time``, then scaled up to last
+  ``--min-time``); the figure reported is the best (fastest) of ``--repeat``
+  runs, as timeit recommends. Operations that take longer than the per-figure
+  time budget on their own (a module rebuild at 100,000 keys) are timed once.
+- The garbage collector stays enabled (as in a real program); ``gc.collect()``
+  runs before each figure.
+- ops/s = operations / best run time. Each scenario's table gives, per size,
+  ops/s and how many times slower than the fastest strategy at that size.
+
+Absolute figures depend on the machine and on what else runs on it; only the
+ratios inside one run mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import functools
+import gc
+import importlib
+import itertools
+import json
+import math
+import os
+import platform
+import queue
+import random
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = [
+    "SCENARIOS",
+    "STRATEGIES",
+    "QueueOwner",
+    "LockedDict",
+    "Store",
+    "Strategy",
+    "main",
+    "make_data",
+    "make_record",
+    "run",
+    "scenario_runner",
+    "workload",
+]
+
+SCENARIOS = ("read", "write", "mix", "threads")
+
+SCENARIO_TITLES = {
+    "read": "read: one thread, get() of a present key, store never written",
+    "write": "write: one thread, put() overwriting a present key (queued writes: until sync)",
+    "mix": "mix: one thread, 9 reads then 1 write, repeated (90/10)",
+    "threads": "threads: {threads} threads reading at once, aggregate ops/s",
+}
+
+QUICK_SIZES = (10, 1_000, 100_000)
+FULL_SIZES = (10, 1_000, 100_000, 1_000_000)
+
+# Per mode: seconds a timed run lasts at least, runs per figure (best taken),
+# seconds one figure may take (a single slow operation is then timed once),
+# and seconds a store's build may be expected to take before larger sizes of
+# that strategy are skipped.
+MODES = {
+    "quick": {"min_time": 0.02, "repeat": 3, "budget": 1.0, "build_budget": 2.0},
+    "full": {"min_time": 0.2, "repeat": 5, "budget": 8.0, "build_budget": 60.0},
+}
+
+KEY_LIST_LEN = 100_000  # length of the random key list a run cycles over
+CHUNK = 1_000  # keys per inner-loop chunk
+MAX_OPS = 20_000_000  # upper bound on operations per run
+SEED = 20240611
+RECORD_POOL = 1_024
+FIELDS = (
+    "id", "name", "email", "city", "country", "plan",
+    "status", "created", "updated", "locale", "team", "role",
+)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    print("fastkv bench: not written yet")
+# --------------------------------------------------------------------------
+# data
+
+
+def make_record(i: int) -> Dict[str, str]:
+    """A record like the article's: a dict of a dozen short string fields."""
+    return {
+        "id": str(i),
+        "name": f"user {i}",
+        "email": f"user{i}@example.com",
+        "city": ("Lisbon", "Oslo", "Lima", "Kyoto")[i % 4],
+        "country": ("PT", "NO", "PE", "JP")[i % 4],
+        "plan": ("free", "pro", "team")[i % 3],
+        "status": ("active", "paused")[i % 2],
+        "created": f"2021-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "updated": f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "locale": ("en", "pt", "no", "ja")[i % 4],
+        "team": f"team-{i % 97}",
+        "role": ("admin", "member", "viewer")[i % 3],
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _record_pool() -> List[Dict[str, str]]:
+    return [make_record(i) for i in range(RECORD_POOL)]
+
+
+def make_data(size: int) -> Dict[str, Dict[str, str]]:
+    """``size`` keys ``"key:<i>"``, each holding a record from a shared pool."""
+    pool = _record_pool()
+    n = len(pool)
+    return {f"key:{i}": pool[i % n] for i in range(size)}
+
+
+# --------------------------------------------------------------------------
+# peers written here
+
+
+class LockedDict:
+    """The hand-rolled thread-safe cache: a dict behind one ``threading.Lock``."""
+
+    def __init__(self, data=()):
+        self._data = dict(data)
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._data.get(key, default)
+
+    def put(self, key, value):
+        with self._lock:
+            self._data[key] = value
+
+
+_GET, _PUT, _SYNC, _STOP = range(4)
+
+
+class QueueOwner:
+    """The hand-rolled owner thread: one thread owns a dict and serves requests
+    taken from a ``queue.SimpleQueue``; a read (call) waits for its answer on the
+    calling thread's own reply ``SimpleQueue``; a write (cast) does not wait.
+    This is what a Python user writes for "a GenServer holding a map"."""
+
+    def __init__(self, data=()):
+        self._requests = queue.SimpleQueue()
+        self._local = threading.local()
+        self._thread = threading.Thread(
+            target=self._serve, args=(dict(data),), name="fastkv-bench-queue-owner", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self, table):
+        get = self._requests.get
+        while True:
+            op, key, value, reply = get()
+            try:
+                if op == _GET:
+                    reply.put((True, table.get(key)))
+                elif op == _PUT:
+                    table[key] = value
+                elif op == _SYNC:
+                    reply.put((True, None))
+                else:
+                    reply.put((True, None))
+                    return
+            except BaseException as exc:  # the caller must never wait forever
+                if reply is not None:
+                    reply.put((False, exc))
+
+    def _box(self):
+        try:
+            return self._local.box
+        except AttributeError:
+            box = self._local.box = queue.SimpleQueue()
+            return box
+
+    def _call(self, op, key=None):
+        box = self._box()
+        self._requests.put((op, key, None, box))
+        ok, result = box.get()
+        if not ok:
+            raise result
+        return result
+
+    def get(self, key):
+        return self._call(_GET, key)
+
+    def put(self, key, value):
+        self._requests.put((_PUT, key, value, None))
+
+    def sync(self):
+        self._call(_SYNC)
+
+    def close(self):
+        if self._thread.is_alive():
+            self._call(_STOP)
+            self._thread.join()
+
+
+class _Holder:
+    """Holds an immutable map that writes replace (``m = m.set(k, v)``); reads
+    go through the holder so they see the latest map."""
+
+    __slots__ = ("map",)
+
+    def __init__(self, m):
+        self.map = m
+
+    def get(self, key):
+        return self.map.get(key)
+
+    def put(self, key, value):
+        self.map = self.map.set(key, value)
+
+
+def _agent_put(state, key, value):
+    state[key] = value
+    return state
+
+
+def _nothing():
+    return None
+
+
+# --------------------------------------------------------------------------
+# strategies
+
+
+@dataclass
+class Store:
+    """A built store, adapted to the four operations the scenarios use.
+
+    ``read`` is the hot-path call of a store that is never written (read and
+    threads scenarios); ``mix_read`` the read that must see writes (mix);
+    ``settle`` waits until queued writes are applied; ``close`` releases it."""
+
+    read: Callable[[Any], Any]
+    write: Callable[[Any, Any], Any]
+    settle: Callable[[], Any] = _nothing
+    close: Callable[[], Any] = _nothing
+    mix_read: Optional[Callable[[Any], Any]] = None
+    obj: Any = None
+
+
+@dataclass
+class Strategy:
+    id: str
+    label: str
+    kind: str  # "baseline", "fastkv", "reference" or "peer"
+    summary: str
+    thread_safe: bool
+    build: Callable[[dict], Store]
+    requires: Sequence[str] = ()
+    # a write costs a whole rebuild (ModuleTable): write and mix are skipped at
+    # sizes whose build alone exceeds the per-figure budget
+    write_rebuilds: bool = False
+    # (set at run time) why it is skipped whole, e.g. a peer not installed
+    skip_reason: Optional[str] = field(default=None, repr=False)
+
+
+def _table_store(t, owner=False):
+    if owner:
+        return Store(read=t.get, write=t.put, settle=t.sync, close=t.close, obj=t)
+    return Store(read=t.get, write=t.put, close=t.close, obj=t)
+
+
+def _fastkv(name):
+    import fastkv
+
+    return getattr(fastkv, name)
+
+
+def _reference(name):
+    import fastkv.reference
+
+    return getattr(fastkv.reference, name)
+
+
+def _build_dict(data):
+    d = dict(data)
+    return Store(read=d.get, write=d.__setitem__, obj=d)
+
+
+def _build_frozen(get_cls):
+    def build(data):
+        return _table_store(get_cls("FrozenTable")(data))
+
+    return build
+
+
+def _build_module(data):
+    import fastkv
+
+    return _table_store(fastkv.ModuleTable(data))
+
+
+def _build_locked(get_cls):
+    def build(data):
+        return _table_store(get_cls("LockedTable")(data))
+
+    return build
+
+
+def _build_owner(get_cls, access):
+    def build(data):
+        return _table_store(get_cls("OwnerTable")(data, access=access), owner=True)
+
+    return build
+
+
+def _build_agent(get_cls):
+    def build(data):
+        agent = get_cls("Agent")(dict(data))
+        return Store(
+            read=functools.partial(agent.get, dict.get),
+            write=functools.partial(agent.cast, _agent_put),
+            settle=agent.sync,
+            close=agent.close,
+            obj=agent,
+        )
+
+    return build
+
+
+def _build_immutables(data):
+    import immutables
+
+    m = immutables.Map(data)
+    holder = _Holder(m)
+    return Store(read=m.get, write=holder.put, mix_read=holder.get, obj=holder)
+
+
+def _build_frozendict(data):
+    from frozendict import frozendict
+
+    m = frozendict(data)
+    holder = _Holder(m)
+    return Store(read=m.get, write=holder.put, mix_read=holder.get, obj=holder)
+
+
+def _build_cachetools(data):
+    import cachetools
+
+    c = cachetools.LRUCache(maxsize=2 * len(data) + 16)
+    c.update(data)
+    return Store(read=c.get, write=c.__setitem__, obj=c)
+
+
+def _build_cachebox(data):
+    import cachebox
+
+    c = cachebox.Cache(0, data)
+    return Store(read=c.get, write=c.__setitem__, obj=c)
+
+
+def _build_locked_dict(data):
+    d = LockedDict(data)
+    return Store(read=d.get, write=d.put, obj=d)
+
+
+def _build_queue_owner(data):
+    o = QueueOwner(data)
+    return Store(read=o.get, write=o.put, settle=o.sync, close=o.close, obj=o)
+
+
+def _strategies() -> List[Strategy]:
+    S = Strategy
+    out = [
+        S("dict", "dict", "baseline",
+          "plain dict, read and written inline (the baseline; compound updates not atomic)",
+          False, _build_dict),
+        S("frozen", "FrozenTable", "fastkv",
+          "snapshot read lock-free; a write copies the table, O(n), and swaps it in",
+          True, _build_frozen(_fastkv)),
+        S("module", "ModuleTable", "fastkv",
+          "data compiled into a generated module; a write regenerates the module",
+          True, _build_module, write_rebuilds=True),
+        S("locked", "LockedTable", "fastkv",
+          "one lock around every operation, compound ones atomic",
+          True, _build_locked(_fastkv)),
+        S("owner-private", "OwnerTable private", "fastkv",
+          "every read is a call to the owner thread, writes are casts",
+          True, _build_owner(_fastkv, "private")),
+        S("owner-protected", "OwnerTable protected", "fastkv",
+          "reads go to the table directly, writes are casts to the owner",
+          True, _build_owner(_fastkv, "protected")),
+        S("agent", "Agent(dict)", "fastkv",
+          "a dict as Agent state: reads agent.get(dict.get, k), writes agent.cast",
+          True, _build_agent(_fastkv)),
+    ]
+    for sid, label, build in (
+        ("frozen", "FrozenTable", _build_frozen(_reference)),
+        ("locked", "LockedTable", _build_locked(_reference)),
+        ("owner-private", "OwnerTable private", _build_owner(_reference, "private")),
+        ("owner-protected", "OwnerTable protected", _build_owner(_reference, "protected")),
+        ("agent", "Agent(dict)", _build_agent(_reference)),
+    ):
+        out.append(S("ref-" + sid, "ref " + label, "reference",
+                     "fastkv.reference (pure Python) " + label, True, build))
+    out += [
+        S("immutables", "immutables.Map", "peer",
+          "HAMT mapping; a write is m = m.set(k, v), O(log n), through a holder",
+          True, _build_immutables, requires=("immutables",)),
+        S("frozendict", "frozendict", "peer",
+          "immutable dict; a write is d = d.set(k, v), an O(n) copy, through a holder",
+          True, _build_frozendict, requires=("frozendict",)),
+        S("cachetools", "cachetools.LRUCache", "peer",
+          "pure-Python LRU cache (maxsize 2x the keys: never evicts here); needs a lock across threads",
+          False, _build_cachetools, requires=("cachetools",)),
+        S("cachebox", "cachebox.Cache", "peer",
+          "Rust hash map without eviction policy, locked inside",
+          True, _build_cachebox, requires=("cachebox",)),
+        S("dict-lock", "dict+Lock", "peer",
+          "dict behind a threading.Lock, `with lock:` around every operation",
+          True, _build_locked_dict),
+        S("queue-owner", "SimpleQueue owner", "peer",
+          "owner thread serving a dict from a queue.SimpleQueue (reply on a per-thread SimpleQueue)",
+          True, _build_queue_owner),
+    ]
+    return out
+
+
+STRATEGIES: Dict[str, Strategy] = {s.id: s for s in _strategies()}
+
+
+def _check_available(strategy: Strategy) -> Optional[str]:
+    """Why ``strategy`` cannot run here (None when it can)."""
+    for mod in strategy.requires:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            return f"{mod} not installed (pip install {mod}, or fastkv[bench])"
+    if strategy.kind == "reference":
+        import fastkv
+        import fastkv.reference
+
+        name = strategy.label.split()[1].split("(")[0]
+        if getattr(fastkv, name) is getattr(fastkv.reference, name):
+            return f"fastkv.{name} is the reference class (not compiled yet): same as {name}"
+    return None
+
+
+# --------------------------------------------------------------------------
+# timing
+
+
+class _KeyStream:
+    """A pre-built list of items, cut into chunks, handed out cyclically."""
+
+    def __init__(self, items, chunk=CHUNK):
+        self.chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+
+    def take(self, n, start=0):
+        out = []
+        i = start
+        nchunks = len(self.chunks)
+        while n > 0:
+            c = self.chunks[i % nchunks]
+            if len(c) > n:
+                c = c[:n]
+            out.append(c)
+            n -= len(c)
+            i += 1
+        return out
+
+
+def _run_read(read, chunks):
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        for k in chunk:
+            read(k)
+    return time.perf_counter() - t0
+
+
+def _run_write(write, settle, chunks, value):
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        for k in chunk:
+            write(k, value)
+    settle()
+    return time.perf_counter() - t0
+
+
+def _run_mix(read, write, settle, chunks, value):
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        for k0, k1, k2, k3, k4, k5, k6, k7, k8, k9 in chunk:
+            read(k0)
+            read(k1)
+            read(k2)
+            read(k3)
+            read(k4)
+            read(k5)
+            read(k6)
+            read(k7)
+            read(k8)
+            write(k9, value)
+    settle()
+    return time.perf_counter() - t0
+
+
+def _run_threads(read, per_thread_chunks):
+    errors = []
+    barrier = threading.Barrier(len(per_thread_chunks) + 1)
+
+    def worker(chunks):
+        try:
+            barrier.wait()
+            for chunk in chunks:
+                for k in chunk:
+                    read(k)
+        except BaseException as exc:  # reported by the measuring thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in per_thread_chunks]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def _measure(run, min_time, repeat, budget):
+    """Calibrate then time ``run(n)`` (seconds for n units): returns
+    (n, best_seconds, runs). n grows x10 until a run lasts min_time/10, is then
+    scaled to last min_time; the best of ``repeat`` runs is kept, fewer when
+    the budget is spent (a run longer than the budget is timed once)."""
+    spent = 0.0
+    n = 1
+    while True:
+        t = run(n)
+        spent += t
+        if t >= min_time / 10 or n >= MAX_OPS or spent >= budget:
+            break
+        n = min(MAX_OPS, n * 10)
+    samples = []
+    if t >= min_time or n >= MAX_OPS or spent >= budget:
+        samples.append(t)
+    else:
+        n = min(MAX_OPS, max(n, math.ceil(n * min_time / max(t, 1e-9))))
+    while len(samples) < repeat and (not samples or spent < budget):
+        t = run(n)
+        spent += t
+        samples.append(t)
+    return n, min(samples), len(samples)
+
+
+@dataclass
+class _Workload:
+    """Everything a size's timed loops need, built before any clock starts."""
+
+    size: int
+    data: dict
+    keys: _KeyStream
+    groups: _KeyStream
+    thread_keys: List[_KeyStream]
+    value: dict
+
+
+def workload(size, threads=4, key_list_len=KEY_LIST_LEN):
+    """The data (``size`` records) and the key lists every scenario reads."""
+    data = make_data(size)
+    rng = random.Random(SEED + size)
+    key_list = list(data)
+    n = max(key_list_len, 10 * CHUNK)
+    sample = rng.choices(key_list, k=n)
+    groups = [tuple(sample[i:i + 10]) for i in range(0, n - 9, 10)]
+    thread_keys = [_KeyStream(rng.choices(key_list, k=n // 2)) for _ in range(threads)]
+    value = make_record(RECORD_POOL + 1)
+    return _Workload(size, data, _KeyStream(sample), _KeyStream(groups, CHUNK // 10), thread_keys, value)
+
+
+def scenario_runner(scenario, store: Store, w: _Workload):
+    """(run, unit_ops) for one scenario: ``run(n)`` performs n units of
+    ``unit_ops`` operations each on ``store`` and returns the seconds taken."""
+    if scenario == "read":
+        read = store.read
+        return (lambda n: _run_read(read, w.keys.take(n))), 1
+    if scenario == "write":
+        write, settle, value = store.write, store.settle, w.value
+        return (lambda n: _run_write(write, settle, w.keys.take(n), value)), 1
+    if scenario == "mix":
+        read = store.mix_read or store.read
+        write, settle, value = store.write, store.settle, w.value
+        return (lambda n: _run_mix(read, write, settle, w.groups.take(n), value)), 10
+    if scenario == "threads":
+        read = store.read
+        ts = w.thread_keys
+        return (lambda n: _run_threads(read, [t.take(n) for t in ts])), len(ts)
+    raise ValueError(f"unknown scenario {scenario!r}")
+
+
+# --------------------------------------------------------------------------
+# the run
+
+
+class _Progress:
+    """One line on stderr, rewritten in place on a terminal; a line per store
+    elsewhere (logs)."""
+
+    def __init__(self, total, enabled=True, stream=None):
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self.width = 0
+
+    def _elapsed(self):
+        s = int(time.perf_counter() - self.start)
+        return f"{s // 60}:{s % 60:02d}"
+
+    def step(self, text, final=False):
+        if not self.enabled:
+            return
+        line = f"[{self.done:>4}/{self.total}  {self._elapsed()}] {text}"
+        if self.tty:
+            pad = max(0, self.width - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self.width = len(line)
+        elif final:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self):
+        if not self.enabled:
+            return
+        line = f"done: {self.done} figures in {self._elapsed()}"
+        if self.tty:
+            self.stream.write("\r" + line + " " * max(0, self.width - len(line)) + "\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def machine_info() -> Dict[str, Any]:
+    import fastkv
+
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_model() or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python_implementation": platform.python_implementation(),
+        "python_version": platform.python_version(),
+        "fastkv_version": getattr(fastkv, "__version__", "?"),
+        "compiled": list(fastkv.COMPILED),
+        "not_compiled": list(getattr(fastkv, "NOT_COMPILED", ())),
+    }
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def run(
+    sizes: Sequence[int],
+    scenarios: Sequence[str],
+    strategies: Sequence[Strategy],
+    *,
+    mode: str = "quick",
+    threads: int = 4,
+    min_time: Optional[float] = None,
+    repeat: Optional[int] = None,
+    budget: Optional[float] = None,
+    build_budget: Optional[float] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Measure; returns the report (what ``--json`` writes)."""
+    cfg = dict(MODES[mode])
+    for key, val in (("min_time", min_time), ("repeat", repeat), ("budget", budget),
+                     ("build_budget", build_budget)):
+        if val is not None:
+            cfg[key] = val
+    scenarios = [s for s in SCENARIOS if s in scenarios]
+    sizes = sorted(set(sizes))
+    strategies = list(strategies)
+    for s in strategies:
+        s.skip_reason = _check_available(s)
+
+    results: Dict[tuple, Dict[str, Any]] = {}
+    builds: Dict[tuple, Dict[str, Any]] = {}
+    last_build: Dict[str, tuple] = {}  # strategy id -> (size, seconds)
+    prog = _Progress(len(sizes) * len(strategies) * len(scenarios), enabled=progress)
+
+    def record(scn, size, s, **fields):
+        results[(scn, size, s.id)] = {"scenario": scn, "size": size, "strategy": s.id, **fields}
+
+    for size in sizes:
+        prog.step(f"{size:,} keys: building the data")
+        w = workload(size, threads)
+        for s in strategies:
+            reason = s.skip_reason
+            if reason is None and s.id in last_build:
+                psize, psec = last_build[s.id]
+                estimate = psec * size / max(psize, 1)
+                if estimate > cfg["build_budget"]:
+                    reason = (f"build estimated at {estimate:.0f} s (took {psec:.1f} s at {psize:,} keys)"
+                              f" > budget {cfg['build_budget']:.0f} s")
+            if reason is not None:
+                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "skipped", "reason": reason}
+                for scn in scenarios:
+                    prog.done += 1
+                    record(scn, size, s, status="skipped", reason=reason)
+                prog.step(f"{size:,} keys  {s.label}: skipped ({reason})", final=True)
+                continue
+            prog.step(f"{size:,} keys  {s.label}: building")
+            gc.collect()
+            store = None
+            try:
+                t0 = time.perf_counter()
+                store = s.build(w.data)
+                build_s = time.perf_counter() - t0
+                last_build[s.id] = (size, build_s)
+                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "ok", "seconds": build_s}
+                for scn in scenarios:
+                    if s.write_rebuilds and scn in ("write", "mix") and build_s > cfg["budget"]:
+                        record(scn, size, s, status="skipped",
+                               reason=(f"a write rebuilds it: ~{build_s:.1f} s per write at {size:,} keys"
+                                       f" > budget {cfg['budget']:g} s per figure"))
+                        prog.done += 1
+                        continue
+                    prog.step(f"{size:,} keys  {s.label}: {scn}")
+                    gc.collect()
+                    try:
+                        runner, unit_ops = scenario_runner(scn, store, w)
+                        n, best, runs = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"])
+                        ops = n * unit_ops
+                        record(scn, size, s, status="ok", ops=ops, best_seconds=best, runs=runs,
+                               ops_per_sec=ops / best if best > 0 else float("inf"))
+                    except Exception as exc:  # shown in the output, exit status 1
+                        record(scn, size, s, status="error", reason=f"{type(exc).__name__}: {exc}")
+                    prog.done += 1
+                prog.step(f"{size:,} keys  {s.label}: done (build {build_s:.3f} s)", final=True)
+            except Exception as exc:
+                msg = f"{type(exc).__name__}: {exc}"
+                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "error", "reason": msg}
+                for scn in scenarios:
+                    if (scn, size, s.id) not in results:
+                        prog.done += 1
+                        record(scn, size, s, status="error", reason=msg)
+                prog.step(f"{size:,} keys  {s.label}: error ({msg})", final=True)
+            finally:
+                if store is not None:
+                    try:
+                        store.close()
+                    except Exception:
+                        pass
+                del store
+        del w
+    prog.finish()
+
+    # ratios, per scenario and size, against this run's fastest and its dict
+    for scn in scenarios:
+        for size in sizes:
+            row = [results[(scn, size, s.id)] for s in strategies]
+            ok = [r for r in row if r["status"] == "ok"]
+            if not ok:
+                continue
+            fastest = max(r["ops_per_sec"] for r in ok)
+            base = results.get((scn, size, "dict"))
+            for r in ok:
+                r["slower_than_fastest"] = fastest / r["ops_per_sec"]
+                if base is not None and base["status"] == "ok":
+                    r["vs_dict"] = base["ops_per_sec"] / r["ops_per_sec"]
+
+    return {
+        "tool": "fastkv bench",
+        "note": ("absolute ops/s are bound to this machine and its load; only ratios "
+                 "within one run mean something"),
+        "machine": machine_info(),
+        "mode": mode,
+        "method": {
+            "min_time": cfg["min_time"],
+            "repeat": cfg["repeat"],
+            "budget": cfg["budget"],
+            "build_budget": cfg["build_budget"],
+            "threads": threads,
+            "timer": "time.perf_counter, best of runs, loop overhead included",
+        },
+        "sizes": sizes,
+        "scenarios": scenarios,
+        "strategies": [
+            {"id": s.id, "label": s.label, "kind": s.kind, "summary": s.summary,
+             "thread_safe": s.thread_safe, "skipped": s.skip_reason}
+            for s in strategies
+        ],
+        "builds": [builds[(size, s.id)] for size in sizes for s in strategies],
+        "results": [results[(scn, size, s.id)] for scn in scenarios for size in sizes for s in strategies],
+    }
+
+
+# --------------------------------------------------------------------------
+# output
+
+
+def _fmt_rate(x):
+    if x >= 1e9:
+        return f"{x / 1e9:.3g}G"
+    if x >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.3g}k"
+    return f"{x:.3g}"
+
+
+def _fmt_ratio(x):
+    if x < 10:
+        return f"{x:.2f}x"
+    return f"{x:.3g}x" if x < 1000 else f"{x:,.0f}x"
+
+
+def _size_label(n):
+    return f"{n:,} keys"
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    m = report["machine"]
+    strategies = report["strategies"]
+    sizes = report["sizes"]
+    res = {(r["scenario"], r["size"], r["strategy"]): r for r in report["results"]}
+    out = []
+    compiled = ", ".join(m["compiled"]) or "none"
+    out.append(f"fastkv {m['fastkv_version']} bench ({report['mode']} mode)")
+    out.append(f"machine: {m['platform']}, {m['cpu_count']} CPUs ({m['processor'] or m['machine']})")
+    out.append(f"python:  {m['python_implementation']} {m['python_version']}")
+    line = f"compiled: {compiled}"
+    if m["not_compiled"]:
+        line += f"; not compiled yet (reference stands in): {', '.join(m['not_compiled'])}"
+    out.append(line)
+    meth = report["method"]
+    out.append(
+        f"method:  best of {meth['repeat']} timed loops of >= {meth['min_time']:g} s each over a "
+        "pre-built random key list; loop overhead included, nothing subtracted"
+    )
+    out.append("Absolute ops/s are bound to this machine and its load: only the ratios within this run mean something.")
+    labels = {s["id"]: s["label"] for s in strategies}
+    lw = max(len("strategy"), *(len(s["label"]) for s in strategies))
+    notes = {}
+    for scn in report["scenarios"]:
+        out.append("")
+        out.append(SCENARIO_TITLES[scn].format(threads=meth["threads"]))
+        # rank rows by speed at the largest size measured for that row
+        def rank(s):
+            for size in reversed(sizes):
+                r = res[(scn, size, s["id"])]
+                if r["status"] == "ok":
+                    return (-sizes.index(size), -r["ops_per_sec"])
+            return (1, 0)
+
+        rows = sorted(strategies, key=rank)
+        head1 = " " * lw + "".join(f" | {_size_label(n):>18}" for n in sizes)
+        head2 = f"{'strategy':<{lw}}" + "".join(f" | {'ops/s':>8} {'slower':>9}" for _ in sizes)
+        out.append(head1)
+        out.append(head2)
+        out.append("-" * len(head2))
+        for s in rows:
+            cells = []
+            for size in sizes:
+                r = res[(scn, size, s["id"])]
+                if r["status"] == "ok":
+                    cells.append(f" | {_fmt_rate(r['ops_per_sec']):>8} {_fmt_ratio(r['slower_than_fastest']):>9}")
+                else:
+                    mark = r["status"]
+                    note = f"{labels[s['id']]}: {r['reason']}"
+                    idx = notes.setdefault(note, len(notes) + 1)
+                    cells.append(f" | {mark + ' [' + str(idx) + ']':>18}")
+            out.append(f"{s['label']:<{lw}}" + "".join(cells))
+    builds = [b for b in report.get("builds", ())]
+    if builds:
+        out.append("")
+        out.append("build: seconds to construct the store from a dict of the records")
+        bres = {(b["size"], b["strategy"]): b for b in builds}
+        out.append(f"{'strategy':<{lw}}" + "".join(f" | {_size_label(n):>14}" for n in sizes))
+        for s in strategies:
+            cells = []
+            for size in sizes:
+                b = bres.get((size, s["id"]))
+                if b is None or b["status"] != "ok":
+                    cells.append(f" | {'-':>14}")
+                else:
+                    cells.append(f" | {b['seconds']:>14.4f}")
+            out.append(f"{s['label']:<{lw}}" + "".join(cells))
+    out.append("")
+    out.append("strategies:")
+    for s in strategies:
+        safe = "" if s["thread_safe"] else " [not thread-safe as measured]"
+        out.append(f"  {s['id']:<{max(len(x['id']) for x in strategies)}}  {s['label']}: {s['summary']}{safe}")
+    if notes:
+        out.append("")
+        out.append("not measured:")
+        for note, idx in sorted(notes.items(), key=lambda kv: kv[1]):
+            out.append(f"  [{idx}] {note}")
+    return "\n".join(out)
+
+
+def plot(report: Dict[str, Any], path: str) -> None:
+    """A bar chart: one panel per scenario, one group of bars per size, one bar
+    per strategy, ops/s on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = report["strategies"]
+    sizes = report["sizes"]
+    scenarios = report["scenarios"]
+    res = {(r["scenario"], r["size"], r["strategy"]): r for r in report["results"]}
+    cmap = plt.get_cmap("tab20")
+    colors = {s["id"]: cmap(i % 20) for i, s in enumerate(strategies)}
+    nbar = len(strategies)
+    width = 0.8 / max(nbar, 1)
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(max(10, 2.2 * len(sizes) + 0.25 * nbar * len(sizes)),
+                                                         3.6 * len(scenarios)), squeeze=False)
+    meth = report["method"]
+    for ax, scn in zip(axes[:, 0], scenarios):
+        for j, s in enumerate(strategies):
+            xs, ys = [], []
+            for i, size in enumerate(sizes):
+                r = res[(scn, size, s["id"])]
+                if r["status"] == "ok":
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(r["ops_per_sec"])
+            ax.bar(xs, ys, width=width, color=colors[s["id"]], label=s["label"],
+                   hatch="//" if s["kind"] == "reference" else None,
+                   edgecolor="white" if s["kind"] != "reference" else "grey", linewidth=0.3)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels([_size_label(n) for n in sizes])
+        ax.set_ylabel("ops/s (log)")
+        ax.set_title(SCENARIO_TITLES[scn].format(threads=meth["threads"]), fontsize=10, loc="left")
+        ax.grid(axis="y", which="major", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    m = report["machine"]
+    fig.suptitle(
+        f"fastkv bench: {m['python_implementation']} {m['python_version']}, {m['platform']}, "
+        f"{m['cpu_count']} CPUs. Ratios, same run; absolute figures are machine-bound.",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0, 0.82, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# command line
+
+
+def _parse_sizes(text):
+    out = []
+    for part in text.split(","):
+        part = part.strip().replace("_", "")
+        if not part:
+            continue
+        mult = 1
+        if part[-1] in "kK":
+            mult, part = 1_000, part[:-1]
+        elif part[-1] in "mM":
+            mult, part = 1_000_000, part[:-1]
+        try:
+            n = int(float(part) * mult)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a size: {part!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {n}")
+        out.append(n)
+    if not out:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return out
+
+
+def _parse_names(known, what):
+    def parse(text):
+        out = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            hits = [k for k in known if fnmatch.fnmatchcase(k, part)]
+            if not hits:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what} {part!r} (choose from: {', '.join(known)})")
+            out += [h for h in hits if h not in out]
+        if not out:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        return out
+
+    return parse
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastkv bench",
+        description="Measure every fastkv strategy, the reference tables and the usual peers "
+                    "in one process; print ops/s and the ratios to the fastest.",
+        epilog="Absolute figures are machine-bound; compare ratios within one run.",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                   help="short runs, sizes 10/1,000/100,000 (the default; under a minute)")
+    g.add_argument("--full", dest="mode", action="store_const", const="full",
+                   help="longer runs, sizes up to 1,000,000 (several minutes)")
+    p.set_defaults(mode="quick")
+    p.add_argument("--sizes", type=_parse_sizes, metavar="N,N,...",
+                   help="key counts to measure, e.g. 10,1000 or 100k,1M")
+    p.add_argument("--scenarios", type=_parse_names(list(SCENARIOS), "scenario"), metavar="S,S,...",
+                   help=f"scenarios to run (from {', '.join(SCENARIOS)})")
+    p.add_argument("--strategies", type=_parse_names(list(STRATEGIES), "strategy"), metavar="ID,ID,...",
+                   help="strategies to measure, by id; shell-style patterns work (ref-*); see --list")
+    p.add_argument("--threads", type=int, default=4, metavar="N",
+                   help="reader threads in the threads scenario (default 4)")
+    p.add_argument("--repeat", type=int, metavar="N", help="timed runs per figure, best kept")
+    p.add_argument("--min-time", type=float, metavar="SECONDS", help="minimum duration of a timed run")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress display on stderr")
+    p.add_argument("--list", action="store_true", help="list the strategies and scenarios, then exit")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        argv = argv[1:]
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.repeat is not None and args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    if args.min_time is not None and args.min_time <= 0:
+        p.error("--min-time must be > 0")
+    if args.list:
+        for s in STRATEGIES.values():
+            why = _check_available(s)
+            print(f"{s.id:<16} {s.label:<22} {s.summary}" + (f"  [skipped: {why}]" if why else ""))
+        print("scenarios: " + ", ".join(SCENARIOS))
+        return 0
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib (pip install matplotlib, or fastkv[bench])")
+    sizes = args.sizes or list(QUICK_SIZES if args.mode == "quick" else FULL_SIZES)
+    scenarios = args.scenarios or list(SCENARIOS)
+    ids = args.strategies or list(STRATEGIES)
+    strategies = [STRATEGIES[i] for i in STRATEGIES if i in ids]
+    report = run(sizes, scenarios, strategies, mode=args.mode, threads=args.threads,
+                 min_time=args.min_time, repeat=args.repeat, progress=args.progress)
+    print(format_report(report))
+    sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+    if args.plot:
+        plot(report, args.plot)
+    errors = [r for r in report["results"] if r["status"] == "error"]
+    if errors:
+        print(f"\n{len(errors)} figure(s) failed: see 'error' above.", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,66 @@
+"""The cross-strategy scenarios of `python -m fastkv bench`, as pytest-benchmark
+groups: one group per scenario (read, write, mix, threads), one benchmark per
+strategy in it, all on the same data.
+
+    pytest benchmarks/test_scenarios.py --benchmark-only
+    pytest benchmarks/ --benchmark-only --benchmark-json out.json   # for `pytest-benchmark compare`
+    pytest benchmarks/ --benchmark-disable                           # CI: each once, quick
+
+One round is ``OPS`` operations (a Python loop over a pre-built key list, the
+same loops the bench command times), so a round's time / OPS is the time per
+operation. The size defaults to 1,000 keys; set FASTKV_BENCH_SIZE (e.g. 100000)
+to measure another. Peers that are not installed are skipped.
+"""
+
+import os
+
+import pytest
+
+from fastkv import bench
+
+SIZE = int(os.environ.get("FASTKV_BENCH_SIZE", "1000"))
+THREADS = 2
+OPS = 1_000  # operations per round (for threads: per thread)
+
+
+@pytest.fixture(scope="module")
+def work():
+    return bench.workload(SIZE, THREADS, key_list_len=10 * OPS)
+
+
+@pytest.fixture(params=list(bench.STRATEGIES))
+def store(request, work):
+    strategy = bench.STRATEGIES[request.param]
+    reason = bench._check_available(strategy)
+    if reason:
+        pytest.skip(reason)
+    built = strategy.build(work.data)
+    yield built
+    built.close()
+
+
+def _bench(benchmark, scenario, store, work):
+    run, unit_ops = bench.scenario_runner(scenario, store, work)
+    n = max(1, OPS // unit_ops) if scenario != "threads" else OPS
+    benchmark.extra_info.update(size=SIZE, ops_per_round=n * unit_ops)
+    benchmark(run, n)
+
+
+@pytest.mark.benchmark(group="read")
+def test_read(benchmark, store, work):
+    _bench(benchmark, "read", store, work)
+
+
+@pytest.mark.benchmark(group="write")
+def test_write(benchmark, store, work):
+    _bench(benchmark, "write", store, work)
+
+
+@pytest.mark.benchmark(group="mix")
+def test_mix(benchmark, store, work):
+    _bench(benchmark, "mix", store, work)
+
+
+@pytest.mark.benchmark(group="threads")
+def test_threads(benchmark, store, work):
+    _bench(benchmark, "threads", store, work)
