@@ -58,6 +58,7 @@ import os
 import platform
 import queue
 import random
+import shutil
 import sys
 import threading
 import time
@@ -654,6 +655,7 @@ class _Progress:
             return
         line = f"[{self.done:>4}/{self.total}  {self._elapsed()}] {text}"
         if self.tty:
+            line = line[: max(20, shutil.get_terminal_size().columns - 1)]
             pad = max(0, self.width - len(line))
             self.stream.write("\r" + line + " " * pad)
             self.width = len(line)
@@ -683,9 +685,17 @@ def machine_info() -> Dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "python_version": platform.python_version(),
         "fastkv_version": getattr(fastkv, "__version__", "?"),
+        "loadavg": _loadavg(),
         "compiled": list(fastkv.COMPILED),
         "not_compiled": list(getattr(fastkv, "NOT_COMPILED", ())),
     }
+
+
+def _loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _cpu_model():
@@ -724,6 +734,7 @@ def run(
     for s in strategies:
         s.skip_reason = _check_available(s)
 
+    load_start = _loadavg()
     results: Dict[tuple, Dict[str, Any]] = {}
     builds: Dict[tuple, Dict[str, Any]] = {}
     last_build: Dict[str, tuple] = {}  # strategy id -> (size, seconds)
@@ -795,6 +806,7 @@ def run(
                 del store
         del w
     prog.finish()
+    load_end = _loadavg()
 
     # ratios, per scenario and size, against this run's fastest and its dict
     for scn in scenarios:
@@ -810,11 +822,15 @@ def run(
                 if base is not None and base["status"] == "ok":
                     r["vs_dict"] = base["ops_per_sec"] / r["ops_per_sec"]
 
+    machine = machine_info()
+    machine["loadavg_start"] = load_start
+    machine["loadavg_end"] = load_end
+    del machine["loadavg"]
     return {
         "tool": "fastkv bench",
         "note": ("absolute ops/s are bound to this machine and its load; only ratios "
                  "within one run mean something"),
-        "machine": machine_info(),
+        "machine": machine,
         "mode": mode,
         "method": {
             "min_time": cfg["min_time"],
@@ -870,6 +886,9 @@ def format_report(report: Dict[str, Any]) -> str:
     out.append(f"fastkv {m['fastkv_version']} bench ({report['mode']} mode)")
     out.append(f"machine: {m['platform']}, {m['cpu_count']} CPUs ({m['processor'] or m['machine']})")
     out.append(f"python:  {m['python_implementation']} {m['python_version']}")
+    if m.get("loadavg_start") and m.get("loadavg_end"):
+        out.append(f"load:    1-min load average {m['loadavg_start'][0]:g} at start, {m['loadavg_end'][0]:g} at end"
+                   " (other work on the machine skews owner-thread figures most)")
     line = f"compiled: {compiled}"
     if m["not_compiled"]:
         line += f"; not compiled yet (reference stands in): {', '.join(m['not_compiled'])}"
@@ -877,8 +896,9 @@ def format_report(report: Dict[str, Any]) -> str:
     meth = report["method"]
     out.append(
         f"method:  best of {meth['repeat']} timed loops of >= {meth['min_time']:g} s each over a "
-        "pre-built random key list; loop overhead included, nothing subtracted"
+        "pre-built random key list; loop overhead included, nothing subtracted;"
     )
+    out.append("         reads and writes are each store's get(key) / put(key, value) (see strategies), pre-bound")
     out.append("Absolute ops/s are bound to this machine and its load: only the ratios within this run mean something.")
     labels = {s["id"]: s["label"] for s in strategies}
     lw = max(len("strategy"), *(len(s["label"]) for s in strategies))
@@ -886,15 +906,7 @@ def format_report(report: Dict[str, Any]) -> str:
     for scn in report["scenarios"]:
         out.append("")
         out.append(SCENARIO_TITLES[scn].format(threads=meth["threads"]))
-        # rank rows by speed at the largest size measured for that row
-        def rank(s):
-            for size in reversed(sizes):
-                r = res[(scn, size, s["id"])]
-                if r["status"] == "ok":
-                    return (-sizes.index(size), -r["ops_per_sec"])
-            return (1, 0)
-
-        rows = sorted(strategies, key=rank)
+        rows = sorted(strategies, key=lambda s: _rank(res, scn, sizes, s["id"]))
         head1 = " " * lw + "".join(f" | {_size_label(n):>18}" for n in sizes)
         head2 = f"{'strategy':<{lw}}" + "".join(f" | {'ops/s':>8} {'slower':>9}" for _ in sizes)
         out.append(head1)
@@ -938,6 +950,42 @@ def format_report(report: Dict[str, Any]) -> str:
         for note, idx in sorted(notes.items(), key=lambda kv: kv[1]):
             out.append(f"  [{idx}] {note}")
     return "\n".join(out)
+
+
+def format_markdown(report: Dict[str, Any]) -> str:
+    """The scenario tables as Markdown (for a README): per size, ops/s and
+    "x slower than the fastest"; rows ranked as in the text output."""
+    strategies = report["strategies"]
+    sizes = report["sizes"]
+    res = {(r["scenario"], r["size"], r["strategy"]): r for r in report["results"]}
+    meth = report["method"]
+    out = []
+    for scn in report["scenarios"]:
+        rows = sorted(strategies, key=lambda s: _rank(res, scn, sizes, s["id"]))
+        out.append(f"**{SCENARIO_TITLES[scn].format(threads=meth['threads'])}**")
+        out.append("")
+        out.append("| strategy | " + " | ".join(_size_label(n) for n in sizes) + " |")
+        out.append("|---|" + "---:|" * len(sizes))
+        for s in rows:
+            cells = []
+            for size in sizes:
+                r = res[(scn, size, s["id"])]
+                if r["status"] == "ok":
+                    cells.append(f"{_fmt_rate(r['ops_per_sec'])}/s ({_fmt_ratio(r['slower_than_fastest'])})")
+                else:
+                    cells.append(r["status"])
+            out.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _rank(res, scn, sizes, sid):
+    """Sort key: rows measured at the largest size first, fastest first."""
+    for size in reversed(sizes):
+        r = res[(scn, size, sid)]
+        if r["status"] == "ok":
+            return (-sizes.index(size), -r["ops_per_sec"])
+    return (1, 0)
 
 
 def plot(report: Dict[str, Any], path: str) -> None:
@@ -1059,6 +1107,7 @@ def _parser():
     p.add_argument("--repeat", type=int, metavar="N", help="timed runs per figure, best kept")
     p.add_argument("--min-time", type=float, metavar="SECONDS", help="minimum duration of a timed run")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress display on stderr")
@@ -1101,6 +1150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
             f.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_markdown(report) + "\n")
     if args.plot:
         plot(report, args.plot)
     errors = [r for r in report["results"] if r["status"] == "error"]

@@ -110,10 +110,6 @@ def test_reference_rows_are_measured_or_name_the_class_standing_in(quick_run):
             assert "not compiled" in r["reason"]
 
 
-def _main(argv, capsys=None):
-    return bench.main(argv)
-
-
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
@@ -141,15 +137,21 @@ def test_missing_peer_is_skipped_not_an_error(tmp_path, monkeypatch, capsys):
     assert "cachebox not installed" in capsys.readouterr().out
 
 
-def test_strategy_patterns_and_scenario_filter(tmp_path):
+def test_strategy_patterns_scenario_filter_and_markdown(tmp_path):
     out = tmp_path / "b.json"
+    md = tmp_path / "b.md"
     rc = bench.main(["bench", "--sizes", "20", "--scenarios", "write",
-                     "--strategies", "ref-*,dict", *FAST, "--json", str(out), "--no-progress"])
+                     "--strategies", "ref-*,dict", *FAST, "--json", str(out),
+                     "--markdown", str(md), "--no-progress"])
     assert rc == 0
     report = json.loads(out.read_text())
     ids = [s["id"] for s in report["strategies"]]
     assert ids == ["dict"] + [i for i in bench.STRATEGIES if i.startswith("ref-")]
     assert {r["scenario"] for r in report["results"]} == {"write"}
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("**write: ")
+    assert "| strategy | 20 keys |" in lines
+    assert any(line.startswith("| dict | ") and "(1.00x)" in line for line in lines)
 
 
 @pytest.mark.parametrize("argv", [
