@@ -7,11 +7,19 @@
 #
 #     indices   2**log2 slots of int8/16/32/64 (the width grows with the table,
 #               as in CPython): IX_EMPTY (-1), IX_DUMMY (-2, a deleted entry)
-#               or the position of an entry in ``entries``.
-#     entries   ``capacity`` slots, filled in insertion order; entries[0:nentries]
-#               have been written, of which ``used`` are live. An entry holds
-#               its cached hash and *strong* references to key and value; a
-#               deleted entry has key == value == NULL.
+#               or the position of an entry in the entry array.
+#     entries   ``capacity`` slots, filled in insertion order; the first
+#               ``nentries`` have been written, of which ``used`` are live. An
+#               entry holds *strong* references to key and value (both NULL
+#               once deleted) and the key's hash.
+#
+# Two entry layouts, as in CPython 3.11+: while every key is an exact ``str``
+# (``t.unicode``) an entry is 16 bytes, {key, value}, and the hash is the one
+# the str object caches; the first other key converts the table (once, O(n))
+# to 24-byte entries {key, value, hash}. So a str-keyed table costs what a
+# str-keyed dict costs per entry, and less in total (no growth slack once it is
+# a sized snapshot). Code outside the engine reaches entries only through
+# ``table_entry``/``table_entry_hash`` (the array is ``_entries``, bytes).
 #
 # Probing is CPython's: i = hash & mask, then i = (5*i + perturb + 1) & mask
 # with perturb >>= 5 each step, so every slot is visited. The index is never
@@ -19,22 +27,22 @@
 # every probe sequence ends on an IX_EMPTY slot. A table that grows gets
 # ``usable(next_pow2(3 * used))`` entry slots (dict's growth rate); a table
 # sized for n entries (``table_init``/``table_copy``) gets exactly n.
-# Deleting leaves a dummy in the index and a hole in ``entries``; trailing
+# Deleting leaves a dummy in the index and a hole in the entries; trailing
 # holes are trimmed at once (so popitem is O(1) and LIFO), the others go when
 # the table is rebuilt (growth, ``table_resize``, ``table_copy``).
 #
 # An empty table points at one static, read-only index of 8 IX_EMPTY slots and
-# has no entries array: it costs no allocation, and ``table_clear`` can never
-# fail.
+# has no entry array: it costs no allocation, and ``table_clear`` never fails.
 #
-# Lookup compares identity, then the cached hash, then equality. Equality of two
-# exact ``str`` (length, kind, memcmp) or two exact ``int`` is decided in C and
-# runs no Python code; exact str against exact int is "not equal". Anything
-# else calls ``PyObject_RichCompareBool(stored_key, key, Py_EQ)``, which can run
-# arbitrary Python code -- including code that mutates or empties this very
-# table. The lookup holds a reference to the stored key while it compares, and
-# afterwards checks ``version`` (bumped by every change): if the table changed
-# it restarts, as dict does; after MAX_RESTARTS restarts it raises RuntimeError
+# Lookup compares identity, then the hash, then equality. Equality of two exact
+# ``str`` (length, kind, memcmp) or two exact ``int`` is decided in C and runs
+# no Python code; exact str against exact int is "not equal" (and an int is
+# never looked for in a str-only table). Anything else calls
+# ``PyObject_RichCompareBool(stored_key, key, Py_EQ)``, which can run arbitrary
+# Python code -- including code that mutates or empties this very table. The
+# lookup holds a reference to the stored key while it compares, and afterwards
+# checks ``version`` (bumped by every change): if the table changed it
+# restarts, as dict does; after MAX_RESTARTS restarts it raises RuntimeError
 # instead of looping forever.
 #
 # C-level API (for the tables built on the engine)
@@ -43,8 +51,8 @@
 # Every function needs the GIL. "Runs Python" means it can call a key's
 # ``__eq__`` (lookups) or a destructor (anything that drops a reference); the
 # caller must then hold a strong reference to whatever owns the Table (so the
-# struct itself stays alive) and must not keep borrowed pointers into
-# ``entries`` across the call. Functions that do not run Python say so.
+# struct itself stays alive) and must not keep borrowed pointers into the
+# entries across the call. Functions that do not run Python say so.
 #
 #   table_init(t, n) except -1            t is uninitialised or empty: make it an
 #                                         empty table with room for n entries
@@ -63,8 +71,11 @@
 #   table_lookup_fast(t, key, h) noexcept  for an exact str or int key: index,
 #                                         IX_EMPTY if absent, or IX_SLOW (-3) if
 #                                         the answer needs Python code (then call
-#                                         table_lookup). Never runs Python, never
-#                                         sets an exception.
+#                                         table_lookup); IX_SLOW for other keys.
+#                                         Never runs Python, never raises.
+#   table_entry(t, ix) noexcept           Entry* of live entry ix: read .key and
+#                                         .value (borrowed); never .hash.
+#   table_entry_hash(t, ix) noexcept      the hash of live entry ix.
 #   table_insert(t, key, h, value) except -1   set t[key] = value: 1 if key was
 #                                         added, 0 if its value was replaced
 #                                         (the old key object is kept). INCREFs
@@ -89,6 +100,8 @@
 #   table_resize(t, capacity) except -1   rebuild with room for ``capacity``
 #                                         (>= used) entries, holes squeezed out,
 #                                         insertion order kept. No Python.
+#   table_trim(t) except -1               give back unused entry slots (keeps the
+#                                         index). No Python.
 #   table_copy(dst, src, capacity, skip) except -1   dst (uninitialised or
 #                                         empty) becomes a copy of src with room
 #                                         for ``capacity`` entries, leaving out
@@ -124,7 +137,7 @@ cdef extern from *:
     """
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
-    Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept
+    Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept nogil
     int8_t fastkv_empty_index[8]
 
 cdef extern from "Python.h":
@@ -144,20 +157,23 @@ cdef extern from "Python.h":
 
 
 ctypedef struct Entry:
-    Py_hash_t hash
     PyObject* key        # strong reference; NULL for a deleted entry
     PyObject* value      # strong reference; NULL for a deleted entry
+    Py_hash_t hash       # ONLY in general tables (not t.unicode): read it
+                         # through table_entry_hash
 
 ctypedef struct Table:
     Py_ssize_t used      # live entries
-    Py_ssize_t nentries  # entries[0:nentries] written (live or deleted)
+    Py_ssize_t nentries  # entries [0, nentries) written (live or deleted)
     Py_ssize_t capacity  # entry slots allocated
     size_t mask          # 2**log2 - 1
     int log2             # log2 of the number of index slots (>= 3)
     int ixshift          # log2 of the index width in bytes (0..3)
+    int unicode          # every key is an exact str: 16-byte entries, no hash
+    Py_ssize_t stride    # bytes per entry: 16 (unicode) or 24
     uint64_t version     # bumped on every change
     void* indices        # fastkv_empty_index when nothing is allocated
-    Entry* entries       # NULL when capacity == 0
+    char* _entries       # the entry array (NULL when capacity == 0)
 
 
 cdef enum:
@@ -166,9 +182,11 @@ cdef enum:
     IX_SLOW = -3         # table_lookup_fast: undecided without Python code
     MIN_LOG2 = 3         # smallest index: 8 slots
     MAX_RESTARTS = 100   # lookups restarted because __eq__ changed the table
+    STRIDE_UNICODE = 16  # sizeof {key, value}
+    STRIDE_GENERAL = 24  # sizeof(Entry)
 
 
-# --- sizing and the index --------------------------------------------------
+# --- sizing, entries and the index -------------------------------------------------
 
 cdef inline Py_ssize_t _usable(int log2) noexcept nogil:
     """Entries an index of 2**log2 slots may reference (2/3 load, as dict)."""
@@ -191,6 +209,20 @@ cdef inline int _ixshift_for(int log2) noexcept nogil:
     if log2 < 32:
         return 2
     return 3
+
+
+cdef inline Entry* table_entry(const Table* t, Py_ssize_t ix) noexcept nogil:
+    return <Entry*>(t._entries + ix * t.stride)
+
+
+cdef inline Py_hash_t _entry_hash(const Table* t, const Entry* ep) noexcept nogil:
+    if t.unicode:
+        return FASTKV_STR_HASH(ep.key)
+    return ep.hash
+
+
+cdef inline Py_hash_t table_entry_hash(const Table* t, Py_ssize_t ix) noexcept nogil:
+    return _entry_hash(t, table_entry(t, ix))
 
 
 cdef inline Py_ssize_t _ix_get(const Table* t, size_t i) noexcept nogil:
@@ -220,33 +252,36 @@ cdef inline size_t _index_bytes(const Table* t) noexcept nogil:
     return (<size_t>1 << t.log2) << t.ixshift
 
 
-cdef inline void _set_empty(Table* t) noexcept nogil:
+cdef inline void _set_empty(Table* t, int unicode) noexcept nogil:
     t.used = 0
     t.nentries = 0
     t.capacity = 0
     t.log2 = MIN_LOG2
     t.mask = (1 << MIN_LOG2) - 1
     t.ixshift = 0
+    t.unicode = unicode
+    t.stride = STRIDE_UNICODE if unicode else STRIDE_GENERAL
     t.indices = <void*>fastkv_empty_index
-    t.entries = NULL
+    t._entries = NULL
 
 
 cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
-    """Give the (empty, unallocated) table fresh arrays for ``capacity``
-    entries, the index all IX_EMPTY. MemoryError, t unchanged, on failure."""
+    """Give the empty, unallocated table t (its layout already chosen) fresh
+    arrays for ``capacity`` entries, the index all IX_EMPTY. MemoryError, t
+    unchanged, on failure."""
     cdef int log2 = _log2_for(capacity)
     cdef int ixshift = _ixshift_for(log2)
     cdef size_t nbytes
     cdef void* indices
-    cdef Entry* entries = NULL
-    if capacity < 0 or <size_t>capacity > (<size_t>0x7fffffffffffffff) // sizeof(Entry) or log2 > 60:
+    cdef char* entries = NULL
+    if capacity < 0 or <size_t>capacity > (<size_t>0x7fffffffffffffff) // <size_t>t.stride or log2 > 60:
         raise MemoryError()
     nbytes = (<size_t>1 << log2) << ixshift
     indices = PyMem_Malloc(nbytes)
     if indices == NULL:
         raise MemoryError()
     if capacity > 0:
-        entries = <Entry*>PyMem_Malloc(<size_t>capacity * sizeof(Entry))
+        entries = <char*>PyMem_Malloc(<size_t>capacity * <size_t>t.stride)
         if entries == NULL:
             PyMem_Free(indices)
             raise MemoryError()
@@ -258,11 +293,11 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
     t.mask = (<size_t>1 << log2) - 1
     t.ixshift = ixshift
     t.indices = indices
-    t.entries = entries
+    t._entries = entries
     return 0
 
 
-cdef inline void _free_arrays(void* indices, Entry* entries) noexcept:
+cdef inline void _free_arrays(void* indices, char* entries) noexcept:
     if indices != <void*>fastkv_empty_index:
         PyMem_Free(indices)
     if entries != NULL:
@@ -292,10 +327,10 @@ cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexc
 
 
 cdef inline void _build_index(Table* t) noexcept nogil:
-    """Point the (all IX_EMPTY) index at entries[0:nentries], all live."""
+    """Point the (all IX_EMPTY) index at entries [0, nentries), all live."""
     cdef Py_ssize_t j
     for j in range(t.nentries):
-        _ix_set(t, _free_slot(t, t.entries[j].hash), j)
+        _ix_set(t, _free_slot(t, table_entry_hash(t, j)), j)
 
 
 # --- equality without Python -------------------------------------------------
@@ -356,7 +391,7 @@ cdef inline Py_hash_t table_hash(object key) except? -1:
 
 
 cdef int table_init(Table* t, Py_ssize_t n) except -1:
-    _set_empty(t)
+    _set_empty(t, True)
     t.version = 0
     if n > 0:
         _alloc(t, n)
@@ -365,15 +400,17 @@ cdef int table_init(Table* t, Py_ssize_t n) except -1:
 
 cdef void table_clear(Table* t) noexcept:
     cdef void* indices = t.indices
-    cdef Entry* entries = t.entries
-    cdef Py_ssize_t n = t.nentries, j
-    _set_empty(t)
+    cdef char* entries = t._entries
+    cdef Py_ssize_t n = t.nentries, stride = t.stride, j
+    cdef Entry* ep
+    _set_empty(t, True)
     t.version += 1
     # The table is now consistent (and empty): destructors may run.
     for j in range(n):
-        if entries[j].key != NULL:
-            _decref(entries[j].key)
-            _decref(entries[j].value)
+        ep = <Entry*>(entries + j * stride)
+        if ep.key != NULL:
+            _decref(ep.key)
+            _decref(ep.value)
     _free_arrays(indices, entries)
 
 
@@ -384,12 +421,23 @@ cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_
     cdef Py_ssize_t ix
     cdef const Entry* ep
     cdef PyObject* k
-    cdef int eq
     if _is_str(key):
+        if t.unicode:
+            # every stored key is an exact str: dict's unicode_eq loop
+            while True:
+                ix = _ix_get(t, i)
+                if ix >= 0:
+                    k = (<const Entry*>(t._entries + (ix << 4))).key
+                    if k == key or (FASTKV_STR_HASH(k) == hash and _str_eq(k, key)):
+                        return ix
+                elif ix == IX_EMPTY:
+                    return IX_EMPTY
+                perturb >>= 5
+                i = (i * 5 + perturb + 1) & mask
         while True:
             ix = _ix_get(t, i)
             if ix >= 0:
-                ep = &t.entries[ix]
+                ep = table_entry(t, ix)
                 k = ep.key
                 if k == key:
                     return ix
@@ -405,10 +453,12 @@ cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_
             i = (i * 5 + perturb + 1) & mask
     if not _is_int(key):
         return IX_SLOW
+    if t.unicode:
+        return IX_EMPTY          # an int never equals a str
     while True:
         ix = _ix_get(t, i)
         if ix >= 0:
-            ep = &t.entries[ix]
+            ep = table_entry(t, ix)
             k = ep.key
             if k == key:
                 return ix
@@ -432,20 +482,22 @@ cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
     cdef uint64_t version
     cdef int cmp
     cdef int restarts = 0
-    cdef bint changed
+    if _is_str(key) or _is_int(key):
+        ix = table_lookup_fast(t, key, hash)
+        if ix != IX_SLOW:
+            return ix
     while True:
         mask = t.mask
         perturb = <size_t>hash
         i = <size_t>hash & mask
-        changed = False
         while True:
             ix = _ix_get(t, i)
             if ix >= 0:
-                ep = &t.entries[ix]
+                ep = table_entry(t, ix)
                 startkey = ep.key
                 if startkey == key:
                     return ix
-                if ep.hash == hash:
+                if _entry_hash(t, ep) == hash:
                     cmp = _fast_eq(startkey, key)
                     if cmp == 1:
                         return ix
@@ -457,8 +509,7 @@ cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
                         if cmp < 0:
                             return -2
                         if t.version != version:
-                            changed = True
-                            break
+                            break                     # changed: restart
                         if cmp:
                             return ix
             elif ix == IX_EMPTY:
@@ -472,22 +523,53 @@ cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
                 "(a key's __eq__ mutates the table it is looked up in)")
 
 
-cdef int table_resize(Table* t, Py_ssize_t capacity) except -1:
+cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
+    """t's live entries, in order, into fresh arrays for ``capacity`` entries
+    in the given layout (general -> unicode only if every key is an exact str
+    with its hash cached). No Python."""
     cdef Table n
     cdef Py_ssize_t j, k = 0
+    cdef Entry* src
+    cdef Entry* dst
     if capacity < t.used:
         capacity = t.used
-    _set_empty(&n)
+    _set_empty(&n, unicode)
     _alloc(&n, capacity)
     for j in range(t.nentries):
-        if t.entries[j].key != NULL:
-            n.entries[k] = t.entries[j]
+        src = table_entry(t, j)
+        if src.key != NULL:
+            dst = table_entry(&n, k)
+            dst.key = src.key
+            dst.value = src.value
+            if not unicode:
+                dst.hash = _entry_hash(t, src)
             k += 1
     n.nentries = n.used = k
     _build_index(&n)
-    _free_arrays(t.indices, t.entries)
+    _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
     t[0] = n
+    return 0
+
+
+cdef int table_resize(Table* t, Py_ssize_t capacity) except -1:
+    return _rebuild(t, capacity, t.unicode)
+
+
+cdef int table_trim(Table* t) except -1:
+    cdef char* entries
+    if t.capacity == t.used:
+        return 0
+    if t.used == 0:
+        table_clear(t)
+        return 0
+    if t.nentries != t.used:
+        return _rebuild(t, t.used, t.unicode)
+    entries = <char*>PyMem_Realloc(t._entries, <size_t>t.used * <size_t>t.stride)
+    if entries == NULL:
+        raise MemoryError()
+    t._entries = entries
+    t.capacity = t.used
     return 0
 
 
@@ -502,14 +584,17 @@ cdef inline Py_ssize_t _grow_capacity(Py_ssize_t used) noexcept nogil:
 cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
     cdef Py_ssize_t j
     cdef Entry* ep
-    if t.nentries >= t.capacity:
-        table_resize(t, _grow_capacity(t.used + 1))
+    if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
+        _rebuild(t, t.capacity if t.nentries < t.capacity else _grow_capacity(t.used + 1), False)
+    elif t.nentries >= t.capacity:
+        _rebuild(t, _grow_capacity(t.used + 1), t.unicode)
     j = t.nentries
     _ix_set(t, _free_slot(t, hash), j)
-    ep = &t.entries[j]
-    ep.hash = hash
+    ep = table_entry(t, j)
     ep.key = key
     ep.value = value
+    if not t.unicode:
+        ep.hash = hash
     _incref(key)
     _incref(value)
     t.nentries = j + 1
@@ -519,9 +604,10 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
 
 
 cdef void table_replace_at(Table* t, Py_ssize_t ix, PyObject* value) noexcept:
-    cdef PyObject* old = t.entries[ix].value
+    cdef Entry* ep = table_entry(t, ix)
+    cdef PyObject* old = ep.value
     _incref(value)
-    t.entries[ix].value = value
+    ep.value = value
     t.version += 1
     _decref(old)
 
@@ -536,15 +622,15 @@ cdef int table_insert(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
 
 
 cdef void table_detach_at(Table* t, Py_ssize_t ix, PyObject** key, PyObject** value) noexcept:
-    cdef Entry* ep = &t.entries[ix]
-    _ix_set(t, _slot_of(t, ep.hash, ix), IX_DUMMY)
+    cdef Entry* ep = table_entry(t, ix)
+    _ix_set(t, _slot_of(t, _entry_hash(t, ep), ix), IX_DUMMY)
     key[0] = ep.key
     value[0] = ep.value
     ep.key = NULL
     ep.value = NULL
     t.used -= 1
     t.version += 1
-    while t.nentries > 0 and t.entries[t.nentries - 1].key == NULL:
+    while t.nentries > 0 and table_entry(t, t.nentries - 1).key == NULL:
         t.nentries -= 1
 
 
@@ -576,7 +662,8 @@ cdef int table_popitem(Table* t, PyObject** key, PyObject** value) noexcept:
 cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_t skip) except -1:
     cdef Py_ssize_t j, k = 0
     cdef Entry* ep
-    _set_empty(dst)
+    cdef Entry* dp
+    _set_empty(dst, src.unicode)
     dst.version = 0
     if capacity < src.used:
         capacity = src.used
@@ -586,18 +673,19 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
     if skip < 0 and src.nentries == src.used and dst.log2 == src.log2:
         # Same index, no holes: two memcpy and the INCREFs (dict.copy's way).
         memcpy(dst.indices, src.indices, _index_bytes(src))
-        memcpy(dst.entries, src.entries, <size_t>src.used * sizeof(Entry))
+        memcpy(dst._entries, src._entries, <size_t>src.used * <size_t>src.stride)
         k = src.used
         for j in range(k):
-            _incref(dst.entries[j].key)
-            _incref(dst.entries[j].value)
+            ep = table_entry(dst, j)
+            _incref(ep.key)
+            _incref(ep.value)
         dst.nentries = dst.used = k
         return 0
     for j in range(src.nentries):
-        ep = &src.entries[j]
+        ep = table_entry(src, j)
         if ep.key == NULL or j == skip:
             continue
-        dst.entries[k] = ep[0]
+        memcpy(table_entry(dst, k), ep, <size_t>src.stride)
         _incref(ep.key)
         _incref(ep.value)
         k += 1
@@ -610,7 +698,7 @@ cdef inline bint table_next(const Table* t, Py_ssize_t* pos, PyObject** key, PyO
     cdef Py_ssize_t i = pos[0]
     cdef const Entry* ep
     while i < t.nentries:
-        ep = &t.entries[i]
+        ep = table_entry(t, i)
         i += 1
         if ep.key != NULL:
             key[0] = ep.key
@@ -622,7 +710,7 @@ cdef inline bint table_next(const Table* t, Py_ssize_t* pos, PyObject** key, PyO
 
 
 cdef inline Py_ssize_t table_sizeof(const Table* t) noexcept:
-    cdef Py_ssize_t n = <Py_ssize_t>t.capacity * <Py_ssize_t>sizeof(Entry)
+    cdef Py_ssize_t n = t.capacity * t.stride
     if t.indices != <void*>fastkv_empty_index:
         n += <Py_ssize_t>_index_bytes(t)
     return n
@@ -631,12 +719,14 @@ cdef inline Py_ssize_t table_sizeof(const Table* t) noexcept:
 cdef int table_traverse(const Table* t, visitproc visit, void* arg) noexcept:
     cdef Py_ssize_t j
     cdef int r
+    cdef const Entry* ep
     for j in range(t.nentries):
-        if t.entries[j].key != NULL:
-            r = visit(t.entries[j].key, arg)
+        ep = table_entry(t, j)
+        if ep.key != NULL:
+            r = visit(ep.key, arg)
             if r:
                 return r
-            r = visit(t.entries[j].value, arg)
+            r = visit(ep.value, arg)
             if r:
                 return r
     return 0
