@@ -119,6 +119,7 @@
 # ``version`` changes whenever the table changes: a caller that ran Python code
 # can compare it to know whether an index it holds is still valid.
 
+cimport cython
 from cpython.object cimport PyObject, Py_EQ
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memcpy, memset, memcmp
@@ -585,9 +586,9 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     cdef Py_ssize_t j
     cdef Entry* ep
     if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
-        _rebuild(t, t.capacity if t.nentries < t.capacity else _grow_capacity(t.used + 1), False)
+        _rebuild(t, t.capacity if t.nentries < t.capacity else _grow_capacity(t.used), False)
     elif t.nentries >= t.capacity:
-        _rebuild(t, _grow_capacity(t.used + 1), t.unicode)
+        _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
     _ix_set(t, _free_slot(t, hash), j)
     ep = table_entry(t, j)
@@ -730,3 +731,136 @@ cdef int table_traverse(const Table* t, visitproc visit, void* arg) noexcept:
             if r:
                 return r
     return 0
+
+
+# --- a thin wrapper, for the engine's own tests only ---------------------------
+
+cdef object _NO_KEY = object()
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _EngineTable:
+    """The engine's mutable operations exposed one to one, so tests can drive
+    them against a dict (tests/test_frozen_core.py). Not public API."""
+    cdef Table tab
+
+    def __cinit__(self, Py_ssize_t n=0):
+        table_init(&self.tab, n)
+
+    def __dealloc__(self):
+        table_clear(&self.tab)
+
+    def insert(self, key, value):
+        return table_insert(&self.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+
+    def lookup(self, key):
+        cdef Py_ssize_t ix = table_lookup(&self.tab, <PyObject*>key, table_hash(key))
+        if ix < 0:
+            raise KeyError(key)
+        return <object>table_entry(&self.tab, ix).value
+
+    def lookup_fast(self, key):
+        """The entry index, -1 (absent) or -3 (needs Python)."""
+        return table_lookup_fast(&self.tab, <PyObject*>key, table_hash(key))
+
+    def delete(self, key):
+        return table_delete(&self.tab, <PyObject*>key, table_hash(key))
+
+    def pop(self, key):
+        cdef PyObject* v
+        if not table_pop(&self.tab, <PyObject*>key, table_hash(key), &v):
+            raise KeyError(key)
+        value = <object>v
+        _decref(v)
+        return value
+
+    def popitem(self):
+        cdef PyObject* k
+        cdef PyObject* v
+        if not table_popitem(&self.tab, &k, &v):
+            raise KeyError("popitem(): table is empty")
+        item = (<object>k, <object>v)
+        _decref(k)
+        _decref(v)
+        return item
+
+    def clear(self):
+        table_clear(&self.tab)
+
+    def resize(self, Py_ssize_t capacity):
+        table_resize(&self.tab, capacity)
+
+    def trim(self):
+        table_trim(&self.tab)
+
+    def copy(self, Py_ssize_t capacity=-1, skip_key=_NO_KEY):
+        cdef _EngineTable new = _EngineTable()
+        cdef Py_ssize_t skip = -1
+        if skip_key is not _NO_KEY:
+            skip = table_lookup(&self.tab, <PyObject*>skip_key, table_hash(skip_key))
+        table_copy(&new.tab, &self.tab, capacity, skip)
+        return new
+
+    def items(self):
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        out = []
+        while table_next(&self.tab, &pos, &k, &v):
+            out.append((<object>k, <object>v))
+        return out
+
+    def __len__(self):
+        return self.tab.used
+
+    def info(self):
+        return {"used": self.tab.used, "nentries": self.tab.nentries,
+                "capacity": self.tab.capacity, "log2": self.tab.log2,
+                "unicode": bool(self.tab.unicode), "stride": self.tab.stride,
+                "version": self.tab.version, "sizeof": table_sizeof(&self.tab)}
+
+    cdef bint _indexed(self, Py_ssize_t j):
+        cdef Py_hash_t h = table_entry_hash(&self.tab, j)
+        cdef size_t perturb = <size_t>h
+        cdef size_t i = <size_t>h & self.tab.mask
+        cdef Py_ssize_t ix
+        while True:
+            ix = _ix_get(&self.tab, i)
+            if ix == j:
+                return True
+            if ix == IX_EMPTY:
+                return False
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & self.tab.mask
+
+    def check(self):
+        """Verify the invariants; AssertionError-free means consistent."""
+        cdef Py_ssize_t j, live = 0, ix
+        cdef size_t i
+        cdef Entry* ep
+        if self.tab.capacity > _usable(self.tab.log2):
+            raise AssertionError("capacity exceeds the index's usable size")
+        for j in range(self.tab.nentries):
+            ep = table_entry(&self.tab, j)
+            if ep.key == NULL:
+                continue
+            live += 1
+            if self.tab.unicode and not _is_str(ep.key):
+                raise AssertionError("non-str key in a unicode table")
+            if table_entry_hash(&self.tab, j) != hash(<object>ep.key):
+                raise AssertionError("stale hash")
+            if not self._indexed(j):
+                raise AssertionError("entry not indexed")
+        if live != self.tab.used:
+            raise AssertionError("used miscounted")
+        if self.tab.nentries and table_entry(&self.tab, self.tab.nentries - 1).key == NULL:
+            raise AssertionError("trailing hole")
+        for i in range(self.tab.mask + 1):
+            ix = _ix_get(&self.tab, i)
+            if ix >= self.tab.nentries or ix < IX_DUMMY:
+                raise AssertionError("bad index slot")
+            if ix >= 0 and table_entry(&self.tab, ix).key == NULL:
+                raise AssertionError("index points at a hole")
+        return True
+

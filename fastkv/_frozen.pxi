@@ -43,6 +43,16 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTKV_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define FASTKV_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void FASTKV_PREFETCH(const void* p) noexcept nogil
+
+cdef extern from *:
+    """
     /* Give the snapshot type our own GC hooks (see _snapshot_traverse). */
     #define fastkv_set_gc_hooks(type, trav, clear) \\
         (((PyTypeObject *)(type))->tp_traverse = (traverseproc)(trav), \\
@@ -240,6 +250,150 @@ cdef inline object _lookup(FrozenTable self, object key, object missing):
     if ix == IX_EMPTY:
         return missing
     return _lookup_slow(self, key, missing)
+
+
+cdef int _contains_slow(FrozenTable self, object key) except -1:
+    cdef _Snapshot snap
+    cdef Py_hash_t h = table_hash(key)     # may run Python
+    snap = self._snap                       # held for the whole lookup
+    return table_lookup(&snap.tab, <PyObject*>key, h) >= 0
+
+
+cdef inline int _contains(FrozenTable self, object key) except -1:
+    """key in self, never touching the value (one cache miss less)."""
+    cdef PyObject* k = <PyObject*>key
+    cdef Py_hash_t h
+    cdef Py_ssize_t ix
+    if _is_str(k):
+        h = FASTKV_STR_HASH(k)
+        if h == -1:
+            h = _object_hash(k)
+    elif _is_int(k):
+        h = _object_hash(k)
+    else:
+        return _contains_slow(self, key)
+    ix = table_lookup_fast(&self._snap.tab, k, h)
+    if ix == IX_SLOW:
+        return _contains_slow(self, key)
+    return ix >= 0
+
+
+cdef enum:
+    PIPELINE_BYTES = 1 << 18   # get_many prefetches when the table outgrows L2
+    CHUNK = 32                 # keys in flight in the prefetch pipeline
+
+
+cdef inline Py_ssize_t _get_fast_ix(const Table* t, PyObject* k) noexcept:
+    """table_lookup_fast for any key: IX_SLOW unless exact str/int."""
+    cdef Py_hash_t h
+    if _is_str(k):
+        h = FASTKV_STR_HASH(k)
+        if h == -1:
+            h = _object_hash(k)        # str hashing: no Python, no error
+        return table_lookup_fast(t, k, h)
+    if _is_int(k):
+        return table_lookup_fast(t, k, _object_hash(k))
+    return IX_SLOW
+
+
+cdef int _get_many_one_slow(Table* t, object seq, Py_ssize_t i, Py_ssize_t n,
+                            list result, PyObject* default) except -1:
+    """result[i] for seq[i] on the slow path. Python may run, and may even
+    change ``seq`` when that is the caller's own list: then the rest is done
+    by _get_many_tail, as iterating that list would (1 is returned)."""
+    cdef PyObject* v
+    key = <object>_seq_item(seq, i)
+    ix = table_lookup(t, <PyObject*>key, table_hash(key))
+    v = table_entry(t, ix).value if ix >= 0 else default
+    _incref(v)
+    _list_set(result, i, v)
+    if _seq_size(seq) != n:
+        _get_many_tail(t, seq, i + 1, result, default)
+        return 1
+    return 0
+
+
+cdef int _get_many_tail(Table* t, object seq, Py_ssize_t start, list result,
+                        PyObject* default) except -1:
+    """The keys list changed size under get_many: drop the slots not filled
+    yet and go on like a for loop over the live list."""
+    cdef Py_ssize_t j = start
+    del result[start:]
+    while j < _seq_size(seq):
+        key = <object>_seq_item(seq, j)
+        ix = table_lookup(t, <PyObject*>key, table_hash(key))
+        result.append(<object>table_entry(t, ix).value if ix >= 0 else <object>default)
+        j += 1
+    return 0
+
+
+cdef int _get_many_simple(Table* t, object seq, Py_ssize_t start, Py_ssize_t n,
+                          list result, PyObject* default) except -1:
+    cdef Py_ssize_t i, ix
+    cdef PyObject* v
+    for i in range(start, n):
+        ix = _get_fast_ix(t, _seq_item(seq, i))
+        if ix == IX_SLOW:
+            if _get_many_one_slow(t, seq, i, n, result, default):
+                return 0
+            continue
+        v = table_entry(t, ix).value if ix >= 0 else default
+        _incref(v)
+        _list_set(result, i, v)
+    return 0
+
+
+cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
+                             PyObject* default) except -1:
+    """get_many over a table bigger than the caches: CHUNK keys at a time,
+    the index slots, then the entries, then the keys and values they point
+    at are prefetched for all of them before any is looked up, so the cache
+    misses overlap instead of coming one after the other."""
+    cdef Py_hash_t hashes[CHUNK]
+    cdef Py_ssize_t first[CHUNK]
+    cdef Py_ssize_t base, m, j, ix
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef const Entry* ep
+    cdef size_t mask = t.mask
+    for base in range(0, n, CHUNK):
+        m = min(<Py_ssize_t>CHUNK, n - base)
+        for j in range(m):
+            k = _seq_item(seq, base + j)
+            first[j] = IX_SLOW
+            if _is_str(k):
+                hashes[j] = FASTKV_STR_HASH(k)
+                if hashes[j] == -1:
+                    hashes[j] = _object_hash(k)
+            elif _is_int(k):
+                hashes[j] = _object_hash(k)
+            else:
+                continue
+            first[j] = IX_EMPTY
+            FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
+        for j in range(m):
+            if first[j] != IX_SLOW:
+                first[j] = _ix_get(t, <size_t>hashes[j] & mask)
+                if first[j] >= 0:
+                    FASTKV_PREFETCH(table_entry(t, first[j]))
+        for j in range(m):
+            if first[j] >= 0:
+                ep = table_entry(t, first[j])
+                FASTKV_PREFETCH(ep.key)
+                FASTKV_PREFETCH(ep.value)
+        for j in range(m):
+            k = _seq_item(seq, base + j)
+            ix = table_lookup_fast(t, k, hashes[j]) if first[j] != IX_SLOW else IX_SLOW
+            if ix == IX_SLOW:
+                if _get_many_one_slow(t, seq, base + j, n, result, default):
+                    return 0
+                # Python ran: seq may have changed under the hashes computed
+                # above, so the rest goes the plain way.
+                return _get_many_simple(t, seq, base + j + 1, n, result, default)
+            v = table_entry(t, ix).value if ix >= 0 else default
+            _incref(v)
+            _list_set(result, base + j, v)
+    return 0
 
 
 cdef object _missing_key(FrozenTable self, object key):
@@ -482,7 +636,7 @@ cdef class FrozenTable:
 
     def __contains__(self, key):
         """``key in t``. O(1), never blocks."""
-        return _lookup(self, key, _MISSING) is not _MISSING
+        return _contains(self, key)
 
     def __len__(self):
         """Number of keys in the current snapshot. O(1)."""
@@ -496,36 +650,14 @@ cdef class FrozenTable:
     def get_many(self, keys, default=None, /):
         """``[t.get(k, default) for k in keys]``, all read from one snapshot.
         O(len(keys)), never blocks."""
-        cdef _Snapshot snap = self._snap
+        cdef _Snapshot snap = self._snap     # held: slow lookups may run Python
         cdef object seq = PySequence_Fast(keys, "get_many() argument must be iterable")
-        cdef Py_ssize_t n = _seq_size(seq), i, ix
+        cdef Py_ssize_t n = _seq_size(seq)
         cdef list result = PyList_New(n)
-        cdef PyObject* k
-        cdef PyObject* v
-        cdef Py_hash_t h
-        cdef Table* t = &snap.tab
-        cdef PyObject* d = <PyObject*>default
-        for i in range(n):
-            k = _seq_item(seq, i)
-            if _is_str(k):
-                h = FASTKV_STR_HASH(k)
-                if h == -1:
-                    h = _object_hash(k)
-                ix = table_lookup_fast(t, k, h)
-            elif _is_int(k):
-                h = _object_hash(k)
-                ix = table_lookup_fast(t, k, h)
-            else:
-                ix = IX_SLOW
-            if ix == IX_SLOW:
-                # Python may run (and change ``seq`` if it is the caller's list)
-                key = <object>k
-                ix = table_lookup(t, k, table_hash(key))
-                if _seq_size(seq) != n:
-                    raise RuntimeError("get_many() keys changed size during lookup")
-            v = table_entry(t, ix).value if ix >= 0 else d
-            _incref(v)
-            _list_set(result, i, v)
+        if table_sizeof(&snap.tab) > PIPELINE_BYTES and n >= 8:
+            _get_many_pipelined(&snap.tab, seq, n, result, <PyObject*>default)
+        else:
+            _get_many_simple(&snap.tab, seq, 0, n, result, <PyObject*>default)
         return result
 
     def to_dict(self):

@@ -404,3 +404,245 @@ def test_self_cycle_is_collected(impl):
     del t, o
     gc.collect()
     assert r() is None
+
+
+# --- the engine itself, against a dict ----------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from fastkv._core import _EngineTable  # noqa: E402
+
+
+class S(str):
+    """A str subclass: equal to the str, never on the exact-str fast path."""
+
+    __hash__ = str.__hash__
+
+
+KEY_POOL = (
+    [0, 1, 2, 3, -1, -2, 2**61 - 1, 2**61, 2**64, -(2**64), 1.0, 2.5, True, float("inf")]
+    + ["a", "b", "c", "é", "\U0001f600", "", "a" * 50]
+    + [S("a"), S("zz")]
+    + [Key(f"k{i}", h=7) for i in range(4)]
+    + [Key("x", h=hash("a"))]
+)
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["insert", "insert", "insert", "delete", "pop", "popitem", "lookup",
+                         "resize", "trim", "copy", "copy_skip", "clear"]),
+        st.sampled_from(range(len(KEY_POOL))),
+        st.integers(0, 1000),
+    ),
+    max_size=80,
+)
+
+
+def _same(t, d):
+    t.check()
+    items = t.items()
+    assert items == list(d.items())
+    assert [type(k) for k, _ in items] == [type(k) for k in d]
+    assert len(t) == len(d)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_engine_matches_dict(ops):
+    t, d = _EngineTable(), {}
+    for op, ki, n in ops:
+        k = KEY_POOL[ki]
+        if op == "insert":
+            added = t.insert(k, n)
+            assert added == (k not in d)
+            d[k] = n
+        elif op == "delete":
+            assert t.delete(k) == (k in d)
+            d.pop(k, None)
+        elif op == "pop":
+            if k in d:
+                assert t.pop(k) == d.pop(k)
+            else:
+                with pytest.raises(KeyError):
+                    t.pop(k)
+        elif op == "popitem":
+            if d:
+                assert t.popitem() == d.popitem()
+            else:
+                with pytest.raises(KeyError):
+                    t.popitem()
+        elif op == "lookup":
+            if k in d:
+                assert t.lookup(k) == d[k]
+            else:
+                with pytest.raises(KeyError):
+                    t.lookup(k)
+        elif op == "resize":
+            t.resize(len(d) + n % 7)
+        elif op == "trim":
+            t.trim()
+        elif op == "copy":
+            t = t.copy(len(d) + n % 3)
+        elif op == "copy_skip":
+            if k in d:
+                t = t.copy(len(d), k)
+                del d[k]
+        elif op == "clear":
+            t.clear()
+            d.clear()
+        _same(t, d)
+
+
+def test_engine_layouts():
+    t = _EngineTable()
+    for i in range(100):
+        t.insert(f"k{i}", i)
+    assert t.info()["unicode"] and t.info()["stride"] == 16
+    assert t.lookup_fast(5) == -1  # an int is never in a str-only table
+    assert t.lookup_fast(S("k5")) == -3  # a str subclass needs Python
+    t.insert(5, "five")  # converts once
+    info = t.info()
+    assert not info["unicode"] and info["stride"] == 24
+    t.check()
+    assert t.lookup(5.0) == "five" and t.lookup("k99") == 99
+    t.insert(S("k1"), "sub")  # equal to "k1": replaces its value, keeps the key
+    assert [k for k, _ in t.items()][1] == "k1" and type(t.items()[1][0]) is str
+    assert t.lookup("k1") == "sub"
+
+
+def test_engine_growth_matches_dict_rate():
+    t = _EngineTable()
+    caps = set()
+    for i in range(1000):
+        t.insert(i, i)
+        caps.add(t.info()["capacity"])
+    # dict's GROWTH_RATE (3 * used): 5, 10, 21, 42, 85, 170, 341, 682, 1365 entries
+    assert sorted(caps) == [5, 10, 21, 42, 85, 170, 341, 682, 1365]
+
+
+def test_engine_trailing_holes_trimmed_and_popitem_lifo():
+    t = _EngineTable()
+    for i in range(10):
+        t.insert(i, i)
+    assert t.delete(9) and t.info()["nentries"] == 9
+    assert t.delete(5) and t.info()["nentries"] == 9
+    assert t.popitem() == (8, 8)
+    assert t.popitem() == (7, 7)
+    assert t.popitem() == (6, 6)
+    assert t.info()["nentries"] == 5  # the hole at 5 went with the trailing pops
+    assert t.popitem() == (4, 4)
+    t.check()
+
+
+def test_engine_lookup_restarts_when_eq_mutates():
+    t = _EngineTable()
+    state = {"n": 0}
+
+    class Mut(Key):
+        def __eq__(self, other):
+            if state["n"] < 3:
+                state["n"] += 1
+                t.insert(f"junk{state['n']}", 0)  # changes the table mid-lookup
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    t.insert(Mut("a", h=1), "va")
+    assert t.lookup(Mut("a", h=1)) == "va"
+    assert state["n"] == 3
+    t.check()
+
+
+def test_engine_lookup_gives_up_on_endless_mutation():
+    t = _EngineTable()
+
+    class Mut(Key):
+        def __eq__(self, other):
+            t.insert(object(), 0)
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    t.insert(Mut("a", h=1), "va")
+    with pytest.raises(RuntimeError, match="kept changing"):
+        t.lookup(Mut("a", h=1))
+    t.check()
+
+
+def test_engine_eq_that_clears_the_table():
+    t = _EngineTable()
+
+    class Clearer(Key):
+        def __eq__(self, other):
+            t.clear()
+            return True
+
+        __hash__ = Key.__hash__
+
+    t.insert(Clearer("a", h=1), "va")
+    with pytest.raises(KeyError):
+        t.lookup(Clearer("b", h=1))  # restarted on the emptied table: absent
+    assert len(t) == 0
+    t.check()
+
+
+@pytest.mark.parametrize("n", [100, 40_000])  # 40,000 entries: the prefetching path
+def test_get_many_against_dict(impl, n):
+    data = {f"s{i}": i for i in range(n)}
+    data.update({i: -i for i in range(0, n, 7)})
+    data[Key("obj", h=hash("s1"))] = "obj"  # collides with a str key
+    data[S("sub")] = "sub"
+    t = impl.FrozenTable(data)
+    rng = __import__("random").Random(n)
+    probe = [fresh_str(f"s{rng.randrange(2 * n)}") for _ in range(500)]
+    probe += [rng.randrange(2 * n) for _ in range(100)] + [Key("obj", h=hash("s1")), "sub", S("s3"), 2.0, None]
+    rng.shuffle(probe)
+    default = object()
+    assert t.get_many(probe, default) == [data.get(k, default) for k in probe]
+    assert t.get_many(iter(probe)) == [data.get(k) for k in probe]
+    assert t.get_many(tuple(probe[:3])) == [data.get(k) for k in probe[:3]]
+    assert t.get_many([]) == []
+
+
+def test_get_many_when_eq_changes_the_keys_list(impl):
+    n = 40_000
+    t = impl.FrozenTable({f"s{i}": i for i in range(n)} | {Key("a", h=1): "a"})
+    keys = ["s1"] * 40
+
+    class Shrink(Key):
+        def __eq__(self, other):
+            keys.clear()
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    keys[10] = Shrink("a", h=1)
+    out = t.get_many(keys)  # as a for loop over the live list: stops early
+    assert out == [1] * 10 + ["a"]
+
+    class Grow(Key):
+        def __eq__(self, other):
+            if len(keys) < 45:
+                keys.extend(["s7", "missing"])
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    keys[:] = ["s1"] * 40
+    keys[10] = Grow("a", h=1)
+    out = t.get_many(keys)
+    assert out == [1] * 10 + ["a"] + [1] * 29 + [7, None]  # sees the appended keys
+
+    class Swap(Key):
+        def __eq__(self, other):
+            for i in range(len(keys)):
+                keys[i] = f"s{i + 100}"  # same size, new keys
+            return super().__eq__(other)
+
+        __hash__ = Key.__hash__
+
+    keys[:] = ["s1"] * 40
+    keys[10] = Swap("a", h=1)
+    out = t.get_many(keys)
+    assert out[:10] == [1] * 10 and out[10] == "a"
+    assert out[11:] == [i + 100 for i in range(11, 40)]  # read after the swap
