@@ -647,7 +647,7 @@ cdef class FrozenTable:
         (insertion order). O(1) to start; never raises "changed size"."""
         return _iterate(self._snap, ITER_KEYS)
 
-    def get_many(self, keys, default=None, /):
+    def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read from one snapshot.
         O(len(keys)), never blocks."""
         cdef _Snapshot snap = self._snap     # held: slow lookups may run Python

@@ -14,10 +14,6 @@ import fastkv
 import fastkv._core
 from _support import assert_same
 
-COMPILED_FROZEN_POSITIONAL_ONLY = (
-    "compiled FrozenTable.get/get_many are (key, default=None, /): positional-only, "
-    "while BRIEF.md and the reference have get(key, default=None), get_many(keys, default=None)"
-)
 
 
 def check_delete_result(kind, result, expected):
@@ -158,8 +154,6 @@ def test_get_many(kind):
 def test_default_by_keyword(request, kind):
     # BRIEF: get(key, default=None), get_many(keys, default=None): no "/",
     # so default may be passed by keyword (the reference accepts it)
-    if kind.cls is getattr(fastkv._core, "FrozenTable", None):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=COMPILED_FROZEN_POSITIONAL_ONLY))
     t = kind.make({"a": 1})
     assert t.get("zz", default=0) == 0
     assert t.get(key="a") == 1
