@@ -28,13 +28,17 @@ Timing method (timeit-style, nothing clever):
 - A timed run is a plain Python ``for`` loop over that key list calling the
   operation, timed with ``time.perf_counter``; for writes that are queued to an
   owner thread, the run ends with the store's ``sync()`` so every queued write
-  is counted as done. The loop's own overhead is included for every strategy
-  alike; nothing is subtracted.
+  is counted as done (such runs cover at least 1,000 operations, so the one
+  round trip of ``sync()`` is amortized). The loop's own overhead is included
+  for every strategy alike; nothing is subtracted.
 - The number of operations per run is calibrated like ``timeit.autorange``
   (x10 until a run lasts a tenth of ``--min-time``, then scaled up to last
   ``--min-time``); the figure reported is the best (fastest) of ``--repeat``
-  runs, as timeit recommends. Operations that take longer than the per-figure
-  time budget on their own (a module rebuild at 100,000 keys) are timed once.
+  runs, as timeit recommends. Runs are short (5 ms quick, 50 ms full) and
+  many (15 quick, 20 full) on purpose: on a shared machine, the best of many
+  short runs is the one least disturbed by other processes. Operations that
+  take longer than the per-figure time budget on their own (a module rebuild
+  at 100,000 keys) are timed once.
 - The garbage collector stays enabled (as in a real program); ``gc.collect()``
   runs before each figure.
 - ops/s = operations / best run time. Each scenario's table gives, per size,
@@ -99,13 +103,14 @@ FULL_SIZES = (10, 1_000, 100_000, 1_000_000)
 # and seconds a store's build may be expected to take before larger sizes of
 # that strategy are skipped.
 MODES = {
-    "quick": {"min_time": 0.02, "repeat": 3, "budget": 1.0, "build_budget": 2.0},
-    "full": {"min_time": 0.2, "repeat": 5, "budget": 8.0, "build_budget": 60.0},
+    "quick": {"min_time": 0.005, "repeat": 15, "budget": 1.0, "build_budget": 2.0},
+    "full": {"min_time": 0.05, "repeat": 20, "budget": 8.0, "build_budget": 60.0},
 }
 
 KEY_LIST_LEN = 100_000  # length of the random key list a run cycles over
 CHUNK = 1_000  # keys per inner-loop chunk
 MAX_OPS = 20_000_000  # upper bound on operations per run
+SETTLED_MIN_OPS = 1_000  # least operations in a run that ends with sync()
 SEED = 20240611
 RECORD_POOL = 1_024
 FIELDS = (
@@ -561,13 +566,14 @@ def _run_threads(read, per_thread_chunks):
     return elapsed
 
 
-def _measure(run, min_time, repeat, budget):
+def _measure(run, min_time, repeat, budget, min_n=1):
     """Calibrate then time ``run(n)`` (seconds for n units): returns
-    (n, best_seconds, runs). n grows x10 until a run lasts min_time/10, is then
-    scaled to last min_time; the best of ``repeat`` runs is kept, fewer when
-    the budget is spent (a run longer than the budget is timed once)."""
+    (n, best_seconds, runs). n grows x10 from ``min_n`` until a run lasts
+    min_time/10, is then scaled to last min_time; the best of ``repeat`` runs
+    is kept, fewer when the budget is spent (a run longer than the budget is
+    timed once)."""
     spent = 0.0
-    n = 1
+    n = max(1, min_n)
     while True:
         t = run(n)
         spent += t
@@ -784,7 +790,11 @@ def run(
                     gc.collect()
                     try:
                         runner, unit_ops = scenario_runner(scn, store, w)
-                        n, best, runs = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"])
+                        min_n = 1
+                        if scn in ("write", "mix") and store.settle is not _nothing:
+                            # one sync() round trip ends the run: amortize it
+                            min_n = SETTLED_MIN_OPS // unit_ops
+                        n, best, runs = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"], min_n)
                         ops = n * unit_ops
                         record(scn, size, s, status="ok", ops=ops, best_seconds=best, runs=runs,
                                ops_per_sec=ops / best if best > 0 else float("inf"))
