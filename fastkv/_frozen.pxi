@@ -426,7 +426,7 @@ cdef class _FrozenIterator:
     def __next__(self):
         cdef PyObject* k
         cdef PyObject* v
-        if not table_next(&self.snap.tab, &self.pos, &k, &v):
+        if self.snap is None or not table_next(&self.snap.tab, &self.pos, &k, &v):
             raise StopIteration
         if self.kind == ITER_KEYS:
             return <object>k
@@ -435,7 +435,9 @@ cdef class _FrozenIterator:
         return (<object>k, <object>v)
 
     def __length_hint__(self):
-        return self.snap.tab.nentries - self.pos     # snapshots have no holes
+        if self.snap is None:
+            return 0
+        return max(self.snap.tab.nentries - self.pos, 0)   # snapshots have no holes
 
 
 cdef _FrozenIterator _iterate(_Snapshot snap, int kind):
@@ -451,7 +453,7 @@ class _FrozenValuesView(ValuesView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<FrozenTable>self._mapping)._snap, ITER_VALUES)
+        return _iterate((<FrozenTable?>self._mapping)._snap, ITER_VALUES)
 
     def __contains__(self, value):
         for v in self:
@@ -465,7 +467,7 @@ class _FrozenItemsView(ItemsView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<FrozenTable>self._mapping)._snap, ITER_ITEMS)
+        return _iterate((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
 
 
 cdef object _equals(_Snapshot snap, object other):
@@ -695,9 +697,6 @@ cdef class FrozenTable:
         cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
         t._snap = self._snap
         return t
-
-    def __copy__(self):
-        return self.copy()
 
     def close(self):
         """Nothing to stop: a no-op, the table stays usable. Idempotent."""
