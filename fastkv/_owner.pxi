@@ -1,1 +1,610 @@
-# fastkv/_owner.pxi: included by _core.pyx (not yet written)
+# fastkv/_owner.pxi: the owner-thread engine, OwnerTable and Agent.
+# Included by _core.pyx. C primitives (atomics, queue, parkers) in _owner.h.
+#
+# Design note: the owner-thread engine
+# ====================================
+#
+# One owner thread per OwnerTable/Agent performs every request in arrival
+# order. A request is a C struct (fk_req): an op code, owned references to its
+# arguments, the key's hash, and for calls a result slot, a state word and a
+# lock to park on. Requests come from a GIL-protected free list.
+#
+# The queue (fk_queue) is a lock-free Treiber stack: callers push with one
+# CAS, without the GIL; the owner takes the whole stack with one CAS and
+# reverses it, so every wake-up drains every queued request in arrival order.
+# Bit 0 of the head is the closed bit: once set, no push succeeds, so what the
+# owner finds in the queue after it sees the bit is all there will ever be.
+#
+# Who waits where, what wakes whom:
+#
+# - The owner waits for requests in fk_take, without the GIL: it spins for an
+#   adaptive budget (at most 50 us), then announces `parked` and sleeps on its
+#   `wake` lock. A caller whose push turned the queue from empty to non-empty
+#   checks `parked` and, if it wins the exchange on it, releases `wake` (one
+#   futex wake-up). Announce-then-recheck on the owner side and
+#   push-then-check on the caller side (both sequentially consistent) mean a
+#   wake-up is never lost; a park the owner cancels after a pusher claimed it
+#   consumes that pusher's release, so `wake` is always re-armed.
+# - A caller making a call (get, call, update, sync...) fills a request with
+#   the GIL, then releases the GIL and, still without it, pushes the request and
+#   waits on it in fk_wait: it spins for an adaptive budget (at most 50 us) on
+#   the request's state, then moves the state PENDING -> PARKED by CAS and
+#   sleeps on the request's lock.
+# - The owner, having taken a batch, takes the GIL, serves every request of
+#   the batch (storing each call's result or exception in its request, freeing
+#   each cast), drops the GIL, and only then completes the calls: an exchange of
+#   the state to DONE, and a lock release if the caller had PARKED. Completing
+#   after dropping the GIL matters: a spinning caller that sees DONE takes a
+#   free GIL at once instead of sleeping on the GIL's condition variable.
+#
+# So in a busy round trip nobody sleeps: the caller pushes and spins without
+# the GIL, the owner (spinning without the GIL) sees the request, takes the
+# free GIL, serves, drops it, marks the request done; the caller takes the free
+# GIL. The GIL changes hands twice and no futex is touched. An idle owner
+# spins once (bounded), then sleeps: an idle table costs no CPU. The budgets
+# adapt (_owner.h): a wait that a spin would have caught grows the spin, a long
+# sleep halves it.
+#
+# Casts are pushed with the GIL held (releasing it per cast would cost more
+# than the cast), so a burst of casts is taken by the owner in one batch once
+# the caster lets go of the GIL (sync(), a call, or the switch interval).
+#
+# References: a request owns references to its arguments from the moment it is
+# filled until the owner has served it (the owner drops them, with the GIL);
+# a call's result/exception is owned by the request until the caller takes it.
+# Unhashable keys fail at the call site: the caller hashes before queueing.
+#
+# Faults and lifecycle:
+#
+# - An exception in a call is stored in the request and raised in the caller;
+#   in a cast it is logged on the `fastkv` logger and counted; the owner goes on.
+# - A call made on the owner thread itself (inside call(fn), a cast's fn, a
+#   key's __eq__...) is served inline, never queued: no self-deadlock. Casts
+#   and sync made there are applied inline too, so they keep program order.
+# - close(timeout) sets the closed bit (callers racing with it get
+#   ClosedError from the failed push, nothing is lost), wakes the owner, which
+#   serves everything already queued and exits; close joins the thread.
+#   Dropping the last reference to a table/agent closes it without waiting (the
+#   owner thread holds only the engine object, never the table/agent).
+# - A signal while a caller is parked: the signal handler runs; if it raises,
+#   the caller abandons the request (state PARKED -> ABANDONED by CAS) and the
+#   owner frees it when served.
+# - fork(): an at-fork hook marks every engine of the child closed (ClosedError
+#   on every method). The child never touches the queue, the locks or the free
+#   requests of the engine (their state is whatever the parent's threads left),
+#   and leaks them instead of freeing.
+# - Interpreter exit: the owner threads are daemon threads, and an atexit hook
+#   (registered after `logging`'s, so it runs before logging shuts down)
+#   closes every open engine, which applies every queued cast, and waits.
+#
+# Not free-threading safe: the free list, the counters and the closed/status
+# flags rely on the GIL (the queue and the hand-off do not).
+
+cimport cython
+from libc.stdint cimport int64_t, uintptr_t
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+import atexit as _fk_atexit_mod
+import logging as _fk_logging
+import os as _fk_os
+import threading as _fk_threading
+import weakref as _fk_weakref
+
+cdef extern from "Python.h":
+    void *fk_raw_calloc "PyMem_RawCalloc" (size_t n, size_t size) nogil
+    void fk_raw_free "PyMem_RawFree" (void *p) nogil
+    int fk_check_signals "PyErr_CheckSignals" () except -1
+    Py_hash_t fk_hash "PyObject_Hash" (object o) except? -1
+
+cdef extern from "pythread.h":
+    ctypedef void *fk_lock_t "PyThread_type_lock"
+    unsigned long fk_thread_ident "PyThread_get_thread_ident" () nogil
+    fk_lock_t fk_lock_new "PyThread_allocate_lock" ()
+    void fk_lock_free "PyThread_free_lock" (fk_lock_t lock)
+    int fk_lock_acquire "PyThread_acquire_lock" (fk_lock_t lock, int wait) nogil
+    void fk_lock_release "PyThread_release_lock" (fk_lock_t lock) nogil
+
+cdef extern from "_owner.h" nogil:
+    ctypedef struct fk_req:
+        fk_req *next
+        int op
+        int cast
+        int failed
+        int state
+        Py_hash_t hash
+        PyObject *fn
+        PyObject *a
+        PyObject *b
+        PyObject *result
+        fk_lock_t lock
+
+    ctypedef struct fk_queue:
+        Py_ssize_t taken
+
+    int fk_queue_init(fk_queue *q)
+    void fk_queue_free(fk_queue *q)
+    int fk_push(fk_queue *q, fk_req *r)
+    int fk_close(fk_queue *q)
+    int fk_is_closed(fk_queue *q)
+    Py_ssize_t fk_queue_len(fk_queue *q)
+    fk_req *fk_take(fk_queue *q, int *closed)
+    int fk_complete(fk_req *r)
+    int fk_wait(fk_queue *q, fk_req *r)
+    int fk_wait_again(fk_req *r)
+    int fk_abandon(fk_req *r)
+    int FK_PENDING
+
+
+# ---- requests: a GIL-protected free list -------------------------------------
+
+cdef enum:
+    FK_FREE_MAX = 256
+
+    # op codes; the owner runs them against `state` (an OwnerTable's
+    # LockedTable or an Agent's state)
+    FK_OP_SYNC = 0          # nothing: completes once everything before it is done
+    FK_OP_CALL = 1          # fn(state, *a)
+    FK_OP_UPDATE = 2        # state = fn(state, *a)
+    FK_OP_GET_AND_UPDATE = 3  # reply, state = fn(state, *a)
+    FK_OP_METHOD = 4        # getattr(state, fn)(*a)
+
+    # engine status (with the GIL)
+    FK_OPEN = 0
+    FK_CLOSED = 1
+    FK_FORKED = 2
+
+cdef fk_req *_fk_free_reqs = NULL
+cdef int _fk_nfree = 0
+
+
+cdef fk_req *fk_req_new() except NULL:
+    """A clean request (from the free list or new). Needs the GIL; NULL with
+    MemoryError on failure."""
+    global _fk_free_reqs, _fk_nfree
+    cdef fk_req *r = _fk_free_reqs
+    if r is not NULL:
+        _fk_free_reqs = r.next
+        _fk_nfree -= 1
+        r.next = NULL
+        return r
+    r = <fk_req *>fk_raw_calloc(1, sizeof(fk_req))
+    if r is NULL:
+        raise MemoryError()
+    r.lock = fk_lock_new()
+    if r.lock is NULL:
+        fk_raw_free(r)
+        raise MemoryError()
+    fk_lock_acquire(r.lock, 1)      # a request's lock is held while idle
+    return r
+
+
+cdef inline void fk_req_clear(fk_req *r) noexcept:
+    """Drop the request's references (may run arbitrary __del__ code). GIL."""
+    cdef PyObject *fn = r.fn
+    cdef PyObject *a = r.a
+    cdef PyObject *b = r.b
+    cdef PyObject *res = r.result
+    r.fn = r.a = r.b = r.result = NULL
+    Py_XDECREF(fn)
+    Py_XDECREF(a)
+    Py_XDECREF(b)
+    Py_XDECREF(res)
+
+
+cdef void fk_req_release(fk_req *r) noexcept:
+    """Clear a request and give it back to the free list (or free it). GIL."""
+    global _fk_free_reqs, _fk_nfree
+    fk_req_clear(r)
+    r.op = 0
+    r.cast = 0
+    r.failed = 0
+    r.state = FK_PENDING
+    r.hash = 0
+    if _fk_nfree < FK_FREE_MAX:
+        r.next = _fk_free_reqs
+        _fk_free_reqs = r
+        _fk_nfree += 1
+    else:
+        fk_lock_release(r.lock)
+        fk_lock_free(r.lock)
+        fk_raw_free(r)
+
+
+cdef inline void fk_req_fill(fk_req *r, int op, object fn, object a, object b) noexcept:
+    r.op = op
+    if fn is not None:
+        Py_INCREF(fn)
+        r.fn = <PyObject *>fn
+    if a is not None:
+        Py_INCREF(a)
+        r.a = <PyObject *>a
+    if b is not None:
+        Py_INCREF(b)
+        r.b = <PyObject *>b
+
+
+# ---- the engine --------------------------------------------------------------
+
+_fk_log = _fk_logging.getLogger("fastkv")
+_fk_engines = _fk_weakref.WeakSet()     # open engines, for fork and exit
+_fk_nthreads = 0
+
+
+cdef class _Owner:
+    """The owner-thread engine: a C request queue and the thread serving it.
+
+    Held by one OwnerTable or Agent; the owner thread holds the engine (its
+    target), never the table or agent, so dropping those closes the engine.
+    """
+    cdef fk_queue q
+    cdef bint q_ready
+    cdef int status
+    cdef unsigned long ident
+    cdef object state
+    cdef object thread
+    cdef object kind
+    cdef Py_ssize_t served
+    cdef Py_ssize_t errors
+    cdef object __weakref__
+
+    def __cinit__(self):
+        if fk_queue_init(&self.q) != 0:
+            raise MemoryError()
+        self.q_ready = True
+        self.status = FK_OPEN
+
+    def __dealloc__(self):
+        # The owner thread holds a reference while it runs, so it is gone.
+        # A forked child leaks the queue: its lock is in the parent's state.
+        if self.q_ready and self.status != FK_FORKED:
+            fk_queue_free(&self.q)
+        self.q_ready = False
+
+    cdef int start(self, object kind, object state) except -1:
+        global _fk_nthreads
+        self.kind = kind
+        self.state = state
+        _fk_nthreads += 1
+        self.thread = _fk_threading.Thread(
+            target=self._run, name="fastkv-%s-%d" % (kind, _fk_nthreads), daemon=True)
+        self.thread.start()
+        _fk_engines.add(self)
+        return 0
+
+    # -- the owner thread ------------------------------------------------------
+
+    def _run(self):
+        """The owner thread's loop (the thread's target)."""
+        cdef fk_req *batch
+        cdef fk_req *r
+        cdef fk_req *nxt
+        cdef fk_req *done
+        cdef fk_req **tail
+        cdef fk_req *orphans
+        cdef int closed = 0
+        self.ident = fk_thread_ident()
+        try:
+            while not closed:
+                with nogil:
+                    batch = fk_take(&self.q, &closed)
+                done = NULL
+                tail = &done
+                r = batch
+                while r is not NULL:
+                    nxt = r.next
+                    self._serve(r)
+                    if self.status == FK_FORKED:
+                        return      # a fn forked and this is the child: stop here
+                    self.q.taken += 1
+                    if r.cast:
+                        fk_req_release(r)
+                    else:
+                        r.next = NULL
+                        tail[0] = r
+                        tail = &r.next
+                    r = nxt
+                orphans = NULL
+                with nogil:
+                    r = done
+                    while r is not NULL:
+                        nxt = r.next        # r is the caller's once completed
+                        if fk_complete(r):
+                            r.next = orphans
+                            orphans = r
+                        r = nxt
+                while orphans is not NULL:
+                    r = orphans
+                    orphans = r.next
+                    fk_req_release(r)
+        finally:
+            if self.status != FK_FORKED:
+                self._fail_pending()
+
+    cdef void _fail_pending(self) noexcept:
+        """After the loop: make sure nothing queued is left waiting. The
+        normal exit leaves the queue closed and empty; this only matters if the
+        loop died of an unexpected error."""
+        cdef fk_req *r
+        cdef fk_req *nxt
+        cdef int closed = 0
+        cdef object err
+        self.status = FK_CLOSED
+        fk_close(&self.q)
+        r = fk_take(&self.q, &closed)
+        while r is not NULL:
+            nxt = r.next
+            self.q.taken += 1
+            if r.cast:
+                fk_req_release(r)
+            else:
+                fk_req_clear(r)
+                err = ClosedError("the %s's owner thread stopped" % self.kind)
+                Py_INCREF(err)
+                r.result = <PyObject *>err
+                r.failed = 1
+                if fk_complete(r):
+                    fk_req_release(r)
+            r = nxt
+
+    cdef object _apply(self, int op, object fn, object a):
+        """Run one request against the state (owner thread, GIL). Raises what
+        the request raises."""
+        cdef object res
+        if op == FK_OP_CALL:
+            return fn(self.state, *a) if a else fn(self.state)
+        if op == FK_OP_UPDATE:
+            self.state = fn(self.state, *a) if a else fn(self.state)
+            return None
+        if op == FK_OP_GET_AND_UPDATE:
+            res = fn(self.state, *a) if a else fn(self.state)
+            reply, new_state = res
+            self.state = new_state
+            return reply
+        if op == FK_OP_METHOD:
+            return getattr(self.state, fn)(*a)
+        if op == FK_OP_SYNC:
+            return None
+        raise SystemError("fastkv: unknown owner op %d" % op)
+
+    cdef void _serve(self, fk_req *r) noexcept:
+        """Serve a queued request (owner thread, GIL): a call gets its result or
+        exception stored; a cast's exception is logged and counted. The
+        request's argument references are dropped here."""
+        cdef object out = None
+        self.served += 1
+        try:
+            out = self._apply(r.op, <object>r.fn if r.fn is not NULL else None,
+                              <object>r.a if r.a is not NULL else ())
+        except BaseException as exc:
+            if r.cast:
+                self._cast_failed(r.op, r.fn)
+            else:
+                out = exc
+                r.failed = 1
+        fk_req_clear(r)
+        if not r.cast:
+            Py_INCREF(out)
+            r.result = <PyObject *>out
+
+    cdef void _cast_failed(self, int op, PyObject *fn) noexcept:
+        """Called inside an except clause on the owner thread: log and count."""
+        self.errors += 1
+        try:
+            _fk_log.exception("fastkv: a cast to %s failed (%r)", self.kind,
+                              <object>fn if fn is not NULL else op)
+        except BaseException:
+            pass
+
+    # -- the caller's side -----------------------------------------------------
+
+    cdef int check_open(self) except -1:
+        if self.status != FK_OPEN:
+            raise ClosedError(self._closed_message())
+        return 0
+
+    cdef object _closed_message(self):
+        if self.status == FK_FORKED:
+            return "this %s belongs to the parent process (used after fork())" % self.kind
+        return "this %s is closed" % self.kind
+
+    cdef object call(self, int op, object fn, object a):
+        """Queue a call and wait for its answer without the GIL (or serve it
+        inline on the owner thread). Raises what the request raised."""
+        cdef fk_req *r
+        cdef int pushed
+        cdef int waited = 0
+        cdef object res
+        if self.status != FK_OPEN:
+            raise ClosedError(self._closed_message())
+        if fk_thread_ident() == self.ident:
+            self.served += 1
+            return self._apply(op, fn, a)
+        r = fk_req_new()
+        fk_req_fill(r, op, fn, a, None)
+        with nogil:
+            pushed = fk_push(&self.q, r)
+            if pushed == 0:
+                waited = fk_wait(&self.q, r)
+        if pushed != 0:
+            fk_req_release(r)
+            raise ClosedError(self._closed_message())
+        while waited:
+            self._interrupted(r)     # raises, or returns and we wait again
+            with nogil:
+                waited = fk_wait_again(r)
+        return self.take_result(r)
+
+    cdef object take_result(self, fk_req *r):
+        """The caller's side of a completed call: return or raise its result
+        and recycle the request."""
+        cdef object res = <object>r.result
+        cdef int failed = r.failed
+        fk_req_release(r)
+        if failed:
+            raise res
+        return res
+
+    cdef int _interrupted(self, fk_req *r) except -1:
+        """A signal interrupted a parked caller: run the handlers; if one
+        raises, abandon the request and let the exception go."""
+        cdef int abandoned
+        try:
+            fk_check_signals()
+        except BaseException:
+            with nogil:
+                abandoned = fk_abandon(r)
+            if not abandoned:
+                fk_req_release(r)
+            raise
+        return 0
+
+    cdef int cast(self, int op, object fn, object a) except -1:
+        """Queue a request nobody waits for (served inline on the owner)."""
+        cdef fk_req *r
+        if self.status != FK_OPEN:
+            raise ClosedError(self._closed_message())
+        if fk_thread_ident() == self.ident:
+            self.served += 1
+            try:
+                self._apply(op, fn, a)
+            except BaseException:
+                self._cast_failed(op, <PyObject *>fn)
+            return 0
+        r = fk_req_new()
+        fk_req_fill(r, op, fn, a, None)
+        r.cast = 1
+        if fk_push(&self.q, r) != 0:
+            fk_req_release(r)
+            raise ClosedError(self._closed_message())
+        return 0
+
+    cdef object sync(self):
+        if self.status != FK_OPEN:
+            raise ClosedError(self._closed_message())
+        if fk_thread_ident() == self.ident:
+            return None
+        return self.call(FK_OP_SYNC, None, None)
+
+    cdef int shutdown(self) noexcept:
+        """Stop accepting requests and let the owner drain and exit (no wait).
+        1 if this call closed it."""
+        if self.status != FK_OPEN:
+            return 0
+        self.status = FK_CLOSED
+        fk_close(&self.q)
+        try:
+            _fk_engines.discard(self)
+        except BaseException:
+            pass
+        return 1
+
+    cdef object close(self, object timeout):
+        """Close and wait up to timeout for the owner to finish."""
+        cdef object thread = self.thread
+        if self.status == FK_FORKED:
+            return False
+        self.shutdown()
+        if thread is None:
+            return True
+        if fk_thread_ident() == self.ident:
+            return False        # the owner cannot wait for itself
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    cdef dict counters(self):
+        return {"queue": fk_queue_len(&self.q), "served": self.served,
+                "errors": self.errors}
+
+
+def _fk_after_fork_in_child():
+    for eng in list(_fk_engines):
+        (<_Owner>eng).status = FK_FORKED
+        (<_Owner>eng).ident = 0
+    _fk_engines.clear()
+
+
+def _fk_at_exit():
+    """Close every open owner: queued casts are applied, then it stops."""
+    for eng in list(_fk_engines):
+        try:
+            (<_Owner>eng).close(None)
+        except BaseException:
+            pass
+
+
+_fk_os.register_at_fork(after_in_child=_fk_after_fork_in_child)
+_fk_atexit_mod.register(_fk_at_exit)
+
+
+# ---- Agent -------------------------------------------------------------------
+
+cdef class Agent:
+    """An Elixir Agent: any state, changed only by functions run on its owner
+    thread, one request at a time, in arrival order.
+
+    ``get``/``update``/``get_and_update`` wait for the owner (a cross-thread
+    round trip); ``cast`` queues and returns. Close it (or use it as a context
+    manager) to apply what is queued and stop the thread.
+    """
+    cdef _Owner _eng
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._eng = _Owner()
+        self._eng.start(type(self).__name__, None)
+
+    def __init__(self, state=None):
+        self._eng.check_open()
+        self._eng.state = state
+
+    def __dealloc__(self):
+        if self._eng is not None:
+            self._eng.shutdown()
+
+    def get(self, fn, *args):
+        """Return ``fn(state, *args)``, run on the owner thread (waits)."""
+        return self._eng.call(FK_OP_CALL, fn, args)
+
+    def update(self, fn, *args):
+        """Set the state to ``fn(state, *args)`` on the owner thread and wait
+        for it. If fn raises, the state is unchanged and the exception is raised
+        here."""
+        self._eng.call(FK_OP_UPDATE, fn, args)
+
+    def get_and_update(self, fn, *args):
+        """Run ``fn(state, *args)``, which returns ``(reply, new_state)``; set
+        the state to new_state and return reply (waits)."""
+        return self._eng.call(FK_OP_GET_AND_UPDATE, fn, args)
+
+    def cast(self, fn, *args):
+        """Queue ``state = fn(state, *args)`` and return at once. An exception
+        in fn is logged on the ``fastkv`` logger and counted in
+        ``info()["errors"]``; the state is then unchanged."""
+        self._eng.cast(FK_OP_UPDATE, fn, args)
+
+    def sync(self):
+        """Wait until everything queued before this call has been applied."""
+        self._eng.sync()
+
+    def close(self, timeout=None):
+        """Stop accepting requests, apply everything queued, stop the owner.
+        Returns True if the owner finished within timeout. Idempotent."""
+        return self._eng.close(timeout)
+
+    def info(self):
+        """``{"queue": queued requests, "served": requests served, "errors":
+        failed casts}``."""
+        self._eng.check_open()
+        return self._eng.counters()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return "<%s %s>" % (type(self).__name__,
+                            "open" if self._eng.status == FK_OPEN else "closed")

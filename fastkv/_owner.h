@@ -1,0 +1,292 @@
+/* fastkv/_owner.h: the lock-free request queue and the parkers of the
+ * owner-thread engine (see the design note at the top of _owner.pxi).
+ *
+ * Everything here is plain C that runs without the GIL: atomics, a bounded
+ * spin and a park on a PyThread lock (a semaphore on POSIX; parking is a futex
+ * wait on Linux). Python objects are only carried as pointers; references are
+ * taken and dropped by the Cython code, with the GIL.
+ *
+ * Return conventions: fk_push 0 = queued, -1 = queue closed; fk_take returns the
+ * batch (FIFO, may be NULL) and sets *closed; fk_complete 0 = completed, 1 =
+ * the caller abandoned the request (the owner must free it); fk_wait 0 = done,
+ * 1 = the park was interrupted by a signal (check signals, then wait again or
+ * abandon); fk_abandon 1 = abandoned (the owner frees it), 0 = completed after
+ * all (the result is the caller's).
+ */
+#ifndef FASTKV_OWNER_H
+#define FASTKV_OWNER_H
+
+#include <Python.h>
+#include <pythread.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#  include <windows.h>
+#else
+#  include <time.h>
+#  include <sched.h>
+#endif
+
+/* ---- atomics: GCC/Clang builtins (seq_cst unless said otherwise) ---------- */
+
+#if defined(__GNUC__) || defined(__clang__)
+#  define FK_LOAD(p)            __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#  define FK_LOAD_ACQ(p)        __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#  define FK_LOAD_RELAXED(p)    __atomic_load_n((p), __ATOMIC_RELAXED)
+#  define FK_STORE(p, v)        __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#  define FK_STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#  define FK_XCHG(p, v)         __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
+#  define FK_CAS(p, expp, v)    __atomic_compare_exchange_n((p), (expp), (v), 0, \
+                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+#  define FK_ADD(p, v)          __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+#  if defined(__x86_64__) || defined(__i386__)
+#    define FK_RELAX()          __builtin_ia32_pause()
+#  elif defined(__aarch64__) || defined(__arm__)
+#    define FK_RELAX()          __asm__ __volatile__("yield" ::: "memory")
+#  else
+#    define FK_RELAX()          __asm__ __volatile__("" ::: "memory")
+#  endif
+#elif defined(_MSC_VER)
+#  error "fastkv's owner engine is written for GCC/Clang atomics (an MSVC port is not done)"
+#else
+#  error "fastkv's owner engine needs GCC/Clang atomic builtins"
+#endif
+
+/* ---- clock ---------------------------------------------------------------- */
+
+static inline int64_t fk_now_ns(void) {
+#if defined(_WIN32)
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER c;
+    if (freq.QuadPart == 0) QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&c);
+    return (int64_t)((double)c.QuadPart * 1e9 / (double)freq.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
+
+/* ---- spin budgets (nanoseconds), adapted per queue -------------------------
+ * A waiter spins at most `budget` ns before it parks. The budget follows what
+ * spinning would have needed: after a park of d ns, budget = 2d if d < MAX
+ * (a spin of that length would have caught it) else halves; after a spin that
+ * caught the event at e ns, budget moves up towards 2e. It never exceeds
+ * FK_SPIN_MAX_NS, so an idle table costs one bounded spin and then sleeps. */
+
+#define FK_SPIN_MIN_NS   1000
+#define FK_SPIN_INIT_NS  20000
+#define FK_SPIN_MAX_NS   50000
+#define FK_SPIN_CHECK    16      /* spin iterations between clock reads */
+
+static inline int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
+    int64_t want = 2 * elapsed + FK_SPIN_MIN_NS;
+    if (want > budget) budget = budget + (want - budget) / 2;
+    if (budget > FK_SPIN_MAX_NS) budget = FK_SPIN_MAX_NS;
+    return budget;
+}
+
+static inline int64_t fk_budget_after_park(int64_t budget, int64_t parked) {
+    if (parked < FK_SPIN_MAX_NS / 2) budget = 2 * parked + FK_SPIN_MIN_NS;
+    else budget /= 2;
+    if (budget < FK_SPIN_MIN_NS) budget = FK_SPIN_MIN_NS;
+    if (budget > FK_SPIN_MAX_NS) budget = FK_SPIN_MAX_NS;
+    return budget;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+/* request state (atomic) */
+#define FK_PENDING   0   /* queued or being served */
+#define FK_DONE      1   /* the owner stored the result; the caller may take it */
+#define FK_PARKED    2   /* the caller sleeps on `lock`; the owner must release it */
+#define FK_ABANDONED 3   /* the caller left (a signal); the owner frees the request */
+
+typedef struct fk_req {
+    struct fk_req *next;       /* queue link (then: batch link, done link, free link) */
+    int op;                    /* what to do (FK_OP_* in _owner.pxi) */
+    int cast;                  /* 1: nobody waits; the owner frees it when served */
+    int failed;                /* result is an exception instance */
+    int state;                 /* FK_PENDING/DONE/PARKED/ABANDONED, atomic */
+    Py_hash_t hash;            /* the key's hash, computed by the caller */
+    PyObject *fn;              /* owned references (or NULL) held until served */
+    PyObject *a;
+    PyObject *b;
+    PyObject *result;          /* owned: the reply or the exception */
+    PyThread_type_lock lock;   /* the caller parks here; acquired while idle */
+} fk_req;
+
+/* ---- the queue -------------------------------------------------------------
+ * `head` is a Treiber stack of pending requests (newest first), tagged: bit 0
+ * set means closed (no push succeeds any more). The owner takes the whole
+ * stack with one CAS and reverses it into arrival order. */
+
+#define FK_CLOSED_BIT ((uintptr_t)1)
+
+typedef struct fk_queue {
+    uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
+    Py_ssize_t pushed;         /* requests accepted, atomic (relaxed) */
+    char pad1[64];
+    int parked;                /* 1 while the owner sleeps on `wake`, atomic */
+    int64_t owner_budget;      /* owner's spin budget (ns), owner-only */
+    int64_t caller_budget;     /* callers' spin budget (ns), relaxed atomic */
+    Py_ssize_t taken;          /* queued requests served (owner, with the GIL) */
+    PyThread_type_lock wake;   /* the owner parks here; acquired while idle */
+    char pad2[64];
+} fk_queue;
+
+/* 0 ok, -1 no memory (nothing allocated). Needs the GIL (allocates a lock). */
+static int fk_queue_init(fk_queue *q) {
+    memset(q, 0, sizeof(*q));
+    q->owner_budget = FK_SPIN_INIT_NS;
+    q->caller_budget = FK_SPIN_INIT_NS;
+    q->wake = PyThread_allocate_lock();
+    if (q->wake == NULL) return -1;
+    PyThread_acquire_lock(q->wake, WAIT_LOCK);
+    return 0;
+}
+
+static void fk_queue_free(fk_queue *q) {
+    if (q->wake != NULL) {
+        PyThread_release_lock(q->wake);
+        PyThread_free_lock(q->wake);
+        q->wake = NULL;
+    }
+}
+
+/* Wake the owner if it is parked (or about to park). Called after a push or a
+ * close made the queue non-empty/closed. Exactly one waker releases `wake`. */
+static inline void fk_wake_owner(fk_queue *q) {
+    if (FK_LOAD(&q->parked) && FK_XCHG(&q->parked, 0) == 1)
+        PyThread_release_lock(q->wake);
+}
+
+/* 0 = queued, -1 = closed. No GIL needed. */
+static inline int fk_push(fk_queue *q, fk_req *r) {
+    uintptr_t old = FK_LOAD_RELAXED(&q->head);
+    do {
+        if (old & FK_CLOSED_BIT) return -1;
+        r->next = (fk_req *)old;
+    } while (!FK_CAS(&q->head, &old, (uintptr_t)r));
+    FK_ADD(&q->pushed, 1);
+    if (old == 0) fk_wake_owner(q);   /* empty -> non-empty: the pusher wakes */
+    return 0;
+}
+
+/* Close the queue: no push succeeds afterwards; the owner drains what is in it
+ * and then sees the bit. Returns 1 if this call closed it, 0 if already closed. */
+static inline int fk_close(fk_queue *q) {
+    uintptr_t old = FK_LOAD(&q->head);
+    do {
+        if (old & FK_CLOSED_BIT) return 0;
+    } while (!FK_CAS(&q->head, &old, old | FK_CLOSED_BIT));
+    fk_wake_owner(q);
+    return 1;
+}
+
+static inline int fk_is_closed(fk_queue *q) {
+    return (FK_LOAD_RELAXED(&q->head) & FK_CLOSED_BIT) != 0;
+}
+
+static inline Py_ssize_t fk_queue_len(fk_queue *q) {
+    Py_ssize_t n = FK_LOAD_RELAXED(&q->pushed) - FK_LOAD_RELAXED(&q->taken);
+    return n < 0 ? 0 : n;
+}
+
+/* Take every queued request (arrival order); *closed = 1 once the queue is
+ * closed, in which case nothing more will ever be queued. */
+static inline fk_req *fk_grab(fk_queue *q, int *closed) {
+    uintptr_t old = FK_LOAD(&q->head);
+    fk_req *r, *fifo = NULL, *nxt;
+    while (!FK_CAS(&q->head, &old, old & FK_CLOSED_BIT)) {}
+    *closed = (old & FK_CLOSED_BIT) != 0;
+    for (r = (fk_req *)(old & ~FK_CLOSED_BIT); r != NULL; r = nxt) {
+        nxt = r->next;
+        r->next = fifo;
+        fifo = r;
+    }
+    return fifo;
+}
+
+/* The owner waits (without the GIL) until requests are queued or the queue is
+ * closed: spin up to the adaptive budget, then park on `wake`. */
+static fk_req *fk_take(fk_queue *q, int *closed) {
+    int64_t t0, t, budget = q->owner_budget;
+    unsigned i = 0;
+    if (FK_LOAD_RELAXED(&q->head) == 0) {
+        t0 = fk_now_ns();
+        for (;;) {
+            FK_RELAX();
+            if (FK_LOAD_RELAXED(&q->head) != 0) {
+                q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
+                break;
+            }
+            if (++i % FK_SPIN_CHECK == 0 && (t = fk_now_ns()) - t0 > budget) {
+                /* park: announce, re-check, sleep */
+                FK_STORE(&q->parked, 1);
+                if (FK_LOAD(&q->head) != 0) {
+                    if (FK_XCHG(&q->parked, 0) == 0)     /* a pusher is waking us: */
+                        PyThread_acquire_lock(q->wake, WAIT_LOCK);   /* consume it */
+                } else {
+                    PyThread_acquire_lock(q->wake, WAIT_LOCK);
+                }
+                q->owner_budget = fk_budget_after_park(budget, fk_now_ns() - t);
+                break;
+            }
+        }
+    }
+    return fk_grab(q, closed);
+}
+
+/* The owner hands the result to the caller (after it stored r->result and let
+ * go of the GIL). 0 = completed (never touch r again), 1 = abandoned by the
+ * caller: the owner frees it (with the GIL). */
+static inline int fk_complete(fk_req *r) {
+    int old = FK_XCHG(&r->state, FK_DONE);
+    if (old == FK_PARKED) PyThread_release_lock(r->lock);
+    return old == FK_ABANDONED;
+}
+
+/* The caller waits (without the GIL) for its request: spin up to the adaptive
+ * budget, then park on r->lock. 0 = done; 1 = a signal interrupted the park
+ * (the state is still FK_PARKED: call fk_wait_again or fk_abandon). */
+static int fk_wait(fk_queue *q, fk_req *r) {
+    int64_t t0, t, budget = FK_LOAD_RELAXED(&q->caller_budget);
+    unsigned i = 0;
+    int expect;
+    if (FK_LOAD_ACQ(&r->state) == FK_DONE) return 0;
+    t0 = fk_now_ns();
+    for (;;) {
+        FK_RELAX();
+        if (FK_LOAD_ACQ(&r->state) == FK_DONE) {
+            FK_STORE_RELAXED(&q->caller_budget, fk_budget_after_spin(budget, fk_now_ns() - t0));
+            return 0;
+        }
+        if (++i % FK_SPIN_CHECK == 0 && (t = fk_now_ns()) - t0 > budget) break;
+    }
+    expect = FK_PENDING;
+    if (!FK_CAS(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
+    if (PyThread_acquire_lock_timed(r->lock, -1, 1) == PY_LOCK_INTR) return 1;
+    FK_STORE_RELAXED(&q->caller_budget, fk_budget_after_park(budget, fk_now_ns() - t));
+    return 0;
+}
+
+/* Park again after an interrupted park (state FK_PARKED). Same returns. */
+static int fk_wait_again(fk_req *r) {
+    if (PyThread_acquire_lock_timed(r->lock, -1, 1) == PY_LOCK_INTR) return 1;
+    return 0;
+}
+
+/* The caller gives up on a parked request (a signal handler raised). 1 = the
+ * owner now owns r and frees it; 0 = the owner completed it first (the lock
+ * release was consumed here; the result is the caller's to drop). */
+static int fk_abandon(fk_req *r) {
+    int expect = FK_PARKED;
+    if (FK_CAS(&r->state, &expect, FK_ABANDONED)) return 1;
+    PyThread_acquire_lock(r->lock, WAIT_LOCK);   /* the owner released it, or will */
+    return 0;
+}
+
+#endif /* FASTKV_OWNER_H */
