@@ -90,6 +90,7 @@ import logging as _fk_logging
 import os as _fk_os
 import threading as _fk_threading
 import weakref as _fk_weakref
+from types import GenericAlias as _fk_GenericAlias
 
 cdef extern from "Python.h":
     void *fk_raw_calloc "PyMem_RawCalloc" (size_t n, size_t size) nogil
@@ -141,13 +142,27 @@ cdef extern from "_owner.h" nogil:
 cdef enum:
     FK_FREE_MAX = 256
 
-    # op codes; the owner runs them against `state` (an OwnerTable's
-    # LockedTable or an Agent's state)
-    FK_OP_SYNC = 0          # nothing: completes once everything before it is done
+    # op codes: what the owner runs against its state (an Agent's state, or an
+    # OwnerTable's LockedTable); fn, a, b are the request's three arguments
+    FK_OP_SYNC = 0          # nothing: done once everything before it is
     FK_OP_CALL = 1          # fn(state, *a)
     FK_OP_UPDATE = 2        # state = fn(state, *a)
     FK_OP_GET_AND_UPDATE = 3  # reply, state = fn(state, *a)
-    FK_OP_METHOD = 4        # getattr(state, fn)(*a)
+    FK_OP_GET = 10          # table.get(a, b)
+    FK_OP_GETITEM = 11      # table[a]
+    FK_OP_CONTAINS = 12     # a in table
+    FK_OP_LEN = 13          # len(table)
+    FK_OP_KEYS = 14         # list(table)
+    FK_OP_GET_MANY = 15     # table.get_many(a, b)
+    FK_OP_TO_DICT = 16      # table.to_dict()
+    FK_OP_PUT = 20          # table.put(a, b)
+    FK_OP_PUT_MANY = 21     # table.put_many(a)
+    FK_OP_DELETE = 22       # table.delete(a)
+    FK_OP_CLEAR = 23        # table.clear()
+    FK_OP_DELITEM = 24      # del table[a]
+    FK_OP_TAKE = 25         # table.take(a, b)
+    FK_OP_POPITEM = 26      # table.popitem()
+    FK_OP_SETDEFAULT = 27   # table.setdefault(a, b)
 
     # engine status (with the GIL)
     FK_OPEN = 0
@@ -159,8 +174,7 @@ cdef int _fk_nfree = 0
 
 
 cdef fk_req *fk_req_new() except NULL:
-    """A clean request (from the free list or new). Needs the GIL; NULL with
-    MemoryError on failure."""
+    """A clean request (from the free list or new). GIL. NULL + MemoryError."""
     global _fk_free_reqs, _fk_nfree
     cdef fk_req *r = _fk_free_reqs
     if r is not NULL:
@@ -180,7 +194,7 @@ cdef fk_req *fk_req_new() except NULL:
 
 
 cdef inline void fk_req_clear(fk_req *r) noexcept:
-    """Drop the request's references (may run arbitrary __del__ code). GIL."""
+    """Drop the request's references (may run any __del__). GIL."""
     cdef PyObject *fn = r.fn
     cdef PyObject *a = r.a
     cdef PyObject *b = r.b
@@ -193,7 +207,7 @@ cdef inline void fk_req_clear(fk_req *r) noexcept:
 
 
 cdef void fk_req_release(fk_req *r) noexcept:
-    """Clear a request and give it back to the free list (or free it). GIL."""
+    """Clear a request, then back to the free list (or freed). GIL."""
     global _fk_free_reqs, _fk_nfree
     fk_req_clear(r)
     r.op = 0
@@ -211,7 +225,9 @@ cdef void fk_req_release(fk_req *r) noexcept:
         fk_raw_free(r)
 
 
-cdef inline void fk_req_fill(fk_req *r, int op, object fn, object a, object b) noexcept:
+cdef inline fk_req *fk_req_make(int op, object fn, object a, object b) except NULL:
+    """A request holding references to its arguments (None: no reference). GIL."""
+    cdef fk_req *r = fk_req_new()
     r.op = op
     if fn is not None:
         Py_INCREF(fn)
@@ -222,12 +238,17 @@ cdef inline void fk_req_fill(fk_req *r, int op, object fn, object a, object b) n
     if b is not None:
         Py_INCREF(b)
         r.b = <PyObject *>b
+    return r
+
+
+cdef inline object fk_arg(PyObject *p):
+    return <object>p if p is not NULL else None
 
 
 # ---- the engine --------------------------------------------------------------
 
 _fk_log = _fk_logging.getLogger("fastkv")
-_fk_engines = _fk_weakref.WeakSet()     # open engines, for fork and exit
+_fk_engines = _fk_weakref.WeakSet()     # engines whose owner thread runs
 _fk_nthreads = 0
 
 
@@ -255,8 +276,8 @@ cdef class _Owner:
         self.status = FK_OPEN
 
     def __dealloc__(self):
-        # The owner thread holds a reference while it runs, so it is gone.
-        # A forked child leaks the queue: its lock is in the parent's state.
+        # The owner thread held a reference while it ran, so it is gone. A
+        # forked child leaks the queue: its lock is in the parent's state.
         if self.q_ready and self.status != FK_FORKED:
             fk_queue_free(&self.q)
         self.q_ready = False
@@ -267,15 +288,22 @@ cdef class _Owner:
         self.state = state
         _fk_nthreads += 1
         self.thread = _fk_threading.Thread(
-            target=self._run, name="fastkv-%s-%d" % (kind, _fk_nthreads), daemon=True)
-        self.thread.start()
+            target=self._run, name="fastkv-%s-owner-%d" % (kind, _fk_nthreads), daemon=True)
         _fk_engines.add(self)
+        try:
+            self.thread.start()
+        except BaseException:
+            _fk_engines.discard(self)
+            self.status = FK_CLOSED
+            fk_close(&self.q)
+            raise
         return 0
 
     # -- the owner thread ------------------------------------------------------
 
     def _run(self):
-        """The owner thread's loop (the thread's target)."""
+        """The owner thread's loop (the thread's target): take every queued
+        request, serve them with the GIL, complete the calls without it."""
         cdef fk_req *batch
         cdef fk_req *r
         cdef fk_req *nxt
@@ -296,7 +324,6 @@ cdef class _Owner:
                     self._serve(r)
                     if self.status == FK_FORKED:
                         return      # a fn forked and this is the child: stop here
-                    self.q.taken += 1
                     if r.cast:
                         fk_req_release(r)
                     else:
@@ -320,11 +347,13 @@ cdef class _Owner:
         finally:
             if self.status != FK_FORKED:
                 self._fail_pending()
+                self.ident = 0      # idents are reused once the thread is gone
+                _fk_engines.discard(self)
 
     cdef void _fail_pending(self) noexcept:
-        """After the loop: make sure nothing queued is left waiting. The
-        normal exit leaves the queue closed and empty; this only matters if the
-        loop died of an unexpected error."""
+        """After the loop: leave nobody waiting. The normal exit leaves the
+        queue closed and empty; this matters only if the loop died of an
+        unexpected error (every request still queued gets ClosedError)."""
         cdef fk_req *r
         cdef fk_req *nxt
         cdef int closed = 0
@@ -339,60 +368,95 @@ cdef class _Owner:
                 fk_req_release(r)
             else:
                 fk_req_clear(r)
-                err = ClosedError("the %s's owner thread stopped" % self.kind)
+                try:
+                    err = ClosedError("the %s's owner thread stopped" % self.kind)
+                except BaseException:
+                    err = None
                 Py_INCREF(err)
                 r.result = <PyObject *>err
-                r.failed = 1
+                r.failed = err is not None
                 if fk_complete(r):
                     fk_req_release(r)
             r = nxt
 
-    cdef object _apply(self, int op, object fn, object a):
-        """Run one request against the state (owner thread, GIL). Raises what
-        the request raises."""
-        cdef object res
+    cdef object _apply(self, int op, object fn, object a, object b):
+        """Run one request against the state (owner thread, GIL); returns its
+        answer or raises what it raises."""
+        cdef object state = self.state
+        if op == FK_OP_GET:
+            return state.get(a, b)
+        if op == FK_OP_PUT:
+            state.put(a, b)
+            return None
         if op == FK_OP_CALL:
-            return fn(self.state, *a) if a else fn(self.state)
+            return fn(state, *a) if a else fn(state)
+        if op == FK_OP_GETITEM:
+            return state[a]
+        if op == FK_OP_CONTAINS:
+            return a in state
         if op == FK_OP_UPDATE:
-            self.state = fn(self.state, *a) if a else fn(self.state)
+            self.state = fn(state, *a) if a else fn(state)
             return None
         if op == FK_OP_GET_AND_UPDATE:
-            res = fn(self.state, *a) if a else fn(self.state)
+            res = fn(state, *a) if a else fn(state)
             reply, new_state = res
             self.state = new_state
             return reply
-        if op == FK_OP_METHOD:
-            return getattr(self.state, fn)(*a)
         if op == FK_OP_SYNC:
             return None
-        raise SystemError("fastkv: unknown owner op %d" % op)
+        if op == FK_OP_LEN:
+            return len(state)
+        if op == FK_OP_KEYS:
+            return list(state)
+        if op == FK_OP_GET_MANY:
+            return state.get_many(a, b)
+        if op == FK_OP_TO_DICT:
+            return state.to_dict()
+        if op == FK_OP_PUT_MANY:
+            state.put_many(a)
+            return None
+        if op == FK_OP_DELETE:
+            state.delete(a)
+            return None
+        if op == FK_OP_CLEAR:
+            state.clear()
+            return None
+        if op == FK_OP_DELITEM:
+            del state[a]
+            return None
+        if op == FK_OP_TAKE:
+            return state.take(a, b) if b is not _fk_no_default else state.take(a)
+        if op == FK_OP_POPITEM:
+            return state.popitem()
+        if op == FK_OP_SETDEFAULT:
+            return state.setdefault(a, b)
+        raise SystemError("fastkv: unknown owner request %d" % op)
 
     cdef void _serve(self, fk_req *r) noexcept:
         """Serve a queued request (owner thread, GIL): a call gets its result or
         exception stored; a cast's exception is logged and counted. The
-        request's argument references are dropped here."""
+        argument references are dropped here, before the call completes."""
         cdef object out = None
-        self.served += 1
         try:
-            out = self._apply(r.op, <object>r.fn if r.fn is not NULL else None,
-                              <object>r.a if r.a is not NULL else ())
+            out = self._apply(r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b))
         except BaseException as exc:
             if r.cast:
-                self._cast_failed(r.op, r.fn)
+                self._cast_failed()
             else:
                 out = exc
                 r.failed = 1
+        self.served += 1
+        self.q.taken += 1
         fk_req_clear(r)
         if not r.cast:
             Py_INCREF(out)
             r.result = <PyObject *>out
 
-    cdef void _cast_failed(self, int op, PyObject *fn) noexcept:
-        """Called inside an except clause on the owner thread: log and count."""
+    cdef void _cast_failed(self) noexcept:
+        """In an except clause on the owner thread: log and count."""
         self.errors += 1
         try:
-            _fk_log.exception("fastkv: a cast to %s failed (%r)", self.kind,
-                              <object>fn if fn is not NULL else op)
+            _fk_log.exception("a cast on %s raised", self.thread.name)
         except BaseException:
             pass
 
@@ -400,50 +464,39 @@ cdef class _Owner:
 
     cdef int check_open(self) except -1:
         if self.status != FK_OPEN:
-            raise ClosedError(self._closed_message())
+            raise self.closed_error()
         return 0
 
-    cdef object _closed_message(self):
+    cdef object closed_error(self):
         if self.status == FK_FORKED:
-            return "this %s belongs to the parent process (used after fork())" % self.kind
-        return "this %s is closed" % self.kind
+            return ClosedError(
+                "this %s was created before os.fork(): its owner thread "
+                "does not exist in the child process" % self.kind)
+        return ClosedError("this %s is closed" % self.kind)
 
-    cdef object call(self, int op, object fn, object a):
-        """Queue a call and wait for its answer without the GIL (or serve it
-        inline on the owner thread). Raises what the request raised."""
+    cdef object call(self, int op, object fn, object a, object b):
+        """Queue a call and wait for its answer without the GIL (served
+        inline on the owner thread itself). Returns or raises its result."""
         cdef fk_req *r
         cdef int pushed
         cdef int waited = 0
-        cdef object res
         if self.status != FK_OPEN:
-            raise ClosedError(self._closed_message())
+            raise self.closed_error()
         if fk_thread_ident() == self.ident:
-            self.served += 1
-            return self._apply(op, fn, a)
-        r = fk_req_new()
-        fk_req_fill(r, op, fn, a, None)
+            return self._apply(op, fn, a, b)
+        r = fk_req_make(op, fn, a, b)
         with nogil:
             pushed = fk_push(&self.q, r)
             if pushed == 0:
                 waited = fk_wait(&self.q, r)
         if pushed != 0:
             fk_req_release(r)
-            raise ClosedError(self._closed_message())
+            raise self.closed_error()
         while waited:
-            self._interrupted(r)     # raises, or returns and we wait again
+            self._interrupted(r)     # raises (request abandoned), or wait again
             with nogil:
                 waited = fk_wait_again(r)
-        return self.take_result(r)
-
-    cdef object take_result(self, fk_req *r):
-        """The caller's side of a completed call: return or raise its result
-        and recycle the request."""
-        cdef object res = <object>r.result
-        cdef int failed = r.failed
-        fk_req_release(r)
-        if failed:
-            raise res
-        return res
+        return fk_take_result(r)
 
     cdef int _interrupted(self, fk_req *r) except -1:
         """A signal interrupted a parked caller: run the handlers; if one
@@ -459,56 +512,45 @@ cdef class _Owner:
             raise
         return 0
 
-    cdef int cast(self, int op, object fn, object a) except -1:
-        """Queue a request nobody waits for (served inline on the owner)."""
+    cdef int cast(self, int op, object fn, object a, object b) except -1:
+        """Queue a request nobody waits for. From the owner thread too: it
+        runs after the request being served (FIFO)."""
         cdef fk_req *r
         if self.status != FK_OPEN:
-            raise ClosedError(self._closed_message())
-        if fk_thread_ident() == self.ident:
-            self.served += 1
-            try:
-                self._apply(op, fn, a)
-            except BaseException:
-                self._cast_failed(op, <PyObject *>fn)
-            return 0
-        r = fk_req_new()
-        fk_req_fill(r, op, fn, a, None)
+            raise self.closed_error()
+        r = fk_req_make(op, fn, a, b)
         r.cast = 1
         if fk_push(&self.q, r) != 0:
             fk_req_release(r)
-            raise ClosedError(self._closed_message())
+            raise self.closed_error()
         return 0
 
-    cdef object sync(self):
+    cdef int sync(self) except -1:
         if self.status != FK_OPEN:
-            raise ClosedError(self._closed_message())
-        if fk_thread_ident() == self.ident:
-            return None
-        return self.call(FK_OP_SYNC, None, None)
+            raise self.closed_error()
+        if fk_thread_ident() != self.ident:
+            self.call(FK_OP_SYNC, None, None, None)
+        return 0
 
     cdef int shutdown(self) noexcept:
-        """Stop accepting requests and let the owner drain and exit (no wait).
-        1 if this call closed it."""
+        """Stop accepting requests; the owner drains the queue and exits (no
+        wait). 1 if this call closed it."""
         if self.status != FK_OPEN:
             return 0
         self.status = FK_CLOSED
         fk_close(&self.q)
-        try:
-            _fk_engines.discard(self)
-        except BaseException:
-            pass
         return 1
 
     cdef object close(self, object timeout):
-        """Close and wait up to timeout for the owner to finish."""
+        """shutdown(), then wait up to timeout for the owner to finish."""
         cdef object thread = self.thread
         if self.status == FK_FORKED:
-            return False
+            return True         # no owner in this process: nothing left to run
         self.shutdown()
         if thread is None:
             return True
-        if fk_thread_ident() == self.ident:
-            return False        # the owner cannot wait for itself
+        if self.ident != 0 and fk_thread_ident() == self.ident:
+            return False        # the owner cannot wait for itself to finish
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -517,94 +559,136 @@ cdef class _Owner:
                 "errors": self.errors}
 
 
+cdef object fk_take_result(fk_req *r):
+    """The caller's side of a completed call: return or raise its result and
+    recycle the request."""
+    cdef object res = <object>r.result
+    cdef int failed = r.failed
+    fk_req_release(r)
+    if failed:
+        raise res
+    return res
+
+
 def _fk_after_fork_in_child():
+    """os.fork() child: the owner threads did not survive; every OwnerTable
+    and Agent created before the fork raises ClosedError from now on."""
     for eng in list(_fk_engines):
         (<_Owner>eng).status = FK_FORKED
         (<_Owner>eng).ident = 0
     _fk_engines.clear()
 
 
-def _fk_at_exit():
-    """Close every open owner: queued casts are applied, then it stops."""
-    for eng in list(_fk_engines):
-        try:
-            (<_Owner>eng).close(None)
-        except BaseException:
-            pass
+def _fk_close_at_exit():
+    """atexit: close every running owner (open ones, and closed ones still
+    draining their queue), applying its queued casts first. Never hangs: the
+    wait for an owner goes on while it makes progress and is abandoned after 5
+    seconds without any request served."""
+    cdef _Owner eng
+    engines = list(_fk_engines)
+    for eng in engines:
+        eng.shutdown()
+    for eng in engines:
+        if eng.status == FK_FORKED or eng.ident == fk_thread_ident():
+            continue
+        served = eng.served
+        while not eng.close(5.0):
+            if eng.served == served:
+                break   # stuck for 5 s: give up, the thread is a daemon
+            served = eng.served
 
 
 _fk_os.register_at_fork(after_in_child=_fk_after_fork_in_child)
-_fk_atexit_mod.register(_fk_at_exit)
+_fk_atexit_mod.register(_fk_close_at_exit)   # after logging's: runs before it
+
+
+cdef object _fk_no_default = object()   # pop()/take() without a default
 
 
 # ---- Agent -------------------------------------------------------------------
 
 cdef class Agent:
-    """An Elixir Agent: any state, changed only by functions run on its owner
-    thread, one request at a time, in arrival order.
+    """Any state, changed only by functions run on its owner thread (Elixir's
+    ``Agent``: a GenServer holding a value).
 
-    ``get``/``update``/``get_and_update`` wait for the owner (a cross-thread
-    round trip); ``cast`` queues and returns. Close it (or use it as a context
-    manager) to apply what is queued and stop the thread.
+    ``Agent(state=None)`` starts a daemon owner thread. Every request runs on
+    that thread in arrival order: ``get``, ``update`` and ``get_and_update``
+    wait for the answer (a cross-thread round trip), ``cast`` does not. An
+    exception in a waited-for function reaches the caller and leaves the state
+    unchanged; an exception in a cast is logged on the ``fastkv`` logger and
+    counted in ``info()["errors"]``. A request made on the owner thread itself
+    is served inline. After ``close()``, or in the child of an ``os.fork()``,
+    every method raises ``ClosedError``.
     """
     cdef _Owner _eng
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self._eng = _Owner()
-        self._eng.start(type(self).__name__, None)
+        self._eng.start("Agent", None)
 
     def __init__(self, state=None):
         self._eng.check_open()
-        self._eng.state = state
+        self._eng.state = state  # no request can be queued yet
 
     def __dealloc__(self):
         if self._eng is not None:
-            self._eng.shutdown()
+            self._eng.shutdown()  # the owner applies what is queued, then exits
 
-    def get(self, fn, *args):
-        """Return ``fn(state, *args)``, run on the owner thread (waits)."""
-        return self._eng.call(FK_OP_CALL, fn, args)
+    def get(self, fn, /, *args):
+        """Return ``fn(state, *args)``, run on the owner. A call."""
+        return self._eng.call(FK_OP_CALL, fn, args, None)
 
-    def update(self, fn, *args):
-        """Set the state to ``fn(state, *args)`` on the owner thread and wait
-        for it. If fn raises, the state is unchanged and the exception is raised
-        here."""
-        self._eng.call(FK_OP_UPDATE, fn, args)
+    def update(self, fn, /, *args):
+        """``state = fn(state, *args)`` on the owner; waits until it is done.
+        Returns None. If ``fn`` raises, the caller gets it, state unchanged."""
+        self._eng.call(FK_OP_UPDATE, fn, args, None)
 
-    def get_and_update(self, fn, *args):
-        """Run ``fn(state, *args)``, which returns ``(reply, new_state)``; set
-        the state to new_state and return reply (waits)."""
-        return self._eng.call(FK_OP_GET_AND_UPDATE, fn, args)
+    def get_and_update(self, fn, /, *args):
+        """``fn(state, *args)`` returns ``(reply, new_state)``: the state
+        becomes ``new_state`` and ``reply`` is returned. A call; if ``fn``
+        raises or does not return a pair, the caller gets the error and the
+        state is unchanged."""
+        return self._eng.call(FK_OP_GET_AND_UPDATE, fn, args, None)
 
-    def cast(self, fn, *args):
-        """Queue ``state = fn(state, *args)`` and return at once. An exception
-        in fn is logged on the ``fastkv`` logger and counted in
-        ``info()["errors"]``; the state is then unchanged."""
-        self._eng.cast(FK_OP_UPDATE, fn, args)
+    def cast(self, fn, /, *args):
+        """Queue ``state = fn(state, *args)``; the caller does not wait. An
+        exception is logged on the ``fastkv`` logger and counted in
+        ``info()["errors"]``; the state stays as it was."""
+        self._eng.cast(FK_OP_UPDATE, fn, args, None)
 
     def sync(self):
-        """Wait until everything queued before this call has been applied."""
+        """Wait until every request queued before this one has been applied.
+        A no-op on the owner thread itself."""
         self._eng.sync()
 
     def close(self, timeout=None):
-        """Stop accepting requests, apply everything queued, stop the owner.
-        Returns True if the owner finished within timeout. Idempotent."""
+        """Stop accepting requests, let the owner apply everything already
+        queued, then stop it. Waits up to ``timeout`` seconds (None: until
+        done); True if the owner finished in time. Idempotent; afterwards
+        every method raises ``ClosedError``."""
         return self._eng.close(timeout)
 
     def info(self):
-        """``{"queue": queued requests, "served": requests served, "errors":
-        failed casts}``."""
+        """``{"queue": requests waiting, "served": requests served,
+        "errors": casts that raised}``. Read without a round trip."""
         self._eng.check_open()
         return self._eng.counters()
 
     def __enter__(self):
+        """``with agent:`` returns the agent itself."""
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc, tb):
+        """Leaving the ``with`` block calls ``close()`` (queued casts are
+        applied first); exceptions propagate."""
         self.close()
-        return False
+        return None
 
     def __repr__(self):
-        return "<%s %s>" % (type(self).__name__,
-                            "open" if self._eng.status == FK_OPEN else "closed")
+        """``<Agent (open)>`` or ``<Agent (closed)>``: no round trip, the
+        state itself is not shown."""
+        return "<%s (%s)>" % (type(self).__name__,
+                              "open" if self._eng.status == FK_OPEN else "closed")
+
+    __class_getitem__ = classmethod(_fk_GenericAlias)

@@ -349,17 +349,18 @@ def test_requests_from_the_owner_thread_are_served_inline():
     a = _core.Agent(1)
 
     def nested(state):
-        # each of these would deadlock if queued behind the running request
+        # calls from the owner would deadlock if queued behind the running
+        # request: they are served inline; a cast is queued behind it (FIFO)
         a.cast(lambda s: s + 1)
-        a.sync()
+        a.sync()  # a no-op on the owner
         inner = a.get(lambda s: s)
         a.update(lambda s: s * 10)
         return inner, a.get_and_update(lambda s: (s, s + 1))
 
-    assert a.get(nested) == (2, 20)
-    assert a.get(lambda s: s) == 21
+    assert a.get(nested) == (1, 10)
+    assert a.get(lambda s: s) == 12  # 11, then the cast
     a.cast(lambda s: a.get(lambda t: t) + 1)  # from a cast as well
-    assert a.get(lambda s: s) == 22
+    assert a.get(lambda s: s) == 13
     a.close()
 
 
