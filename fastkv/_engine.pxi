@@ -135,7 +135,13 @@ cdef extern from *:
     /* int == int for two exact ints too big for a long long: long_richcompare
        (C code, no Python); returns a new reference to True or False. */
     #define fastkv_long_richcompare_eq(a, b) (PyLong_Type.tp_richcompare((a), (b), Py_EQ))
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTKV_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define FASTKV_PREFETCH(p) ((void)0)
+    #endif
     """
+    void FASTKV_PREFETCH(const void* p) noexcept nogil
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
     Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept nogil
@@ -185,6 +191,8 @@ cdef enum:
     MAX_RESTARTS = 100   # lookups restarted because __eq__ changed the table
     STRIDE_UNICODE = 16  # sizeof {key, value}
     STRIDE_GENERAL = 24  # sizeof(Entry)
+    BUILD_CHUNK = 32     # _build_index: hashes in flight
+    BUILD_PREFETCH_BYTES = 1 << 17   # _build_index prefetches past this index size
 
 
 # --- sizing, entries and the index -------------------------------------------------
@@ -327,11 +335,29 @@ cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexc
     return i
 
 
-cdef inline void _build_index(Table* t) noexcept nogil:
-    """Point the (all IX_EMPTY) index at entries [0, nentries), all live."""
-    cdef Py_ssize_t j
-    for j in range(t.nentries):
-        _ix_set(t, _free_slot(t, table_entry_hash(t, j)), j)
+cdef void _build_index(Table* t) noexcept nogil:
+    """Point the (all IX_EMPTY) index at entries [0, nentries), all live.
+    Past the caches, BUILD_CHUNK hashes are read and their first slots
+    prefetched before any is written, so the cache misses overlap."""
+    cdef Py_ssize_t j, base, m
+    cdef Py_hash_t hashes[BUILD_CHUNK]
+    cdef size_t mask = t.mask
+    if _index_bytes(t) <= BUILD_PREFETCH_BYTES:
+        for j in range(t.nentries):
+            _ix_set(t, _free_slot(t, table_entry_hash(t, j)), j)
+        return
+    base = 0
+    while base < t.nentries:
+        m = min(<Py_ssize_t>BUILD_CHUNK, t.nentries - base)
+        if t.unicode:
+            for j in range(m):
+                FASTKV_PREFETCH(table_entry(t, base + j).key)
+        for j in range(m):
+            hashes[j] = table_entry_hash(t, base + j)
+            FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
+        for j in range(m):
+            _ix_set(t, _free_slot(t, hashes[j]), base + j)
+        base += m
 
 
 # --- equality without Python -------------------------------------------------
@@ -602,6 +628,27 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     t.used += 1
     t.version += 1
     return 0
+
+
+cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) noexcept:
+    """Bulk building: write the next entry, leave the index for _reindex.
+    The caller guarantees room (nentries < capacity), that the layout fits
+    the key, and that the key is distinct from every other."""
+    cdef Entry* ep = table_entry(t, t.nentries)
+    ep.key = key
+    ep.value = value
+    if not t.unicode:
+        ep.hash = hash
+    _incref(key)
+    _incref(value)
+    t.nentries += 1
+    t.used += 1
+
+
+cdef inline void _reindex(Table* t) noexcept:
+    """End of bulk building: index every entry (the index is all empty)."""
+    _build_index(t)
+    t.version += 1
 
 
 cdef void table_replace_at(Table* t, Py_ssize_t ix, PyObject* value) noexcept:

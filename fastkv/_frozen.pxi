@@ -16,8 +16,12 @@
 # for without the GIL), so no write is lost. A write that re-enters the same
 # table from its own thread (a key's ``__eq__`` calling ``put``) raises
 # RuntimeError instead of deadlocking. Input is read and hashed before the lock
-# is taken; the old snapshot is released after it is dropped, so destructors
+# is taken; the old snapshot is released after the lock is, so destructors
 # never run under the lock.
+#
+# For the other tables: ``frozen_from_table(&table)`` (end of this file)
+# returns a new FrozenTable holding an exact-size copy of an engine Table;
+# the copy runs no Python code (LockedTable.snapshot calls it under its lock).
 
 cimport cython
 from cpython.pythread cimport (
@@ -40,16 +44,6 @@ cdef extern from "Python.h":
     PyObject* _seq_item "PySequence_Fast_GET_ITEM"(object o, Py_ssize_t i) noexcept
     PyObject* _dict_getitem "PyDict_GetItemWithError"(object d, PyObject* key) except? NULL
     object PyTuple_Pack(Py_ssize_t n, ...)
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define FASTKV_PREFETCH(p) __builtin_prefetch((const void *)(p))
-    #else
-    #define FASTKV_PREFETCH(p) ((void)0)
-    #endif
-    """
-    void FASTKV_PREFETCH(const void* p) noexcept nogil
 
 cdef extern from *:
     """
@@ -166,19 +160,37 @@ cdef _Snapshot _stage(object data, dict kwargs):
     cdef PyObject* k
     cdef PyObject* v
     cdef Py_hash_t h
-    cdef bint no_python_ran = True
+    cdef bint bulk
     if type(data) is dict:
-        table_init(&st.tab, len(<dict>data) + extra)
+        # While every key is an exact str or int, no Python code runs (so the
+        # dict cannot change) and its keys are distinct: entries are written
+        # in bulk and indexed once at the end. The first key that needs Python
+        # (or an int in a str-only table) ends the bulk phase; the rest goes
+        # through table_insert.
+        pos = 0
+        bulk = True
+        if PyDict_Next(data, &pos, &k, &v) and not _is_str(k):
+            _set_empty(&st.tab, False)      # general layout from the start
+        _alloc(&st.tab, len(<dict>data) + extra)
+        pos = 0
         while PyDict_Next(data, &pos, &k, &v):
+            if bulk:
+                if _is_str(k):
+                    h = FASTKV_STR_HASH(k)
+                    if h == -1:
+                        h = _object_hash(k)
+                    _append_unindexed(&st.tab, k, h, v)
+                    continue
+                if _is_int(k) and not st.tab.unicode:
+                    _append_unindexed(&st.tab, k, _object_hash(k), v)
+                    continue
+                _reindex(&st.tab)
+                bulk = False
             key = <object>k          # own references: hashing may run Python
             value = <object>v
-            if no_python_ran and (_is_str(k) or _is_int(k)):
-                # dict keys are distinct and nothing could change the dict yet
-                h = table_hash(key)
-                table_append(&st.tab, k, h, v)
-            else:
-                no_python_ran = False
-                table_insert(&st.tab, k, table_hash(key), v)
+            table_insert(&st.tab, k, table_hash(key), v)
+        if bulk:
+            _reindex(&st.tab)
     elif isinstance(data, FrozenTable):
         src = (<FrozenTable>data)._snap
         table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
@@ -356,7 +368,8 @@ cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
     cdef PyObject* v
     cdef const Entry* ep
     cdef size_t mask = t.mask
-    for base in range(0, n, CHUNK):
+    base = 0
+    while base < n:
         m = min(<Py_ssize_t>CHUNK, n - base)
         for j in range(m):
             k = _seq_item(seq, base + j)
@@ -393,6 +406,7 @@ cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
             v = table_entry(t, ix).value if ix >= 0 else default
             _incref(v)
             _list_set(result, base + j, v)
+        base += m
     return 0
 
 

@@ -716,3 +716,40 @@ def test_views_walk_one_snapshot(impl):
     assert list(it_i) == [(i, i) for i in range(1, 100)]
     assert 50 not in t.keys() and (1, -1) in items and -1 in values  # live views
     assert len(values) == 99
+
+
+@pytest.mark.parametrize("shape", ["str", "int", "str-then-int", "int-then-str", "str-then-obj",
+                                   "obj-first", "big-str", "big-int", "big-mixed"])
+def test_build_from_dict_keeps_items_and_order(impl, shape):
+    n = 60_000 if shape.startswith("big") else 50
+    strs = [f"s{i}" for i in range(n)]
+    ints = list(range(n))
+    objs = [Key(f"o{i}", h=i % 5) for i in range(20)]
+    keys = {
+        "str": strs, "int": ints, "str-then-int": strs + ints, "int-then-str": ints + strs,
+        "str-then-obj": strs + objs + ints, "obj-first": objs + strs, "big-str": strs, "big-int": ints,
+        "big-mixed": strs + [S("x"), 2**70] + ints,
+    }[shape]
+    d = {k: i for i, k in enumerate(keys)}
+    t = impl.FrozenTable(d)
+    assert list(t.items()) == list(d.items())
+    assert all(t[k] == v for k, v in d.items())
+    assert t.get("absent") is None and -1 not in t
+
+
+def test_build_from_dict_whose_key_hash_mutates_it(impl):
+    d = {f"s{i}": i for i in range(10)}
+
+    class Mutator(Key):
+        def __hash__(self):
+            d.pop("s9", None)  # changes the source while it is being read
+            return 3
+
+        __eq__ = Key.__eq__
+
+    d[Mutator("m")] = "m"
+    d.update({f"t{i}": i for i in range(10)})
+    t = impl.FrozenTable(d)  # no crash; what was read is consistent
+    assert len(t) == len(set(t))
+    for k in t:
+        assert t[k] == (d[k] if k in d else 9)
