@@ -581,3 +581,43 @@ def test_locked_table_dealloc_with_haunted_values(impl):
     del t
     gc.collect()
     assert seen == [1] * 50
+
+
+LOCKED_OPS = {
+    "getitem": lambda t, k: t[k],
+    "get_many": lambda t, k: t.get_many(["other", k]),
+    "setitem": lambda t, k: t.__setitem__(k, "v"),
+    "delitem": lambda t, k: t.__delitem__(k),
+    "insert_new": lambda t, k: t.insert_new(k, "v"),
+    "update_counter": lambda t, k: t.update_counter(k),
+    "take": lambda t, k: t.take(k, None),
+    "pop": lambda t, k: t.pop(k, None),
+    "setdefault": lambda t, k: t.setdefault(k, 0),
+    "fetch": lambda t, k: t.fetch(k, lambda key: 0),
+    "put_many": lambda t, k: t.put_many([(k, 0)]),
+    "update": lambda t, k: t.update({k: 0}),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+@pytest.mark.parametrize("op", sorted(LOCKED_OPS))
+def test_reentrant_key_locked_operations(impl, op, action):
+    # every LockedTable operation that looks a key up, with a key whose __eq__
+    # uses the same table: no deadlock, a RuntimeError at most, a consistent table
+    stored = Toucher("stored")
+    t = impl.LockedTable([(stored, 1), ("other", 1)])
+    arm = Arm(None)
+    probe = Toucher("probe", arm)
+    stored.arm = arm
+    arm.action = lambda: ACTIONS[action](t, stored)
+    status, result = run_in_thread(LOCKED_OPS[op], t, probe)
+    if status == "error":
+        assert isinstance(result, (RuntimeError, KeyError)), repr(result)
+        if isinstance(result, KeyError):
+            assert op == "delitem"
+    stored.arm = probe.arm = None
+    assert len(arm.outcomes) <= 1
+    assert_consistent(t)
+    # the table still works normally from any thread
+    t["after"] = 1
+    assert t.get("after") == 1
