@@ -484,6 +484,28 @@ class _FrozenItemsView(ItemsView):
         return _iterate((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
 
 
+cdef object _snapshot_repr(object table, _Snapshot snap):
+    """``TypeName({...})`` of ``table`` showing snap's items; ``...`` for a
+    table already being repr'd up the stack (shared with LockedTable)."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    name = type(table).__name__
+    if snap.tab.used == 0:
+        return name + "({})"
+    if Py_ReprEnter(table):
+        return "..."
+    try:
+        parts = []
+        while table_next(&snap.tab, &pos, &k, &v):
+            key = <object>k
+            value = <object>v
+            parts.append(repr(key) + ": " + repr(value))
+        return name + "({" + ", ".join(parts) + "})"
+    finally:
+        Py_ReprLeave(table)
+
+
 cdef object _equals(_Snapshot snap, object other):
     """True if the mapping ``other`` has exactly snap's items (dict's rules)."""
     cdef Py_ssize_t pos = 0
@@ -738,24 +760,7 @@ cdef class FrozenTable:
     __hash__ = None
 
     def __repr__(self):
-        cdef _Snapshot snap = self._snap
-        cdef Py_ssize_t pos = 0
-        cdef PyObject* k
-        cdef PyObject* v
-        name = type(self).__name__
-        if snap.tab.used == 0:
-            return name + "({})"
-        if Py_ReprEnter(self):
-            return "..."
-        try:
-            parts = []
-            while table_next(&snap.tab, &pos, &k, &v):
-                key = <object>k
-                value = <object>v
-                parts.append(repr(key) + ": " + repr(value))
-            return name + "({" + ", ".join(parts) + "})"
-        finally:
-            Py_ReprLeave(self)
+        return _snapshot_repr(self, self._snap)
 
     def __sizeof__(self):
         """Bytes of the table's own structure: the object, its writer lock
