@@ -207,7 +207,13 @@ class FrozenTable(_TableAPI):
 
     def __getitem__(self, key):
         """``t[key]``: the value, or ``KeyError(key)``. O(1), never blocks."""
-        return self._snap[key]
+        value = self._snap.get(key, _MISSING)
+        if value is _MISSING:
+            missing = getattr(type(self), "__missing__", None)  # as dict: subclasses only
+            if missing is None:
+                raise KeyError(key)
+            return missing(self, key)
+        return value
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. O(1), never blocks."""
@@ -485,6 +491,7 @@ class LockedTable(_TableAPI):
 
     def delete(self, key):
         """Remove ``key``; True if it was there. O(1), atomic."""
+        hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
         self._enter()
         try:
             old = self._data.pop(key, _MISSING)
@@ -494,6 +501,7 @@ class LockedTable(_TableAPI):
 
     def __delitem__(self, key):
         """``del t[key]``: remove ``key``, or ``KeyError(key)``. O(1), atomic."""
+        hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
         self._enter()
         try:
             old = self._data.pop(key, _MISSING)
@@ -576,6 +584,7 @@ class LockedTable(_TableAPI):
         """Remove ``key`` and return its value (ETS ``take``); if absent,
         return ``default``, or raise ``KeyError(key)`` when none is given.
         O(1), atomic."""
+        hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
         self._enter()
         try:
             value = self._data.pop(key, _MISSING)
@@ -1134,6 +1143,8 @@ class Agent:
     """
 
     __slots__ = ("_core", "_box", "__weakref__")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)

@@ -52,18 +52,9 @@ def test_unhashable_key_writes(kind, key):
     assert_same(t, {"a": 1})
 
 
-REF_LOCKED_EMPTY_SKIPS_HASH = (
-    "reference LockedTable.delete/take/pop/__delitem__ on an EMPTY table call "
-    "dict.pop, which returns without hashing when the dict is empty: an unhashable "
-    "key gives False/default/KeyError instead of TypeError (DESIGN.md: TypeError)"
-)
-
-
-def test_unhashable_key_on_empty_table(request, kind):
+def test_unhashable_key_on_empty_table(kind):
     # dict.pop skips hashing on an empty dict ({}.pop([], None) is None); the
     # tables do not: an unhashable key is a TypeError whatever the contents
-    if kind.cls is fastkv.reference.LockedTable:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=REF_LOCKED_EMPTY_SKIPS_HASH))
     t = kind.make()
     calls = [lambda: t.delete([]), lambda: t.get([]), lambda: [] in t, lambda: t[[]]]
     if kind.mutable:

@@ -651,10 +651,7 @@ def test_get_many_when_eq_changes_the_keys_list(impl):
 # --- odds and ends of the compiled class ----------------------------------------
 
 
-def test_subclass_missing_hook_as_dict(impl, request):
-    if impl is fastkv.reference:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="reference FrozenTable.__getitem__ ignores a subclass's __missing__ (dict calls it)"))
+def test_subclass_missing_hook_as_dict(impl):
 
     class WithDefault(impl.FrozenTable):
         def __missing__(self, key):
