@@ -291,8 +291,10 @@ cdef inline int _contains(FrozenTable self, object key) except -1:
 
 
 cdef enum:
-    PIPELINE_BYTES = 1 << 18   # get_many prefetches when the table outgrows L2
-    CHUNK = 32                 # keys in flight in the prefetch pipeline
+    PIPELINE_BYTES = 1 << 23   # get_many prefetches past this table size (8 MB:
+                               # below it the pipeline costs more than it saves)
+    AHEAD = 16                 # get_many pipeline: keys hashed ahead
+    RING = 32                  # ring of hashes (a power of two > AHEAD)
 
 
 cdef inline Py_ssize_t _get_fast_ix(const Table* t, PyObject* k) noexcept:
@@ -355,58 +357,69 @@ cdef int _get_many_simple(Table* t, object seq, Py_ssize_t start, Py_ssize_t n,
     return 0
 
 
+cdef inline Py_hash_t _fast_hash(PyObject* k) noexcept:
+    """hash of an exact str/int key (no Python), or -1 for any other key."""
+    cdef Py_hash_t h
+    if _is_str(k):
+        h = FASTKV_STR_HASH(k)
+        if h == -1:
+            h = _object_hash(k)
+        return h
+    if _is_int(k):
+        return _object_hash(k)
+    return -1
+
+
 cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
                              PyObject* default) except -1:
-    """get_many over a table bigger than the caches: CHUNK keys at a time,
-    the index slots, then the entries, then the keys and values they point
-    at are prefetched for all of them before any is looked up, so the cache
-    misses overlap instead of coming one after the other."""
-    cdef Py_hash_t hashes[CHUNK]
-    cdef Py_ssize_t first[CHUNK]
-    cdef Py_ssize_t base, m, j, ix
+    """get_many over a table bigger than the caches, as a software pipeline:
+    key i+AHEAD is hashed and its index slot prefetched, key i+AHEAD/2 has
+    its entry prefetched, key i is looked up -- so cache misses of several
+    keys overlap instead of coming one after the other. Any key needing
+    Python ends the pipeline (seq may change): the rest goes the plain way."""
+    cdef Py_hash_t ring[RING]
+    cdef Py_ssize_t i, j, ix
     cdef PyObject* k
     cdef PyObject* v
-    cdef const Entry* ep
+    cdef Py_hash_t h
     cdef size_t mask = t.mask
-    base = 0
-    while base < n:
-        m = min(<Py_ssize_t>CHUNK, n - base)
-        for j in range(m):
-            k = _seq_item(seq, base + j)
-            first[j] = IX_SLOW
-            if _is_str(k):
-                hashes[j] = FASTKV_STR_HASH(k)
-                if hashes[j] == -1:
-                    hashes[j] = _object_hash(k)
-            elif _is_int(k):
-                hashes[j] = _object_hash(k)
-            else:
-                continue
-            first[j] = IX_EMPTY
-            FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
-        for j in range(m):
-            if first[j] != IX_SLOW:
-                first[j] = _ix_get(t, <size_t>hashes[j] & mask)
-                if first[j] >= 0:
-                    FASTKV_PREFETCH(table_entry(t, first[j]))
-        for j in range(m):
-            if first[j] >= 0:
-                ep = table_entry(t, first[j])
-                FASTKV_PREFETCH(ep.key)
-                FASTKV_PREFETCH(ep.value)
-        for j in range(m):
-            k = _seq_item(seq, base + j)
-            ix = table_lookup_fast(t, k, hashes[j]) if first[j] != IX_SLOW else IX_SLOW
-            if ix == IX_SLOW:
-                if _get_many_one_slow(t, seq, base + j, n, result, default):
-                    return 0
-                # Python ran: seq may have changed under the hashes computed
-                # above, so the rest goes the plain way.
-                return _get_many_simple(t, seq, base + j + 1, n, result, default)
-            v = table_entry(t, ix).value if ix >= 0 else default
-            _incref(v)
-            _list_set(result, base + j, v)
-        base += m
+    for j in range(min(<Py_ssize_t>AHEAD, n)):
+        h = _fast_hash(_seq_item(seq, j))
+        ring[j & (RING - 1)] = h
+        if h != -1:
+            FASTKV_PREFETCH(<char*>t.indices + ((<size_t>h & mask) << t.ixshift))
+    for i in range(n):
+        j = i + AHEAD
+        if j < n:
+            h = _fast_hash(_seq_item(seq, j))
+            ring[j & (RING - 1)] = h
+            if h != -1:
+                FASTKV_PREFETCH(<char*>t.indices + ((<size_t>h & mask) << t.ixshift))
+        j = i + AHEAD // 2
+        if j < n:
+            h = ring[j & (RING - 1)]
+            if h != -1:
+                ix = _ix_get(t, <size_t>h & mask)
+                if ix >= 0:
+                    FASTKV_PREFETCH(table_entry(t, ix))
+        j = i + AHEAD // 4
+        if j < n:
+            h = ring[j & (RING - 1)]
+            if h != -1:
+                ix = _ix_get(t, <size_t>h & mask)
+                if ix >= 0:
+                    FASTKV_PREFETCH(table_entry(t, ix).key)
+                    FASTKV_PREFETCH(table_entry(t, ix).value)
+        h = ring[i & (RING - 1)]
+        k = _seq_item(seq, i)
+        ix = table_lookup_fast(t, k, h) if h != -1 else IX_SLOW
+        if ix == IX_SLOW:
+            if _get_many_one_slow(t, seq, i, n, result, default):
+                return 0
+            return _get_many_simple(t, seq, i + 1, n, result, default)
+        v = table_entry(t, ix).value if ix >= 0 else default
+        _incref(v)
+        _list_set(result, i, v)
     return 0
 
 

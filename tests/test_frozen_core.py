@@ -586,7 +586,7 @@ def test_engine_eq_that_clears_the_table():
     t.check()
 
 
-@pytest.mark.parametrize("n", [100, 40_000])  # 40,000 entries: the prefetching path
+@pytest.mark.parametrize("n", [100, 300_000])  # 300,000 entries: the prefetching path
 def test_get_many_against_dict(impl, n):
     data = {f"s{i}": i for i in range(n)}
     data.update({i: -i for i in range(0, n, 7)})
@@ -605,7 +605,7 @@ def test_get_many_against_dict(impl, n):
 
 
 def test_get_many_when_eq_changes_the_keys_list(impl):
-    n = 40_000
+    n = 300_000
     t = impl.FrozenTable({f"s{i}": i for i in range(n)} | {Key("a", h=1): "a"})
     keys = ["s1"] * 40
 
