@@ -1027,52 +1027,83 @@ def _rank(res, scn, sizes, sid):
     return (1, 0)
 
 
+# Bar colours: each fastkv strategy has its hue (its reference twin the same
+# hue, hatched); dict is black; peers are muted.
+_COLORS = {
+    "dict": "#222222",
+    "frozen": "#1f77b4",
+    "module": "#17becf",
+    "locked": "#2ca02c",
+    "owner-private": "#d62728",
+    "owner-protected": "#ff7f0e",
+    "agent": "#9467bd",
+    "immutables": "#c49c94",
+    "frozendict": "#aec7e8",
+    "cachetools": "#bcbd22",
+    "cachebox": "#8c564b",
+    "dict-lock": "#98df8a",
+    "queue-owner": "#ff9896",
+}
+
+
+def _color(sid):
+    return _COLORS.get(sid[4:] if sid.startswith("ref-") else sid, "#7f7f7f")
+
+
 def plot(report: Dict[str, Any], path: str) -> None:
     """A bar chart: one panel per scenario, one group of bars per size, one bar
-    per strategy, ops/s on a log scale."""
+    per strategy measured, ops/s on a log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    strategies = report["strategies"]
     sizes = report["sizes"]
     scenarios = report["scenarios"]
     res = {(r["scenario"], r["size"], r["strategy"]): r for r in report["results"]}
-    cmap = plt.get_cmap("tab20")
-    colors = {s["id"]: cmap(i % 20) for i, s in enumerate(strategies)}
-    nbar = len(strategies)
-    width = 0.8 / max(nbar, 1)
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(max(10, 2.2 * len(sizes) + 0.25 * nbar * len(sizes)),
-                                                         3.6 * len(scenarios)), squeeze=False)
+    shown = [s for s in report["strategies"]
+             if any(res[(scn, size, s["id"])]["status"] == "ok" for scn in scenarios for size in sizes)]
+    nbar = max(len(shown), 1)
+    width = 0.84 / nbar
+    fig, axes = plt.subplots(len(scenarios), 1, squeeze=False,
+                             figsize=(max(8.0, 1.0 + len(sizes) * (0.75 + 0.14 * nbar)),
+                                      1.2 + 3.0 * len(scenarios)))
     meth = report["method"]
     for ax, scn in zip(axes[:, 0], scenarios):
-        for j, s in enumerate(strategies):
+        for j, s in enumerate(shown):
             xs, ys = [], []
             for i, size in enumerate(sizes):
                 r = res[(scn, size, s["id"])]
                 if r["status"] == "ok":
-                    xs.append(i - 0.4 + width * (j + 0.5))
+                    xs.append(i - 0.42 + width * (j + 0.5))
                     ys.append(r["ops_per_sec"])
-            ax.bar(xs, ys, width=width, color=colors[s["id"]], label=s["label"],
-                   hatch="//" if s["kind"] == "reference" else None,
-                   edgecolor="white" if s["kind"] != "reference" else "grey", linewidth=0.3)
+            ref = s["kind"] == "reference"
+            ax.bar(xs, ys, width=width, color=_color(s["id"]), label=s["label"],
+                   hatch="////" if ref else None, alpha=0.55 if ref else 1.0,
+                   edgecolor="white", linewidth=0.4)
         ax.set_yscale("log")
         ax.set_xticks(range(len(sizes)))
         ax.set_xticklabels([_size_label(n) for n in sizes])
-        ax.set_ylabel("ops/s (log)")
+        ax.set_xlim(-0.5, len(sizes) - 0.5)
+        ax.set_ylabel("ops/s (log scale)")
         ax.set_title(SCENARIO_TITLES[scn].format(threads=meth["threads"]), fontsize=10, loc="left")
         ax.grid(axis="y", which="major", alpha=0.3)
+        ax.set_axisbelow(True)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    ncol = min(len(labels), 6) or 1
+    nrow = -(-len(labels) // ncol)
     m = report["machine"]
+    h = fig.get_figheight()
     fig.suptitle(
-        f"fastkv bench: {m['python_implementation']} {m['python_version']}, {m['platform']}, "
-        f"{m['cpu_count']} CPUs. Ratios, same run; absolute figures are machine-bound.",
-        fontsize=9,
+        f"fastkv bench ({report['mode']} mode): ops/s, log scale. Ratios, same run; absolute figures are machine-bound.\n"
+        f"{m['python_implementation']} {m['python_version']}, {m['platform']}, {m['cpu_count']} CPUs",
+        fontsize=9, y=1 - 0.08 / h, va="top",
     )
-    fig.tight_layout(rect=(0, 0, 0.82, 0.97))
-    fig.savefig(path, dpi=110)
+    legend_top = 1 - 0.5 / h
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, legend_top))
+    fig.tight_layout(rect=(0, 0, 1, legend_top - 0.15 * nrow / h))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
