@@ -39,11 +39,24 @@ ext = Extension(
     depends=sorted(glob.glob("fastkv/*.pxi") + glob.glob("fastkv/*.pxd") + glob.glob("fastkv/*.h")),
 )
 
-setup(
-    ext_modules=cythonize(
-        [ext],
-        compiler_directives=directives,
-        annotate=ANNOTATE,
-        force=DEBUG,
-    )
+# The generated C depends on the directives (linetrace in debug): regenerate it
+# whenever the build mode changes, or a release build would reuse debug C.
+MODE = "debug" if DEBUG else "release"
+STAMP = os.path.join("build", "fastkv-cython-mode")
+try:
+    with open(STAMP) as f:
+        mode_changed = f.read().strip() != MODE
+except OSError:
+    mode_changed = True
+
+modules = cythonize(
+    [ext],
+    compiler_directives=directives,
+    annotate=ANNOTATE,
+    force=mode_changed,
 )
+os.makedirs("build", exist_ok=True)
+with open(STAMP, "w") as f:
+    f.write(MODE)
+
+setup(ext_modules=modules)
