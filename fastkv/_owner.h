@@ -115,7 +115,8 @@ typedef struct fk_req {
     PyObject *a;
     PyObject *b;
     PyObject *result;          /* owned: the reply or the exception */
-    PyThread_type_lock lock;   /* the caller parks here; acquired while idle */
+    PyThread_type_lock lock;   /* a caller parks here; acquired while idle;
+                                  allocated for the first call, kept */
 } fk_req;
 
 /* ---- the queue -------------------------------------------------------------
@@ -127,12 +128,10 @@ typedef struct fk_req {
 
 typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
-    Py_ssize_t pushed;         /* requests accepted, atomic (relaxed) */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
     int64_t owner_budget;      /* owner's spin budget (ns), owner-only */
     int64_t caller_budget;     /* callers' spin budget (ns), relaxed atomic */
-    Py_ssize_t taken;          /* queued requests served (owner, with the GIL) */
     PyThread_type_lock wake;   /* the owner parks here; acquired while idle */
     char pad2[64];
 } fk_queue;
@@ -170,7 +169,6 @@ static inline int fk_push(fk_queue *q, fk_req *r) {
         if (old & FK_CLOSED_BIT) return -1;
         r->next = (fk_req *)old;
     } while (!FK_CAS(&q->head, &old, (uintptr_t)r));
-    FK_ADD(&q->pushed, 1);
     if (old == 0) fk_wake_owner(q);   /* empty -> non-empty: the pusher wakes */
     return 0;
 }
@@ -188,11 +186,6 @@ static inline int fk_close(fk_queue *q) {
 
 static inline int fk_is_closed(fk_queue *q) {
     return (FK_LOAD_RELAXED(&q->head) & FK_CLOSED_BIT) != 0;
-}
-
-static inline Py_ssize_t fk_queue_len(fk_queue *q) {
-    Py_ssize_t n = FK_LOAD_RELAXED(&q->pushed) - FK_LOAD_RELAXED(&q->taken);
-    return n < 0 ? 0 : n;
 }
 
 /* Take every queued request (arrival order); *closed = 1 once the queue is

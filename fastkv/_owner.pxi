@@ -96,6 +96,8 @@ cdef extern from "Python.h":
     void *fk_raw_calloc "PyMem_RawCalloc" (size_t n, size_t size) nogil
     void fk_raw_free "PyMem_RawFree" (void *p) nogil
     int fk_check_signals "PyErr_CheckSignals" () except -1
+    int fk_repr_enter "Py_ReprEnter" (object o) except -1
+    void fk_repr_leave "Py_ReprLeave" (object o)
     Py_hash_t fk_hash "PyObject_Hash" (object o) except? -1
 
 cdef extern from "pythread.h":
@@ -121,14 +123,13 @@ cdef extern from "_owner.h" nogil:
         fk_lock_t lock
 
     ctypedef struct fk_queue:
-        Py_ssize_t taken
+        pass
 
     int fk_queue_init(fk_queue *q)
     void fk_queue_free(fk_queue *q)
     int fk_push(fk_queue *q, fk_req *r)
     int fk_close(fk_queue *q)
     int fk_is_closed(fk_queue *q)
-    Py_ssize_t fk_queue_len(fk_queue *q)
     fk_req *fk_take(fk_queue *q, int *closed)
     int fk_complete(fk_req *r)
     int fk_wait(fk_queue *q, fk_req *r)
@@ -140,7 +141,7 @@ cdef extern from "_owner.h" nogil:
 # ---- requests: a GIL-protected free list -------------------------------------
 
 cdef enum:
-    FK_FREE_MAX = 256
+    FK_FREE_MAX = 1024
 
     # op codes: what the owner runs against its state (an Agent's state, or an
     # OwnerTable's LockedTable); fn, a, b are the request's three arguments
@@ -185,12 +186,18 @@ cdef fk_req *fk_req_new() except NULL:
     r = <fk_req *>fk_raw_calloc(1, sizeof(fk_req))
     if r is NULL:
         raise MemoryError()
-    r.lock = fk_lock_new()
-    if r.lock is NULL:
-        fk_raw_free(r)
-        raise MemoryError()
-    fk_lock_acquire(r.lock, 1)      # a request's lock is held while idle
     return r
+
+
+cdef inline int fk_req_lockable(fk_req *r) except -1:
+    """Give a call request the lock its caller may park on (casts have
+    none). GIL. -1 + MemoryError."""
+    if r.lock is NULL:
+        r.lock = fk_lock_new()
+        if r.lock is NULL:
+            raise MemoryError()
+        fk_lock_acquire(r.lock, 1)      # a request's lock is held while idle
+    return 0
 
 
 cdef inline void fk_req_clear(fk_req *r) noexcept:
@@ -220,8 +227,9 @@ cdef void fk_req_release(fk_req *r) noexcept:
         _fk_free_reqs = r
         _fk_nfree += 1
     else:
-        fk_lock_release(r.lock)
-        fk_lock_free(r.lock)
+        if r.lock is not NULL:
+            fk_lock_release(r.lock)
+            fk_lock_free(r.lock)
         fk_raw_free(r)
 
 
@@ -265,8 +273,10 @@ cdef class _Owner:
     cdef object state
     cdef object thread
     cdef object kind
-    cdef Py_ssize_t served
-    cdef Py_ssize_t errors
+    cdef Py_ssize_t served      # requests served by the owner loop
+    cdef Py_ssize_t errors      # casts that raised
+    cdef Py_ssize_t pushed      # requests queued (GIL: counted before the push)
+    cdef Py_ssize_t taken       # queued requests served or dropped
     cdef object __weakref__
 
     def __cinit__(self):
@@ -363,7 +373,7 @@ cdef class _Owner:
         r = fk_take(&self.q, &closed)
         while r is not NULL:
             nxt = r.next
-            self.q.taken += 1
+            self.taken += 1
             if r.cast:
                 fk_req_release(r)
             else:
@@ -446,7 +456,7 @@ cdef class _Owner:
                 out = exc
                 r.failed = 1
         self.served += 1
-        self.q.taken += 1
+        self.taken += 1
         fk_req_clear(r)
         if not r.cast:
             Py_INCREF(out)
@@ -485,11 +495,19 @@ cdef class _Owner:
         if fk_thread_ident() == self.ident:
             return self._apply(op, fn, a, b)
         r = fk_req_make(op, fn, a, b)
+        if r.lock is NULL:
+            try:
+                fk_req_lockable(r)
+            except MemoryError:
+                fk_req_release(r)
+                raise
+        self.pushed += 1            # counted while we hold the GIL
         with nogil:
             pushed = fk_push(&self.q, r)
             if pushed == 0:
                 waited = fk_wait(&self.q, r)
         if pushed != 0:
+            self.pushed -= 1
             fk_req_release(r)
             raise self.closed_error()
         while waited:
@@ -523,6 +541,7 @@ cdef class _Owner:
         if fk_push(&self.q, r) != 0:
             fk_req_release(r)
             raise self.closed_error()
+        self.pushed += 1
         return 0
 
     cdef int sync(self) except -1:
@@ -555,7 +574,7 @@ cdef class _Owner:
         return not thread.is_alive()
 
     cdef dict counters(self):
-        return {"queue": fk_queue_len(&self.q), "served": self.served,
+        return {"queue": max(self.pushed - self.taken, 0), "served": self.served,
                 "errors": self.errors}
 
 
@@ -692,3 +711,337 @@ cdef class Agent:
                               "open" if self._eng.status == FK_OPEN else "closed")
 
     __class_getitem__ = classmethod(_fk_GenericAlias)
+
+
+# ---- OwnerTable --------------------------------------------------------------
+
+import collections.abc as _fk_abc
+
+cdef object _fk_reference_locked = None
+
+
+cdef object fk_new_storage():
+    """The LockedTable an OwnerTable keeps its data in: the compiled one once
+    it exists in this module, else the reference one (same behaviour)."""
+    global _fk_reference_locked
+    cls = globals().get("LockedTable")
+    if cls is None:
+        if _fk_reference_locked is None:
+            from fastkv.reference import LockedTable as _ref_locked
+            _fk_reference_locked = _ref_locked
+        cls = _fk_reference_locked
+    return cls()
+
+
+cdef inline bint fk_storage_held(object storage):
+    """True if the calling thread holds the storage's lock (it is inside an
+    operation on it: a key's __eq__/__hash__ or a destructor running)."""
+    return getattr(storage, "_holder", 0) == fk_thread_ident()
+
+
+cdef object fk_collect(object data, dict kwargs):
+    """``dict(data, **kwargs)``: dict's constructor rules, evaluated (and
+    every key hashed) before anything is queued."""
+    if kwargs:
+        return dict(data, **kwargs)
+    return dict(data)
+
+
+class _OwnerValuesView(_fk_abc.ValuesView):
+    """``ValuesView`` whose iteration walks one snapshot of the table (one
+    call to the owner)."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping.to_dict().values())
+
+
+class _OwnerItemsView(_fk_abc.ItemsView):
+    """``ItemsView`` whose iteration walks one snapshot of the table."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping.to_dict().items())
+
+
+cdef class OwnerTable:
+    """A table owned by one thread, which performs every operation in arrival
+    order (the BEAM's private/protected ``:ets`` behind a GenServer).
+
+    ``OwnerTable(data=(), /, access="private", **kwargs)`` is built like
+    ``dict(...)`` and starts a daemon owner thread. The data lives in a
+    ``LockedTable`` of the same implementation, touched only by the owner
+    (``access="private"``) or read directly by any thread while writes stay
+    serialized through the owner (``access="protected"``).
+
+    Reads (``get``, ``t[k]``, ``in``, ``len``, iteration, ``to_dict``, ...)
+    are calls: the caller waits for the owner's answer, a cross-thread round
+    trip. ``put`` / ``t[k] = v`` / ``delete`` / ``put_many`` / ``update`` /
+    ``clear`` are casts: queued, the caller does not wait (so ``delete``
+    returns None). ``del t[k]``, ``pop``, ``popitem`` and ``setdefault``
+    answer something, so they are calls. Requests form one FIFO: one caller's cast followed by its call
+    always sees the cast. Keys are hashed by the caller before queueing
+    (unhashable: ``TypeError`` at the call site, casts included). A request
+    made on the owner thread itself is served inline. After ``close()``, or in
+    the child of an ``os.fork()``, every method raises ``ClosedError``.
+    """
+    cdef _Owner _eng
+    cdef object _storage
+    cdef bint _protected
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._storage = fk_new_storage()
+        self._protected = False
+        self._eng = _Owner()
+        self._eng.start("OwnerTable", self._storage)
+
+    def __init__(self, data=(), /, access="private", **kwargs):
+        if access != "private" and access != "protected":
+            raise ValueError(f'access must be "private" or "protected", not {access!r}')
+        items = fk_collect(data, kwargs)
+        self._eng.check_open()
+        self._protected = access == "protected"
+        self._storage.put_many(items)  # no request can be queued yet
+
+    def __dealloc__(self):
+        if self._eng is not None:
+            self._eng.shutdown()  # the owner applies what is queued, then exits
+
+    # -- reads: calls, or direct under access="protected" ---------------------
+
+    cdef object _call(self, int op, object fn, object a, object b):
+        """A call to the owner, refused (RuntimeError) when the calling thread
+        holds the storage lock: under ``access="protected"`` a key's
+        ``__eq__``/``__hash__`` or a destructor running during a direct read
+        would otherwise wait for an owner that waits for that lock."""
+        if fk_storage_held(self._storage):
+            raise RuntimeError(
+                f"re-entrant call to an {type(self).__name__} from a thread that "
+                "is reading it directly (a key's __eq__/__hash__ or a destructor "
+                "made a request during a protected read)")
+        return self._eng.call(op, fn, a, b)
+
+    cdef inline int _direct(self) except -1:
+        """1 if reads go straight to the storage (protected; ClosedError once
+        closed), 0 if they are calls."""
+        if self._protected:
+            if self._eng.status != FK_OPEN:
+                raise self._eng.closed_error()
+            return 1
+        return 0
+
+    def __getitem__(self, key):
+        """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
+        the owner); a direct O(1) read under ``access="protected"``."""
+        if self._direct():
+            return self._storage[key]
+        fk_hash(key)
+        return self._call(FK_OP_GETITEM, None, key, None)
+
+    def get(self, key, default=None):
+        """The value for ``key``, else ``default``. A call; a direct O(1) read
+        under ``access="protected"``."""
+        if self._direct():
+            return self._storage.get(key, default)
+        fk_hash(key)
+        return self._call(FK_OP_GET, None, key, default)
+
+    def __contains__(self, key):
+        """``key in t``. A call; direct under ``access="protected"``."""
+        if self._direct():
+            return key in self._storage
+        fk_hash(key)
+        return self._call(FK_OP_CONTAINS, None, key, None)
+
+    def __len__(self):
+        """Number of keys. A call; direct under ``access="protected"``."""
+        if self._direct():
+            return len(self._storage)
+        return self._call(FK_OP_LEN, None, None, None)
+
+    def __iter__(self):
+        """Iterate the keys of a snapshot taken (by the owner, or directly
+        under ``access="protected"``) when iteration starts. O(n) copy."""
+        if self._direct():
+            return iter(self._storage)
+        return iter(self._call(FK_OP_KEYS, None, None, None))
+
+    def get_many(self, keys, default=None):
+        """``[t.get(k, default) for k in keys]``, all read in one request (one
+        round trip). Keys are hashed before it is queued."""
+        keys = list(keys)
+        for key in keys:
+            fk_hash(key)
+        if self._direct():
+            return self._storage.get_many(keys, default)
+        return self._call(FK_OP_GET_MANY, None, keys, default)
+
+    def to_dict(self):
+        """A new ``dict`` with the items. One call (round trip), O(n) copy."""
+        if self._direct():
+            return self._storage.to_dict()
+        return self._call(FK_OP_TO_DICT, None, None, None)
+
+    def copy(self):
+        """An independent ``OwnerTable`` (never a subclass) with the same items
+        and access level, and its own owner thread. O(n)."""
+        access = "protected" if self._protected else "private"
+        return OwnerTable(self.to_dict(), access=access)
+
+    def keys(self):
+        """A live, set-like view of the keys (``collections.abc.KeysView``);
+        each iteration walks a snapshot taken when it starts."""
+        return _fk_abc.KeysView(self)
+
+    def values(self):
+        """A live view of the values (``collections.abc.ValuesView``); each
+        iteration walks a snapshot taken when it starts (O(n) copy)."""
+        return _OwnerValuesView(self)
+
+    def items(self):
+        """A live, set-like view of the ``(key, value)`` pairs
+        (``collections.abc.ItemsView``); each iteration walks a snapshot taken
+        when it starts (O(n) copy)."""
+        return _OwnerItemsView(self)
+
+    def __eq__(self, other):
+        """Equal to any ``collections.abc.Mapping`` with equal items, as dict
+        compares; ``NotImplemented`` for anything else. O(n)."""
+        if not isinstance(other, _fk_abc.Mapping):
+            return NotImplemented
+        mine = self.to_dict()
+        if isinstance(other, dict):
+            return mine == other
+        if len(mine) != len(other):
+            return False
+        return mine == dict(other.items())
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None
+
+    def __repr__(self):
+        """``OwnerTable({...})`` (one call to the owner), or
+        ``OwnerTable(<closed>)`` once closed: repr never raises ClosedError."""
+        name = type(self).__name__
+        if self._eng.status != FK_OPEN:
+            return f"{name}(<closed>)"
+        if fk_repr_enter(self):
+            return "..."
+        try:
+            return f"{name}({self.to_dict()!r})"
+        finally:
+            fk_repr_leave(self)
+
+    # -- writes: casts -------------------------------------------------------
+
+    def put(self, key, value):
+        """Store ``value`` under ``key`` (``t[key] = value``): a cast, queued
+        for the owner; the caller does not wait. ``key`` is hashed first."""
+        fk_hash(key)
+        self._eng.cast(FK_OP_PUT, None, key, value)
+
+    def __setitem__(self, key, value):
+        """Store ``value`` under ``key`` (``t[key] = value``): a cast, queued
+        for the owner; the caller does not wait. ``key`` is hashed first."""
+        fk_hash(key)
+        self._eng.cast(FK_OP_PUT, None, key, value)
+
+    def put_many(self, mapping_or_pairs):
+        """Store many items in one cast, applied atomically by the owner. The
+        argument is read (and every key hashed) before it is queued."""
+        items = fk_collect(mapping_or_pairs, None)
+        self._eng.cast(FK_OP_PUT_MANY, None, items, None)
+
+    def update(self, other=(), /, **kwargs):
+        """``dict.update`` as one cast (see ``put_many``)."""
+        OwnerTable.put_many(self, fk_collect(other, kwargs))
+
+    def clear(self):
+        """Remove every item: a cast."""
+        self._eng.cast(FK_OP_CLEAR, None, None, None)
+
+    def delete(self, key):
+        """Remove ``key``: a cast, queued for the owner; the caller does not
+        wait, so it cannot learn whether the key was there and gets None
+        (``pop(key, None)`` and ``del t[key]`` are calls that tell). ``key``
+        is hashed first."""
+        fk_hash(key)
+        self._eng.cast(FK_OP_DELETE, None, key, None)
+
+    # -- writes that answer: calls -------------------------------------------
+
+    def __delitem__(self, key):
+        """``del t[key]``: remove ``key`` or raise ``KeyError(key)``. A call."""
+        fk_hash(key)
+        self._call(FK_OP_DELITEM, None, key, None)
+
+    def pop(self, key, default=_fk_no_default):
+        """``dict.pop``: remove ``key`` and return its value, else ``default``,
+        else ``KeyError(key)``. A call."""
+        fk_hash(key)
+        return self._call(FK_OP_TAKE, None, key, default)
+
+    def popitem(self):
+        """Remove and return the last inserted ``(key, value)`` pair;
+        ``KeyError`` when empty. A call."""
+        return self._call(FK_OP_POPITEM, None, None, None)
+
+    def setdefault(self, key, default=None):
+        """The value for ``key``; if absent, store ``default`` and return it.
+        A call."""
+        fk_hash(key)
+        return self._call(FK_OP_SETDEFAULT, None, key, default)
+
+    # -- the owner -------------------------------------------------------------
+
+    def call(self, fn, /, *args):
+        """Run ``fn(table, *args)`` on the owner thread, after everything
+        queued before it, and return its result; ``table`` is the
+        ``LockedTable`` holding the data. An exception reaches the caller and
+        the owner keeps serving (whatever ``fn`` changed before raising stays
+        changed)."""
+        return self._call(FK_OP_CALL, fn, args, None)
+
+    def sync(self):
+        """Wait until every request queued before this one has been applied.
+        A no-op on the owner thread itself."""
+        if fk_storage_held(self._storage):
+            self._call(FK_OP_SYNC, None, None, None)  # raises RuntimeError
+        self._eng.sync()
+
+    def close(self, timeout=None):
+        """Stop accepting requests, let the owner apply everything already
+        queued, then stop it. Waits up to ``timeout`` seconds (None: until
+        done); True if the owner finished in time. Idempotent; afterwards
+        every method raises ``ClosedError``."""
+        return self._eng.close(timeout)
+
+    def info(self):
+        """``{"size": keys, "queue": requests waiting, "served": requests
+        served, "errors": casts that raised, "access": "private" or
+        "protected"}``. Read without a round trip."""
+        self._eng.check_open()
+        info = {"size": len(self._storage)}
+        info.update(self._eng.counters())
+        info["access"] = "protected" if self._protected else "private"
+        return info
+
+    def __enter__(self):
+        """``with table:`` returns the table itself."""
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
+        self.close()
+        return None
+
+    __class_getitem__ = classmethod(_fk_GenericAlias)
+
+
+_fk_abc.MutableMapping.register(OwnerTable)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(fastkv.__file__)))
 
 
-@pytest.fixture(params=["Agent"])
+@pytest.fixture(params=["Agent", "OwnerTable"])
 def owner(request):
     """A compiled Agent (state: a dict) or OwnerTable, closed after the test;
     `owner.run(fn)` runs ``fn(state)`` on the owner, whichever it is."""
@@ -186,6 +186,86 @@ def test_request_free_list_survives_many_outstanding_requests():
     a.close()
 
 
+def test_refcounts_table_requests():
+    key, value, other, default = Token(), Token(), Token(), Token()
+    objs = (key, value, other, default)
+    before = [sys.getrefcount(o) for o in objs]
+    for access in ("private", "protected"):
+        t = _core.OwnerTable(access=access)
+        for _ in range(300):
+            t.put(key, value)
+            t[other] = value
+            t.sync()
+            assert t.get(key) is value and t[key] is value and key in t
+            assert t.get(default, default) is default
+            assert t.get_many([key, default], default) == [value, default]
+            assert t.pop(other) is value and t.pop(other, default) is default
+            assert t.setdefault(other, value) is value
+            del t[other]
+            t.put_many([(key, value), (other, value)])
+            t.update({other: default})
+            t.sync()
+            assert t.popitem() == (other, default)
+            t.delete(key)
+            t.sync()  # protected reads do not wait for queued casts
+            assert len(t) == 0 and list(t) == [] and t.to_dict() == {}
+            t.put(key, value)
+            t.clear()
+            t.sync()
+            with pytest.raises(KeyError):
+                t[default]
+            with pytest.raises(KeyError):
+                t.pop(default)
+            with pytest.raises(TypeError):
+                t.put([], value)  # unhashable: refused before queueing
+        t.put(key, value)
+        assert t.close() is True
+        with pytest.raises(fastkv.ClosedError):
+            t.put(key, value)
+        with pytest.raises(fastkv.ClosedError):
+            t.get(key)
+        del t
+    gc.collect()
+    assert [sys.getrefcount(o) for o in objs] == before
+
+
+def test_refcounts_table_cast_errors():
+    class Clash:
+        armed = False
+
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            if Clash.armed:
+                raise ValueError("clash")
+            return self is other
+
+    t = _core.OwnerTable()
+    first, second, value = Clash(), Clash(), Token()
+    t.put(first, 1)
+    t.sync()
+    before = sys.getrefcount(second), sys.getrefcount(value)
+    log = logging.getLogger("fastkv")
+    log.propagate = False
+    log.addHandler(handler := KeepTypes())
+    Clash.armed = True
+    try:
+        for _ in range(20):
+            t.put(second, value)  # fails on the owner: logged, counted
+        t.sync()
+    finally:
+        Clash.armed = False
+        log.removeHandler(handler)
+        log.propagate = True
+    assert t.info()["errors"] == 20
+    assert handler.seen == [("fastkv", ValueError)] * 20
+    assert t.to_dict() == {first: 1}
+    t.close()
+    gc.collect()
+    assert (sys.getrefcount(second), sys.getrefcount(value)) == before
+
+
 # -- many threads --------------------------------------------------------------
 
 
@@ -246,6 +326,38 @@ def test_one_callers_cast_then_call_sees_it_under_contention():
         for t in bg:
             t.join()
     a.close()
+
+
+def test_many_threads_on_an_owner_table_nothing_lost():
+    for access in ("private", "protected"):
+        t = _core.OwnerTable(access=access)
+        nthreads, per = 6, 800
+        errors = []
+
+        def worker(tid):
+            try:
+                for i in range(per):
+                    t.put((tid, i), i)
+                    if i % 4 == 0:
+                        t.call(lambda s: s.update_counter("n"))
+                    if i % 7 == 0:
+                        t.sync()
+                        assert t[(tid, i)] == i  # its own write, read back
+                    t.get((tid, i - 1))
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(nthreads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        t.sync()
+        assert len(t) == nthreads * per + 1
+        assert t["n"] == nthreads * len(range(0, per, 4))
+        assert t.info()["errors"] == 0
+        assert t.close() is True
 
 
 # -- close ---------------------------------------------------------------------
