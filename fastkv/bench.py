@@ -344,6 +344,16 @@ def _build_module(data):
     return _table_store(fastkv.ModuleTable(data))
 
 
+def _build_module_state(data):
+    """The article's read: a call of the generated module's ``state(key)``.
+    A write replaces the module, so the mix reads it from the table each time."""
+    import fastkv
+
+    t = fastkv.ModuleTable(data)
+    return Store(read=t.module.state, write=t.put, close=t.close,
+                 mix_read=lambda key: t.module.state(key), obj=t)
+
+
 def _build_locked(get_cls):
     def build(data):
         return _table_store(get_cls("LockedTable")(data))
@@ -425,6 +435,9 @@ def _strategies() -> List[Strategy]:
         S("module", "ModuleTable", "fastkv",
           "data compiled into a generated module; a write regenerates the module",
           True, _build_module, write_rebuilds=True),
+        S("module-state", "ModuleTable module.state", "fastkv",
+          "the same table read as the article does: state(key) of the generated module",
+          True, _build_module_state, write_rebuilds=True),
         S("locked", "LockedTable", "fastkv",
           "one lock around every operation, compound ones atomic",
           True, _build_locked(_fastkv)),
@@ -1033,6 +1046,7 @@ _COLORS = {
     "dict": "#222222",
     "frozen": "#1f77b4",
     "module": "#17becf",
+    "module-state": "#0e6f7a",
     "locked": "#2ca02c",
     "owner-private": "#d62728",
     "owner-protected": "#ff7f0e",

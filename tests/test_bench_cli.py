@@ -19,7 +19,7 @@ FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2"]
 SIZES = [10, 200]
 
 # Strategies that must be measured wherever fastkv runs: never skipped.
-ALWAYS = {"dict", "frozen", "module", "locked", "owner-private", "owner-protected",
+ALWAYS = {"dict", "frozen", "module", "module-state", "locked", "owner-private", "owner-protected",
           "agent", "dict-lock", "queue-owner"}
 
 
