@@ -23,10 +23,21 @@
 
 #if defined(_WIN32)
 #  include <windows.h>
+#  define FK_YIELD() SwitchToThread()
 #else
 #  include <time.h>
 #  include <sched.h>
+#  define FK_YIELD() sched_yield()
 #endif
+
+/* The CPU the calling thread runs on, -1 if unknown. */
+static inline int fk_cpu(void) {
+#if defined(__linux__) && defined(_GNU_SOURCE)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
 
 /* ---- atomics: GCC/Clang builtins (seq_cst unless said otherwise) ---------- */
 
@@ -74,12 +85,47 @@ static inline int64_t fk_now_ns(void) {
  * spinning would have needed: after a park of d ns, budget = 2d if d < MAX
  * (a spin of that length would have caught it) else halves; after a spin that
  * caught the event at e ns, budget moves up towards 2e. It never exceeds
- * FK_SPIN_MAX_NS, so an idle table costs one bounded spin and then sleeps. */
+ * FK_SPIN_MAX_NS, so an idle table costs one bounded spin and then sleeps.
+ *
+ * A spin is a pause loop for its first FK_SPIN_PURE_NS, then a yield loop: when
+ * the thread we wait for shares our CPU (the scheduler put them together, or
+ * the machine is busy), a pause loop would only delay it until we park, while
+ * sched_yield() lets it run at once. When we know the other thread last ran
+ * on our CPU (each side publishes its CPU: callers when they push, the owner
+ * when it goes back to waiting) the spin starts in the yield phase: pausing
+ * there would only keep the other thread off the CPU.
+ *
+ * fk_spin_step does one step: 1 = the budget is spent, park now; *t gets the
+ * clock when it was read. Start with *i = 0, or FK_SPIN_YIELDING. */
+
+#define FK_SPIN_YIELDING 0x80000000u
+
+static inline unsigned fk_spin_start(int other_cpu) {
+    int me = fk_cpu();
+    return (me >= 0 && me == other_cpu) ? FK_SPIN_YIELDING : 0;
+}
 
 #define FK_SPIN_MIN_NS   1000
 #define FK_SPIN_INIT_NS  20000
 #define FK_SPIN_MAX_NS   50000
 #define FK_SPIN_CHECK    16      /* spin iterations between clock reads */
+#define FK_SPIN_PURE_NS  2000    /* then yield the CPU between checks */
+
+static inline int fk_spin_step(unsigned *i, int64_t t0, int64_t budget, int64_t *t) {
+    unsigned n = ++*i;
+    if ((n & FK_SPIN_YIELDING) == 0) {
+        /* pause phase */
+        FK_RELAX();
+        if (n % FK_SPIN_CHECK) return 0;
+        *t = fk_now_ns();
+        if (*t - t0 > budget) return 1;
+        if (*t - t0 > FK_SPIN_PURE_NS) *i |= FK_SPIN_YIELDING;
+        return 0;
+    }
+    FK_YIELD();
+    *t = fk_now_ns();
+    return *t - t0 > budget;
+}
 
 static inline int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
     int64_t want = 2 * elapsed + FK_SPIN_MIN_NS;
@@ -128,8 +174,10 @@ typedef struct fk_req {
 
 typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
+    int caller_cpu;            /* CPU of the last pusher, relaxed atomic */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
+    int owner_cpu;             /* CPU the owner waits on, relaxed atomic */
     int64_t owner_budget;      /* owner's spin budget (ns), owner-only */
     int64_t caller_budget;     /* callers' spin budget (ns), relaxed atomic */
     PyThread_type_lock wake;   /* the owner parks here; acquired while idle */
@@ -139,6 +187,7 @@ typedef struct fk_queue {
 /* 0 ok, -1 no memory (nothing allocated). Needs the GIL (allocates a lock). */
 static int fk_queue_init(fk_queue *q) {
     memset(q, 0, sizeof(*q));
+    q->caller_cpu = q->owner_cpu = -1;
     q->owner_budget = FK_SPIN_INIT_NS;
     q->caller_budget = FK_SPIN_INIT_NS;
     q->wake = PyThread_allocate_lock();
@@ -169,6 +218,7 @@ static inline int fk_push(fk_queue *q, fk_req *r) {
         if (old & FK_CLOSED_BIT) return -1;
         r->next = (fk_req *)old;
     } while (!FK_CAS(&q->head, &old, (uintptr_t)r));
+    FK_STORE_RELAXED(&q->caller_cpu, fk_cpu());
     if (old == 0) fk_wake_owner(q);   /* empty -> non-empty: the pusher wakes */
     return 0;
 }
@@ -206,17 +256,18 @@ static inline fk_req *fk_grab(fk_queue *q, int *closed) {
 /* The owner waits (without the GIL) until requests are queued or the queue is
  * closed: spin up to the adaptive budget, then park on `wake`. */
 static fk_req *fk_take(fk_queue *q, int *closed) {
-    int64_t t0, t, budget = q->owner_budget;
-    unsigned i = 0;
+    int64_t t0, t = 0, budget = q->owner_budget;
+    unsigned i;
     if (FK_LOAD_RELAXED(&q->head) == 0) {
+        FK_STORE_RELAXED(&q->owner_cpu, fk_cpu());
+        i = fk_spin_start(FK_LOAD_RELAXED(&q->caller_cpu));
         t0 = fk_now_ns();
         for (;;) {
-            FK_RELAX();
             if (FK_LOAD_RELAXED(&q->head) != 0) {
                 q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
                 break;
             }
-            if (++i % FK_SPIN_CHECK == 0 && (t = fk_now_ns()) - t0 > budget) {
+            if (fk_spin_step(&i, t0, budget, &t)) {
                 /* park: announce, re-check, sleep */
                 FK_STORE(&q->parked, 1);
                 if (FK_LOAD(&q->head) != 0) {
@@ -246,18 +297,18 @@ static inline int fk_complete(fk_req *r) {
  * budget, then park on r->lock. 0 = done; 1 = a signal interrupted the park
  * (the state is still FK_PARKED: call fk_wait_again or fk_abandon). */
 static int fk_wait(fk_queue *q, fk_req *r) {
-    int64_t t0, t, budget = FK_LOAD_RELAXED(&q->caller_budget);
-    unsigned i = 0;
+    int64_t t0, t = 0, budget = FK_LOAD_RELAXED(&q->caller_budget);
+    unsigned i;
     int expect;
     if (FK_LOAD_ACQ(&r->state) == FK_DONE) return 0;
+    i = fk_spin_start(FK_LOAD_RELAXED(&q->owner_cpu));
     t0 = fk_now_ns();
     for (;;) {
-        FK_RELAX();
         if (FK_LOAD_ACQ(&r->state) == FK_DONE) {
             FK_STORE_RELAXED(&q->caller_budget, fk_budget_after_spin(budget, fk_now_ns() - t0));
             return 0;
         }
-        if (++i % FK_SPIN_CHECK == 0 && (t = fk_now_ns()) - t0 > budget) break;
+        if (fk_spin_step(&i, t0, budget, &t)) break;
     }
     expect = FK_PENDING;
     if (!FK_CAS(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
