@@ -174,7 +174,7 @@ typedef struct fk_req {
 
 typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
-    int caller_cpu;            /* CPU of the last pusher, relaxed atomic */
+    int caller_cpu;            /* CPU of the last pusher onto an empty queue */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
     int owner_cpu;             /* CPU the owner waits on, relaxed atomic */
@@ -218,8 +218,10 @@ static inline int fk_push(fk_queue *q, fk_req *r) {
         if (old & FK_CLOSED_BIT) return -1;
         r->next = (fk_req *)old;
     } while (!FK_CAS(&q->head, &old, (uintptr_t)r));
-    FK_STORE_RELAXED(&q->caller_cpu, fk_cpu());
-    if (old == 0) fk_wake_owner(q);   /* empty -> non-empty: the pusher wakes */
+    if (old == 0) {                  /* empty -> non-empty: the pusher wakes */
+        FK_STORE_RELAXED(&q->caller_cpu, fk_cpu());
+        fk_wake_owner(q);
+    }
     return 0;
 }
 

@@ -5,80 +5,96 @@
 # ====================================
 #
 # One owner thread per OwnerTable/Agent performs every request in arrival
-# order. A request is a C struct (fk_req): an op code, owned references to its
-# arguments, the key's hash, and for calls a result slot, a state word and a
-# lock to park on. Requests come from a GIL-protected free list.
+# order. A request is a C struct (fk_req, _owner.h): an op code, owned
+# references to up to three arguments, and for a call a result slot, a state
+# word and a lock to park on. Requests come from a free list (GIL-protected).
 #
-# The queue (fk_queue) is a lock-free Treiber stack: callers push with one
-# CAS, without the GIL; the owner takes the whole stack with one CAS and
-# reverses it, so every wake-up drains every queued request in arrival order.
-# Bit 0 of the head is the closed bit: once set, no push succeeds, so what the
-# owner finds in the queue after it sees the bit is all there will ever be.
+# The queue (fk_queue) is a lock-free Treiber stack: a caller pushes with one
+# CAS, with or without the GIL; the owner takes the whole stack with one CAS
+# and reverses it, so every wake-up drains every queued request, in arrival
+# order. Bit 0 of the head is the closed bit: once set, no push succeeds, so
+# what the owner finds in the queue after it sees the bit is all there will
+# ever be -- close() needs no lock and cannot strand a request.
 #
-# Who waits where, what wakes whom:
+# Who holds the GIL when, who waits where, what wakes whom:
 #
-# - The owner waits for requests in fk_take, without the GIL: it spins for an
-#   adaptive budget (at most 50 us), then announces `parked` and sleeps on its
-#   `wake` lock. A caller whose push turned the queue from empty to non-empty
-#   checks `parked` and, if it wins the exchange on it, releases `wake` (one
-#   futex wake-up). Announce-then-recheck on the owner side and
-#   push-then-check on the caller side (both sequentially consistent) mean a
-#   wake-up is never lost; a park the owner cancels after a pusher claimed it
-#   consumes that pusher's release, so `wake` is always re-armed.
-# - A caller making a call (get, call, update, sync...) fills a request with
-#   the GIL, then releases the GIL and, still without it, pushes the request and
-#   waits on it in fk_wait: it spins for an adaptive budget (at most 50 us) on
-#   the request's state, then moves the state PENDING -> PARKED by CAS and
-#   sleeps on the request's lock.
-# - The owner, having taken a batch, takes the GIL, serves every request of
-#   the batch (storing each call's result or exception in its request, freeing
-#   each cast), drops the GIL, and only then completes the calls: an exchange of
-#   the state to DONE, and a lock release if the caller had PARKED. Completing
-#   after dropping the GIL matters: a spinning caller that sees DONE takes a
-#   free GIL at once instead of sleeping on the GIL's condition variable.
+# 1. A caller making a call (get, t[k], call, update, sync...) fills a request
+#    with the GIL (hashing the key first), releases the GIL, and only then
+#    pushes it: the owner, when it sees the request, finds the GIL free.
+# 2. The caller then waits, still without the GIL, in fk_wait: it spins on the
+#    request's state for an adaptive budget (<= 50 us), then moves the state
+#    PENDING -> PARKED by CAS and sleeps on the request's lock.
+# 3. The owner waits for requests in fk_take, without the GIL: it spins on the
+#    queue head for its own adaptive budget (<= 50 us), then announces
+#    `parked` and sleeps on its `wake` lock. The caller whose push turned the
+#    queue from empty to non-empty checks `parked` and, if it wins the
+#    exchange on it, releases `wake` (one futex wake-up). Announce-then-recheck
+#    (owner) against push-then-check (caller), both sequentially consistent,
+#    means no wake-up is lost; an owner that cancels its park after a pusher
+#    claimed it consumes that pusher's release, so `wake` stays armed.
+# 4. The owner takes the batch, takes the GIL, serves every request of the
+#    batch in order (storing each call's result or exception in its request,
+#    applying and freeing each cast), drops the GIL, and only then completes
+#    the calls: exchange the state to DONE, and release the request's lock if
+#    the caller had PARKED. Completing after dropping the GIL is the point: a
+#    spinning caller that sees DONE takes a free GIL instead of sleeping on the
+#    GIL's condition variable until the owner lets go of it.
+# 5. The caller takes the GIL back, takes the result (or raises the
+#    exception) and recycles the request.
 #
-# So in a busy round trip nobody sleeps: the caller pushes and spins without
-# the GIL, the owner (spinning without the GIL) sees the request, takes the
-# free GIL, serves, drops it, marks the request done; the caller takes the free
-# GIL. The GIL changes hands twice and no futex is touched. An idle owner
-# spins once (bounded), then sleeps: an idle table costs no CPU. The budgets
-# adapt (_owner.h): a wait that a spin would have caught grows the spin, a long
-# sleep halves it.
+# So a busy round trip touches no futex: the GIL changes hands twice, each time
+# to a thread that is spinning for it to be free. A spin is pause-based while
+# the other side runs on another CPU; when it last ran on our CPU (each side
+# publishes sched_getcpu()), or after 2 us, the spin yields the CPU instead, so
+# two threads sharing one CPU hand over at once instead of burning a time slice
+# each. An idle owner spins once (bounded) and sleeps, so an idle table costs
+# no CPU; the budgets adapt (_owner.h): a wait a spin would have caught grows
+# the spin, a long sleep halves it.
 #
-# Casts are pushed with the GIL held (releasing it per cast would cost more
-# than the cast), so a burst of casts is taken by the owner in one batch once
-# the caster lets go of the GIL (sync(), a call, or the switch interval).
+# Casts (put, delete, Agent.cast...) are pushed with the GIL held (releasing it
+# per cast would cost more than the cast) and nobody waits for them: a burst of
+# casts is taken by the owner in one batch once the caster lets go of the GIL
+# (sync(), a call, or the interpreter's switch interval).
 #
 # References: a request owns references to its arguments from the moment it is
 # filled until the owner has served it (the owner drops them, with the GIL);
-# a call's result/exception is owned by the request until the caller takes it.
-# Unhashable keys fail at the call site: the caller hashes before queueing.
+# a call's result or exception is owned by the request until the caller takes
+# it; a cast's request is freed by the owner once applied. Queue counters
+# (info()["queue"]) are plain integers under the GIL: a call is counted before
+# its GIL-free push, uncounted if the push fails.
 #
 # Faults and lifecycle:
 #
 # - An exception in a call is stored in the request and raised in the caller;
 #   in a cast it is logged on the `fastkv` logger and counted; the owner goes on.
 # - A call made on the owner thread itself (inside call(fn), a cast's fn, a
-#   key's __eq__...) is served inline, never queued: no self-deadlock. Casts
-#   and sync made there are applied inline too, so they keep program order.
-# - close(timeout) sets the closed bit (callers racing with it get
-#   ClosedError from the failed push, nothing is lost), wakes the owner, which
-#   serves everything already queued and exits; close joins the thread.
-#   Dropping the last reference to a table/agent closes it without waiting (the
-#   owner thread holds only the engine object, never the table/agent).
-# - A signal while a caller is parked: the signal handler runs; if it raises,
-#   the caller abandons the request (state PARKED -> ABANDONED by CAS) and the
+#   key's __eq__...) is served inline, never queued: no self-deadlock; sync()
+#   there is a no-op. A cast made there is queued behind the running request
+#   (FIFO, as GenServer.cast to self).
+# - close(timeout) sets the closed bit (callers racing with it get ClosedError
+#   from the failed push, nothing is lost), wakes the owner, which serves
+#   everything already queued and exits; close joins the thread up to timeout.
+#   Callers already waiting get their answers. Dropping the last reference to
+#   a table/agent closes it without waiting (the owner thread holds only the
+#   engine object, never the table or agent).
+# - A signal while a caller is parked: the handlers run; if one raises, the
+#   caller abandons the request (state PARKED -> ABANDONED by CAS) and the
 #   owner frees it when served.
-# - fork(): an at-fork hook marks every engine of the child closed (ClosedError
-#   on every method). The child never touches the queue, the locks or the free
-#   requests of the engine (their state is whatever the parent's threads left),
-#   and leaks them instead of freeing.
-# - Interpreter exit: the owner threads are daemon threads, and an atexit hook
-#   (registered after `logging`'s, so it runs before logging shuts down)
-#   closes every open engine, which applies every queued cast, and waits.
+# - If the owner loop ever died of an unexpected error, it closes the queue and
+#   fails every request still in it with ClosedError: nobody waits forever.
+# - fork(): an at-fork hook marks every engine closed in the child (ClosedError
+#   on every method; close() returns True). The child never touches an
+#   engine's queue, locks or requests (a parent thread may have left a lock
+#   taken or a push half done) and leaks them instead of freeing. A fork made
+#   inside a request on the owner thread stops the child's copy of the loop.
+# - Interpreter exit: the owner threads are daemon threads. An atexit hook
+#   (registered after logging's, so it runs before logging shuts down) closes
+#   every running engine -- open ones and closed ones still draining --, which
+#   applies every queued cast, and waits for each while it makes progress (it
+#   gives up on one that served nothing for 5 s, rather than hang).
 #
-# Not free-threading safe: the free list, the counters and the closed/status
-# flags rely on the GIL (the queue and the hand-off do not).
+# Not free-threading safe: the free list, the counters and the status flag
+# rely on the GIL (the queue and the hand-off do not).
 
 cimport cython
 from libc.stdint cimport int64_t, uintptr_t
