@@ -7,9 +7,15 @@
 - ``HashKey`` and ``crashing``: keys with a chosen hash whose ``__hash__`` or
   ``__eq__`` raise on demand (after immutables' ``HashKeyCrasher``).
 - ``assert_same``: compare a table against a dict oracle, order included.
+- ``run_python``: run a script in a fresh interpreter that imports the same
+  fastkv as the test process (fork and interpreter-exit tests).
 """
 
 import contextlib
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import fastkv
@@ -204,3 +210,23 @@ def assert_same(table, oracle):
         assert _same(v, ev), (k, v, ev)
     assert list(table) == list(oracle)
     assert table.to_dict() == oracle
+
+
+# The directory holding the fastkv package the tests import (site-packages when
+# installed). Scripts run there: `python -c` puts the cwd first on sys.path, and
+# a clean clone's source tree has no built _core.
+FASTKV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastkv.__file__)))
+
+
+def run_python(code, timeout=60, flags=()):
+    """Run ``code`` (dedented) in a fresh interpreter importing the tested
+    fastkv; returns the CompletedProcess. A hang fails the test by timeout."""
+    env = dict(os.environ, PYTHONPATH=FASTKV_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=FASTKV_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -5,15 +5,13 @@ Every test runs on the compiled and the reference implementation (``impl``).
 
 import logging
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import weakref
 
 import pytest
 
-import fastkv
+from _support import run_python
 
 SUBPROCESS_TIMEOUT = 60
 
@@ -21,23 +19,13 @@ SUBPROCESS_TIMEOUT = 60
 def run_script(impl, body):
     """Run ``body`` in a fresh interpreter with ``m`` bound to ``impl``;
     functions appended to ``AT_EXIT`` run after fastkv's atexit hook."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastkv.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     script = (
         "import atexit, importlib\n"
         "AT_EXIT = []\n"
         "atexit.register(lambda: [fn() for fn in AT_EXIT])\n"
         f"m = importlib.import_module({impl.__name__!r})\n"
     ) + textwrap.dedent(body)
-    return subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script],
-        env=env,
-        cwd=root,  # never the source tree: `-c` puts the cwd first on sys.path
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    return run_python(script, timeout=SUBPROCESS_TIMEOUT, flags=("-W", "ignore"))
 
 
 def block(agent):

@@ -7,15 +7,13 @@ reference implementation (``impl``).
 
 import logging
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import weakref
 
 import pytest
 
-import fastkv
+from _support import run_python
 
 SUBPROCESS_TIMEOUT = 60
 
@@ -25,23 +23,13 @@ def run_script(impl, body):
     returns the CompletedProcess (never hangs: a timeout fails the test).
     Functions appended to ``AT_EXIT`` run at exit after fastkv's own atexit
     hook (they are registered before fastkv is imported; atexit is LIFO)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastkv.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     script = (
         "import atexit, importlib\n"
         "AT_EXIT = []\n"
         "atexit.register(lambda: [fn() for fn in AT_EXIT])\n"
         f"m = importlib.import_module({impl.__name__!r})\n"
     ) + textwrap.dedent(body)
-    return subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script],
-        env=env,
-        cwd=root,  # never the source tree: `-c` puts the cwd first on sys.path
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
+    return run_python(script, timeout=SUBPROCESS_TIMEOUT, flags=("-W", "ignore"))
 
 
 class Blocker:

@@ -12,20 +12,18 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 import fastkv
+from _support import run_python
 from fastkv import _core
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(fastkv.__file__)))
 
 
 @pytest.fixture(params=["Agent", "OwnerTable"])
@@ -548,11 +546,7 @@ def test_idle_owners_cost_no_cpu():
 
 
 def run_script(code, timeout=60):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    return run_python(code, timeout=timeout)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
