@@ -49,8 +49,11 @@ Timing method (timeit-style, nothing clever):
   rebuild are not timed on writes when one build exceeds the per-figure budget.
 - The garbage collector stays enabled (as in a real program); ``gc.collect()``
   runs before each figure.
-- ops/s = operations / best run time. Each scenario's table gives, per size,
-  ops/s and how many times slower than the fastest strategy at that size.
+- ops/s = operations / best run time (the JSON also keeps the median run's
+  ops/s: owner-thread round trips are bimodal on a busy machine, fast when the
+  two threads' handoff finds a free core, several times slower when not).
+  Each scenario's table gives, per size, ops/s and how many times slower than
+  the fastest strategy at that size.
 
 Absolute figures depend on the machine and on what else runs on it; only the
 ratios inside one run mean something.
@@ -71,6 +74,7 @@ import platform
 import queue
 import random
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -590,7 +594,7 @@ def _run_threads(read, per_thread_chunks):
 
 def _measure(run, min_time, repeat, budget, min_n=1):
     """Calibrate then time ``run(n)`` (seconds for n units): returns
-    (n, best_seconds, runs). n grows x10 from ``min_n`` until a run lasts
+    (n, [seconds of each timed run]). n grows x10 from ``min_n`` until a run lasts
     min_time/10, is then scaled to last min_time; the best of ``repeat`` runs
     is kept, fewer when the budget is spent (a run longer than the budget is
     timed once)."""
@@ -611,7 +615,7 @@ def _measure(run, min_time, repeat, budget, min_n=1):
         t = run(n)
         spent += t
         samples.append(t)
-    return n, min(samples), len(samples)
+    return n, samples
 
 
 @dataclass
@@ -833,10 +837,13 @@ def run(
                         if scn in ("write", "mix") and store.settle is not _nothing:
                             # one sync() round trip ends the run: amortize it
                             min_n = SETTLED_MIN_OPS // unit_ops
-                        n, best, runs = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"], min_n)
+                        n, samples = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"], min_n)
                         ops = n * unit_ops
-                        record(scn, size, s, status="ok", ops=ops, best_seconds=best, runs=runs,
-                               ops_per_sec=ops / best if best > 0 else float("inf"))
+                        best = min(samples)
+                        median = statistics.median(samples)
+                        record(scn, size, s, status="ok", ops=ops, best_seconds=best, runs=len(samples),
+                               ops_per_sec=ops / best if best > 0 else float("inf"),
+                               median_ops_per_sec=ops / median if median > 0 else float("inf"))
                     except Exception as exc:  # shown in the output, exit status 1
                         record(scn, size, s, status="error", reason=f"{type(exc).__name__}: {exc}")
                     prog.done += 1

@@ -88,6 +88,7 @@ def test_json_is_complete(quick_run):
         else:
             assert r["ops"] > 0 and r["best_seconds"] > 0 and r["runs"] >= 1
             assert r["ops_per_sec"] == pytest.approx(r["ops"] / r["best_seconds"])
+            assert 0 < r["median_ops_per_sec"] <= r["ops_per_sec"]
             assert r["slower_than_fastest"] >= 1.0
             assert r["vs_dict"] > 0
     for scn in bench.SCENARIOS:
