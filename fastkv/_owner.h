@@ -18,6 +18,12 @@
 
 #include <Python.h>
 #include <pythread.h>
+
+#if defined(_MSC_VER)
+#  define FK_INLINE __inline
+#else
+#  define FK_INLINE inline
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -31,26 +37,81 @@
 #endif
 
 /* The CPU the calling thread runs on, -1 if unknown. */
-static inline int fk_cpu(void) {
+static FK_INLINE int fk_cpu(void) {
 #if defined(__linux__) && defined(_GNU_SOURCE)
     return sched_getcpu();
+#elif defined(_WIN32)
+    return (int)GetCurrentProcessorNumber();
 #else
     return -1;
 #endif
 }
 
-/* ---- atomics: GCC/Clang builtins (seq_cst unless said otherwise) ---------- */
+/* ---- atomics ----------------------------------------------------------------
+ * Typed helpers, sequentially consistent unless named _relaxed/_acquire:
+ * GCC/Clang __atomic builtins, or MSVC Interlocked intrinsics (full barriers;
+ * plain volatile accesses for the relaxed ones, atomic for aligned words on
+ * x86/x64/ARM64). The MSVC branch is not exercised by the test suite. */
 
-#if defined(__GNUC__) || defined(__clang__)
-#  define FK_LOAD(p)            __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#  define FK_LOAD_ACQ(p)        __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#  define FK_LOAD_RELAXED(p)    __atomic_load_n((p), __ATOMIC_RELAXED)
-#  define FK_STORE(p, v)        __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#  define FK_STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-#  define FK_XCHG(p, v)         __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
-#  define FK_CAS(p, expp, v)    __atomic_compare_exchange_n((p), (expp), (v), 0, \
-                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
-#  define FK_ADD(p, v)          __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+#if defined(_MSC_VER) && !defined(__clang__)
+#  include <intrin.h>
+static __forceinline uintptr_t fk_ptr_load(uintptr_t *p) {
+    return (uintptr_t)InterlockedCompareExchangePointer((PVOID volatile *)p, NULL, NULL);
+}
+static __forceinline uintptr_t fk_ptr_load_relaxed(uintptr_t *p) {
+    return *(volatile uintptr_t *)p;
+}
+static __forceinline int fk_ptr_cas(uintptr_t *p, uintptr_t *expected, uintptr_t desired) {
+    PVOID old = InterlockedCompareExchangePointer((PVOID volatile *)p, (PVOID)desired,
+                                                  (PVOID)*expected);
+    if ((uintptr_t)old == *expected) return 1;
+    *expected = (uintptr_t)old;
+    return 0;
+}
+static __forceinline int fk_int_load(int *p) {
+    return (int)InterlockedCompareExchange((volatile LONG *)p, 0, 0);
+}
+static __forceinline int fk_int_load_acquire(int *p) { return fk_int_load(p); }
+static __forceinline int fk_int_load_relaxed(int *p) { return *(volatile int *)p; }
+static __forceinline void fk_int_store(int *p, int v) {
+    InterlockedExchange((volatile LONG *)p, (LONG)v);
+}
+static __forceinline void fk_int_store_relaxed(int *p, int v) { *(volatile int *)p = v; }
+static __forceinline int fk_int_xchg(int *p, int v) {
+    return (int)InterlockedExchange((volatile LONG *)p, (LONG)v);
+}
+static __forceinline int fk_int_cas(int *p, int *expected, int desired) {
+    LONG old = InterlockedCompareExchange((volatile LONG *)p, (LONG)desired, (LONG)*expected);
+    if ((int)old == *expected) return 1;
+    *expected = (int)old;
+    return 0;
+}
+static __forceinline int64_t fk_i64_load_relaxed(int64_t *p) { return *(volatile int64_t *)p; }
+static __forceinline void fk_i64_store_relaxed(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
+#  define FK_RELAX() YieldProcessor()
+#elif defined(__GNUC__) || defined(__clang__)
+static FK_INLINE uintptr_t fk_ptr_load(uintptr_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static FK_INLINE uintptr_t fk_ptr_load_relaxed(uintptr_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static FK_INLINE int fk_ptr_cas(uintptr_t *p, uintptr_t *expected, uintptr_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+static FK_INLINE int fk_int_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static FK_INLINE int fk_int_load_acquire(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static FK_INLINE int fk_int_load_relaxed(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static FK_INLINE void fk_int_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static FK_INLINE void fk_int_store_relaxed(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static FK_INLINE int fk_int_xchg(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+static FK_INLINE int fk_int_cas(int *p, int *expected, int desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+static FK_INLINE int64_t fk_i64_load_relaxed(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static FK_INLINE void fk_i64_store_relaxed(int64_t *p, int64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 #  if defined(__x86_64__) || defined(__i386__)
 #    define FK_RELAX()          __builtin_ia32_pause()
 #  elif defined(__aarch64__) || defined(__arm__)
@@ -58,15 +119,13 @@ static inline int fk_cpu(void) {
 #  else
 #    define FK_RELAX()          __asm__ __volatile__("" ::: "memory")
 #  endif
-#elif defined(_MSC_VER)
-#  error "fastkv's owner engine is written for GCC/Clang atomics (an MSVC port is not done)"
 #else
-#  error "fastkv's owner engine needs GCC/Clang atomic builtins"
+#  error "fastkv's owner engine needs GCC/Clang atomic builtins or MSVC intrinsics"
 #endif
 
 /* ---- clock ---------------------------------------------------------------- */
 
-static inline int64_t fk_now_ns(void) {
+static FK_INLINE int64_t fk_now_ns(void) {
 #if defined(_WIN32)
     static LARGE_INTEGER freq;
     LARGE_INTEGER c;
@@ -100,7 +159,7 @@ static inline int64_t fk_now_ns(void) {
 
 #define FK_SPIN_YIELDING 0x80000000u
 
-static inline unsigned fk_spin_start(int other_cpu) {
+static FK_INLINE unsigned fk_spin_start(int other_cpu) {
     int me = fk_cpu();
     return (me >= 0 && me == other_cpu) ? FK_SPIN_YIELDING : 0;
 }
@@ -111,7 +170,7 @@ static inline unsigned fk_spin_start(int other_cpu) {
 #define FK_SPIN_CHECK    16      /* spin iterations between clock reads */
 #define FK_SPIN_PURE_NS  2000    /* then yield the CPU between checks */
 
-static inline int fk_spin_step(unsigned *i, int64_t t0, int64_t budget, int64_t *t) {
+static FK_INLINE int fk_spin_step(unsigned *i, int64_t t0, int64_t budget, int64_t *t) {
     unsigned n = ++*i;
     if ((n & FK_SPIN_YIELDING) == 0) {
         /* pause phase */
@@ -127,14 +186,14 @@ static inline int fk_spin_step(unsigned *i, int64_t t0, int64_t budget, int64_t 
     return *t - t0 > budget;
 }
 
-static inline int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
+static FK_INLINE int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
     int64_t want = 2 * elapsed + FK_SPIN_MIN_NS;
     if (want > budget) budget = budget + (want - budget) / 2;
     if (budget > FK_SPIN_MAX_NS) budget = FK_SPIN_MAX_NS;
     return budget;
 }
 
-static inline int64_t fk_budget_after_park(int64_t budget, int64_t parked) {
+static FK_INLINE int64_t fk_budget_after_park(int64_t budget, int64_t parked) {
     if (parked < FK_SPIN_MAX_NS / 2) budget = 2 * parked + FK_SPIN_MIN_NS;
     else budget /= 2;
     if (budget < FK_SPIN_MIN_NS) budget = FK_SPIN_MIN_NS;
@@ -206,20 +265,20 @@ static void fk_queue_free(fk_queue *q) {
 
 /* Wake the owner if it is parked (or about to park). Called after a push or a
  * close made the queue non-empty/closed. Exactly one waker releases `wake`. */
-static inline void fk_wake_owner(fk_queue *q) {
-    if (FK_LOAD(&q->parked) && FK_XCHG(&q->parked, 0) == 1)
+static FK_INLINE void fk_wake_owner(fk_queue *q) {
+    if (fk_int_load(&q->parked) && fk_int_xchg(&q->parked, 0) == 1)
         PyThread_release_lock(q->wake);
 }
 
 /* 0 = queued, -1 = closed. No GIL needed. */
-static inline int fk_push(fk_queue *q, fk_req *r) {
-    uintptr_t old = FK_LOAD_RELAXED(&q->head);
+static FK_INLINE int fk_push(fk_queue *q, fk_req *r) {
+    uintptr_t old = fk_ptr_load_relaxed(&q->head);
     do {
         if (old & FK_CLOSED_BIT) return -1;
         r->next = (fk_req *)old;
-    } while (!FK_CAS(&q->head, &old, (uintptr_t)r));
+    } while (!fk_ptr_cas(&q->head, &old, (uintptr_t)r));
     if (old == 0) {                  /* empty -> non-empty: the pusher wakes */
-        FK_STORE_RELAXED(&q->caller_cpu, fk_cpu());
+        fk_int_store_relaxed(&q->caller_cpu, fk_cpu());
         fk_wake_owner(q);
     }
     return 0;
@@ -227,25 +286,25 @@ static inline int fk_push(fk_queue *q, fk_req *r) {
 
 /* Close the queue: no push succeeds afterwards; the owner drains what is in it
  * and then sees the bit. Returns 1 if this call closed it, 0 if already closed. */
-static inline int fk_close(fk_queue *q) {
-    uintptr_t old = FK_LOAD(&q->head);
+static FK_INLINE int fk_close(fk_queue *q) {
+    uintptr_t old = fk_ptr_load(&q->head);
     do {
         if (old & FK_CLOSED_BIT) return 0;
-    } while (!FK_CAS(&q->head, &old, old | FK_CLOSED_BIT));
+    } while (!fk_ptr_cas(&q->head, &old, old | FK_CLOSED_BIT));
     fk_wake_owner(q);
     return 1;
 }
 
-static inline int fk_is_closed(fk_queue *q) {
-    return (FK_LOAD_RELAXED(&q->head) & FK_CLOSED_BIT) != 0;
+static FK_INLINE int fk_is_closed(fk_queue *q) {
+    return (fk_ptr_load_relaxed(&q->head) & FK_CLOSED_BIT) != 0;
 }
 
 /* Take every queued request (arrival order); *closed = 1 once the queue is
  * closed, in which case nothing more will ever be queued. */
-static inline fk_req *fk_grab(fk_queue *q, int *closed) {
-    uintptr_t old = FK_LOAD(&q->head);
+static FK_INLINE fk_req *fk_grab(fk_queue *q, int *closed) {
+    uintptr_t old = fk_ptr_load(&q->head);
     fk_req *r, *fifo = NULL, *nxt;
-    while (!FK_CAS(&q->head, &old, old & FK_CLOSED_BIT)) {}
+    while (!fk_ptr_cas(&q->head, &old, old & FK_CLOSED_BIT)) {}
     *closed = (old & FK_CLOSED_BIT) != 0;
     for (r = (fk_req *)(old & ~FK_CLOSED_BIT); r != NULL; r = nxt) {
         nxt = r->next;
@@ -260,20 +319,20 @@ static inline fk_req *fk_grab(fk_queue *q, int *closed) {
 static fk_req *fk_take(fk_queue *q, int *closed) {
     int64_t t0, t = 0, budget = q->owner_budget;
     unsigned i;
-    if (FK_LOAD_RELAXED(&q->head) == 0) {
-        FK_STORE_RELAXED(&q->owner_cpu, fk_cpu());
-        i = fk_spin_start(FK_LOAD_RELAXED(&q->caller_cpu));
+    if (fk_ptr_load_relaxed(&q->head) == 0) {
+        fk_int_store_relaxed(&q->owner_cpu, fk_cpu());
+        i = fk_spin_start(fk_int_load_relaxed(&q->caller_cpu));
         t0 = fk_now_ns();
         for (;;) {
-            if (FK_LOAD_RELAXED(&q->head) != 0) {
+            if (fk_ptr_load_relaxed(&q->head) != 0) {
                 q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
                 break;
             }
             if (fk_spin_step(&i, t0, budget, &t)) {
                 /* park: announce, re-check, sleep */
-                FK_STORE(&q->parked, 1);
-                if (FK_LOAD(&q->head) != 0) {
-                    if (FK_XCHG(&q->parked, 0) == 0)     /* a pusher is waking us: */
+                fk_int_store(&q->parked, 1);
+                if (fk_ptr_load(&q->head) != 0) {
+                    if (fk_int_xchg(&q->parked, 0) == 0)     /* a pusher is waking us: */
                         PyThread_acquire_lock(q->wake, WAIT_LOCK);   /* consume it */
                 } else {
                     PyThread_acquire_lock(q->wake, WAIT_LOCK);
@@ -289,8 +348,8 @@ static fk_req *fk_take(fk_queue *q, int *closed) {
 /* The owner hands the result to the caller (after it stored r->result and let
  * go of the GIL). 0 = completed (never touch r again), 1 = abandoned by the
  * caller: the owner frees it (with the GIL). */
-static inline int fk_complete(fk_req *r) {
-    int old = FK_XCHG(&r->state, FK_DONE);
+static FK_INLINE int fk_complete(fk_req *r) {
+    int old = fk_int_xchg(&r->state, FK_DONE);
     if (old == FK_PARKED) PyThread_release_lock(r->lock);
     return old == FK_ABANDONED;
 }
@@ -299,23 +358,23 @@ static inline int fk_complete(fk_req *r) {
  * budget, then park on r->lock. 0 = done; 1 = a signal interrupted the park
  * (the state is still FK_PARKED: call fk_wait_again or fk_abandon). */
 static int fk_wait(fk_queue *q, fk_req *r) {
-    int64_t t0, t = 0, budget = FK_LOAD_RELAXED(&q->caller_budget);
+    int64_t t0, t = 0, budget = fk_i64_load_relaxed(&q->caller_budget);
     unsigned i;
     int expect;
-    if (FK_LOAD_ACQ(&r->state) == FK_DONE) return 0;
-    i = fk_spin_start(FK_LOAD_RELAXED(&q->owner_cpu));
+    if (fk_int_load_acquire(&r->state) == FK_DONE) return 0;
+    i = fk_spin_start(fk_int_load_relaxed(&q->owner_cpu));
     t0 = fk_now_ns();
     for (;;) {
-        if (FK_LOAD_ACQ(&r->state) == FK_DONE) {
-            FK_STORE_RELAXED(&q->caller_budget, fk_budget_after_spin(budget, fk_now_ns() - t0));
+        if (fk_int_load_acquire(&r->state) == FK_DONE) {
+            fk_i64_store_relaxed(&q->caller_budget, fk_budget_after_spin(budget, fk_now_ns() - t0));
             return 0;
         }
         if (fk_spin_step(&i, t0, budget, &t)) break;
     }
     expect = FK_PENDING;
-    if (!FK_CAS(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
+    if (!fk_int_cas(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
     if (PyThread_acquire_lock_timed(r->lock, -1, 1) == PY_LOCK_INTR) return 1;
-    FK_STORE_RELAXED(&q->caller_budget, fk_budget_after_park(budget, fk_now_ns() - t));
+    fk_i64_store_relaxed(&q->caller_budget, fk_budget_after_park(budget, fk_now_ns() - t));
     return 0;
 }
 
@@ -330,7 +389,7 @@ static int fk_wait_again(fk_req *r) {
  * release was consumed here; the result is the caller's to drop). */
 static int fk_abandon(fk_req *r) {
     int expect = FK_PARKED;
-    if (FK_CAS(&r->state, &expect, FK_ABANDONED)) return 1;
+    if (fk_int_cas(&r->state, &expect, FK_ABANDONED)) return 1;
     PyThread_acquire_lock(r->lock, WAIT_LOCK);   /* the owner released it, or will */
     return 0;
 }
