@@ -474,6 +474,33 @@ def test_requests_from_the_owner_thread_are_served_inline():
     a.close()
 
 
+@pytest.mark.parametrize("access", ["private", "protected"])
+def test_request_from_inside_a_storage_operation_never_deadlocks(impl, access):
+    # a key's __eq__ runs while its thread holds the storage lock: a protected
+    # read's thread (a call would wait for an owner that waits for that lock)
+    # or the owner itself (served inline, the storage refuses to re-enter)
+    t = impl.OwnerTable(access=access)
+    armed = []
+
+    class Key:
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            if armed:
+                t.call(len)
+            return self is other
+
+    t.put(Key(), 1)
+    t.sync()
+    armed.append(True)
+    with pytest.raises(RuntimeError):
+        t.get(Key())
+    armed.clear()
+    assert len(t) == 1 and t.info()["errors"] == 0
+    assert t.close() is True
+
+
 # -- signals while parked ------------------------------------------------------
 
 
