@@ -205,3 +205,14 @@ def test_records_are_shaped_like_the_articles():
     rec = data["key:1999"]
     assert len(rec) == 12 and all(isinstance(v, str) for v in rec.values())
     assert len({id(v) for v in data.values()}) == bench.RECORD_POOL
+
+
+def test_module_table_is_never_built_past_its_cap(tmp_path):
+    out = tmp_path / "b.json"
+    size = bench.STRATEGIES["module"].max_size + 1
+    rc = bench.main(["--sizes", str(size), "--scenarios", "read", "--strategies", "module,module-state",
+                     *FAST, "--json", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    for r in report["results"]:
+        assert r["status"] == "skipped" and "not built past" in r["reason"]
