@@ -173,6 +173,9 @@ ctypedef struct Table:
     Py_ssize_t used      # live entries
     Py_ssize_t nentries  # entries [0, nentries) written (live or deleted)
     Py_ssize_t capacity  # entry slots allocated
+    Py_ssize_t usable    # appends left before a rebuild (dict's dk_usable):
+                         # trimming trailing holes lowers nentries but gives
+                         # back no budget, their index slots stay dummies
     size_t mask          # 2**log2 - 1
     int log2             # log2 of the number of index slots (>= 3)
     int ixshift          # log2 of the index width in bytes (0..3)
@@ -265,6 +268,7 @@ cdef inline void _set_empty(Table* t, int unicode) noexcept nogil:
     t.used = 0
     t.nentries = 0
     t.capacity = 0
+    t.usable = 0
     t.log2 = MIN_LOG2
     t.mask = (1 << MIN_LOG2) - 1
     t.ixshift = 0
@@ -298,6 +302,7 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
     t.used = 0
     t.nentries = 0
     t.capacity = capacity
+    t.usable = capacity
     t.log2 = log2
     t.mask = (<size_t>1 << log2) - 1
     t.ixshift = ixshift
@@ -572,6 +577,7 @@ cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
                 dst.hash = _entry_hash(t, src)
             k += 1
     n.nentries = n.used = k
+    n.usable = n.capacity - k
     _build_index(&n)
     _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
@@ -597,6 +603,7 @@ cdef int table_trim(Table* t) except -1:
         raise MemoryError()
     t._entries = entries
     t.capacity = t.used
+    t.usable = 0
     return 0
 
 
@@ -612,8 +619,8 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     cdef Py_ssize_t j
     cdef Entry* ep
     if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
-        _rebuild(t, t.capacity if t.nentries < t.capacity else _grow_capacity(t.used), False)
-    elif t.nentries >= t.capacity:
+        _rebuild(t, t.capacity if t.used < t.capacity else _grow_capacity(t.used), False)
+    elif t.usable <= 0:
         _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
     _ix_set(t, _free_slot(t, hash), j)
@@ -625,6 +632,7 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     _incref(key)
     _incref(value)
     t.nentries = j + 1
+    t.usable -= 1
     t.used += 1
     t.version += 1
     return 0
@@ -642,6 +650,7 @@ cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyOb
     _incref(key)
     _incref(value)
     t.nentries += 1
+    t.usable -= 1
     t.used += 1
 
 
@@ -718,8 +727,10 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
     if capacity == 0:
         return 0
     _alloc(dst, capacity)
-    if skip < 0 and src.nentries == src.used and dst.log2 == src.log2:
-        # Same index, no holes: two memcpy and the INCREFs (dict.copy's way).
+    if (skip < 0 and src.nentries == src.used and dst.log2 == src.log2
+            and src.capacity - src.usable == src.nentries):
+        # Same index, no holes, no dummies (every append since the index was
+        # built is still there): two memcpy and the INCREFs (dict.copy's way).
         memcpy(dst.indices, src.indices, _index_bytes(src))
         memcpy(dst._entries, src._entries, <size_t>src.used * <size_t>src.stride)
         k = src.used
@@ -728,6 +739,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
             _incref(ep.key)
             _incref(ep.value)
         dst.nentries = dst.used = k
+        dst.usable = dst.capacity - k
         return 0
     for j in range(src.nentries):
         ep = table_entry(src, j)
@@ -738,6 +750,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
         _incref(ep.value)
         k += 1
     dst.nentries = dst.used = k
+    dst.usable = dst.capacity - k
     _build_index(dst)
     return 0
 
@@ -883,7 +896,7 @@ cdef class _EngineTable:
 
     def check(self):
         """Verify the invariants; AssertionError-free means consistent."""
-        cdef Py_ssize_t j, live = 0, ix
+        cdef Py_ssize_t j, live = 0, ix, filled = 0
         cdef size_t i
         cdef Entry* ep
         if self.tab.capacity > _usable(self.tab.log2):
@@ -909,5 +922,11 @@ cdef class _EngineTable:
                 raise AssertionError("bad index slot")
             if ix >= 0 and table_entry(&self.tab, ix).key == NULL:
                 raise AssertionError("index points at a hole")
+            if ix != IX_EMPTY:
+                filled += 1
+        if self.tab.usable < 0 or self.tab.usable > self.tab.capacity - self.tab.nentries:
+            raise AssertionError("usable out of range")
+        if filled + self.tab.usable > _usable(self.tab.log2):
+            raise AssertionError("appends left could fill the index past 2/3")
         return True
 
