@@ -1,1 +1,1031 @@
-# fastkv/_locked.pxi: included by _core.pyx (not yet written)
+# fastkv/_locked.pxi: the compiled LockedTable (included by _core.pyx).
+#
+# Design
+# ======
+#
+# A LockedTable is one engine ``Table`` (held inline in the object, no
+# indirection) behind one lock, ``_lk`` (``_locked.h``). Every operation takes
+# the lock, reads or changes the table, and releases it; nothing trusts the GIL
+# to make an operation atomic, so the scheme is the same on a free-threaded
+# build, where two threads really do run the C code at once.
+#
+# The lock. One word, ``holder``: 0 when free, else the id of the holding
+# thread. Acquire is one compare-and-swap 0 -> id (its uncontended cost is
+# about 2 ns; the id is the thread pointer, read without a call). Release is a
+# store-release of 0 plus a load of the waiter count -- no second atomic
+# read-modify-write, which would cost as much as the lookup itself. A thread
+# that finds the lock held:
+#
+# - raises RuntimeError if the holder is itself: a key's ``__eq__``/``__hash__``
+#   or a destructor touching the table while this thread holds its lock
+#   (waiting would deadlock on ourselves);
+# - otherwise releases the GIL (``with nogil``) and waits in C: spin, yield,
+#   then park on a shared condition variable until the lock has been seen free;
+#   then it takes the GIL back and retries the compare-and-swap. The holder may
+#   be running Python under the lock (a key's ``__eq__`` can even sleep or
+#   release the GIL), so it must be able to get the GIL while we wait: we never
+#   hold the GIL while waiting for the lock, and never hold the lock while
+#   waiting for the GIL.
+#
+# What runs under the lock. For exact ``str``/``int`` keys the hash is read
+# or computed in C and ``table_lookup_fast`` decides equality in C, so the
+# common path is: hash -> lock -> C lookup -> INCREF the value -> unlock. Any
+# other key is hashed *before* the lock (``__hash__`` never runs under it);
+# its ``__eq__`` runs under the lock (``table_lookup``), where the recorded
+# holder turns re-entrant use into RuntimeError. Nothing is ever DECREF'd
+# under the lock: a replaced or removed value (and a removed key) is released
+# after the unlock, so destructors run outside it; ``clear`` swaps the whole
+# table out in O(1) and drops the old one after the unlock. No object that the
+# cyclic GC tracks is allocated under the lock (results, snapshots and flights
+# are allocated before it), so a collection -- which runs finalizers -- cannot
+# start inside it, except through a MemoryError raised under it, and then the
+# recorded holder still turns re-entry into RuntimeError, not a deadlock.
+#
+# Iteration, views, ``to_dict``, ``==``, ``repr`` and ``select`` first take an
+# atomic snapshot: the table is copied into a private ``_Snapshot`` (the
+# FrozenTable's immutable engine table) under the lock -- INCREFs and memcpy,
+# no Python -- and everything else (building a dict, calling the predicate,
+# repr of values) runs on that copy without the lock. ``snapshot()`` publishes
+# such a copy as a FrozenTable.
+#
+# fetch (single flight). A second engine table, ``_flights``, maps a key being
+# loaded to its ``_Flight``. The first caller to miss a key registers a flight
+# (under the lock) and runs ``loader(key)`` without the lock; callers that miss
+# the same key meanwhile find the flight and wait on its gate (a PyThread lock
+# held by the leader, waited for without the GIL, interruptible by signals).
+# When the load ends the leader stores the value (or nothing, on an exception)
+# and removes the flight in one lock hold, then opens the gate: waiters get the
+# value or re-raise the exception. Other keys are never blocked. A loader that
+# fetches its own key (same thread) gets RuntimeError.
+#
+# C-level API (for OwnerTable, which stores its data in a LockedTable)
+# ===================================================================
+#
+# ``@cython.final`` cdef methods, callable directly (no vtable) from any
+# thread holding the GIL; each takes and releases the lock itself (never call
+# them with the lock held) and behaves as the Python method of the same name:
+#
+#   _get(key, default) -> object          value or ``default``
+#   _contains(key) except -1 -> int       1 present, 0 absent
+#   _len() except -1 -> Py_ssize_t       number of keys
+#   _put(key, value) except -1            t[key] = value
+#   _delete(key) except -1 -> int         1 removed, 0 absent
+#   _take(key, default) -> object         remove and return the value; absent:
+#                                         ``default`` (pass ``_MISSING`` to get
+#                                         KeyError(key) instead)
+#   _put_many(staged) except -1           apply a ``_Snapshot`` built by
+#                                         ``_locked_stage(data, kwargs)`` (read and
+#                                         hashed before the lock) in one hold
+#   _clear() except -1                    remove everything (O(1) under the lock)
+#   _snapshot() -> _Snapshot              an atomic private copy of the table
+#                                         (walk it with table_next, or wrap it)
+#   _held() noexcept -> bint              the calling thread holds the lock (it
+#                                         is inside an operation on this table:
+#                                         a call that would wait for the lock's
+#                                         holder must raise instead)
+#
+# ``_locked_stage(data, kwargs)`` reads a constructor/``update`` argument into a
+# private ``_Snapshot`` without the lock (dict's argument rules).
+
+from collections.abc import MutableMapping
+from libc.stdint cimport uintptr_t
+
+cdef extern from "_locked.h":
+    ctypedef struct fastkv_lock:
+        uintptr_t holder
+        int waiters
+    uintptr_t fastkv_thread_id() noexcept nogil
+    bint fastkv_lock_try(fastkv_lock* l, uintptr_t me) noexcept nogil
+    uintptr_t fastkv_lock_holder(fastkv_lock* l) noexcept nogil
+    void fastkv_lock_release(fastkv_lock* l) noexcept nogil
+    void fastkv_lock_wait(fastkv_lock* l) noexcept nogil
+    int fastkv_lock_module_init() noexcept
+
+cdef extern from *:
+    """
+    /* Hand a reference we own to Cython (which takes it as a new reference). */
+    static CYTHON_INLINE PyObject *fastkv_steal(PyObject *o) { return o; }
+    /* int.__add__ on two ints (subclasses included): exact int, C only. */
+    #define fastkv_long_add(a, b) (PyLong_Type.tp_as_number->nb_add((a), (b)))
+    """
+    object fastkv_steal(PyObject* o)
+    object fastkv_long_add(PyObject* a, PyObject* b)
+
+cdef extern from "Python.h":
+    ctypedef enum PyLockStatus:
+        PY_LOCK_FAILURE
+        PY_LOCK_ACQUIRED
+        PY_LOCK_INTR
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long us,
+                                             int intr_flag) nogil
+    int PyErr_CheckSignals() except -1
+    bint _is_long "PyLong_Check"(PyObject* o) noexcept
+    object PySequence_Tuple(object o)
+
+if fastkv_lock_module_init() != 0:
+    raise ImportError("fastkv: cannot initialise the LockedTable parking lot")
+
+
+# --- entry access -------------------------------------------------------------
+
+cdef inline Entry* _lt_entry(const Table* t, Py_ssize_t ix) noexcept:
+    return table_entry(t, ix)
+
+
+cdef inline Py_hash_t _lt_entry_hash(const Table* t, Py_ssize_t ix) noexcept:
+    return table_entry_hash(t, ix)
+
+
+cdef inline PyObject* _lt_swap_value(Table* t, Py_ssize_t ix, PyObject* value) noexcept:
+    """Store ``value`` (INCREF'd) in live entry ix; return the old value, a
+    reference the caller DECREFs after releasing the lock. No Python."""
+    cdef Entry* ep = _lt_entry(t, ix)
+    cdef PyObject* old = ep.value
+    _incref(value)
+    ep.value = value
+    t.version += 1
+    return old
+
+
+cdef inline Py_ssize_t _lt_find(Table* t, PyObject* key, Py_hash_t h) except -2:
+    """Index of ``key`` in t or IX_EMPTY; C only for exact str/int keys, else
+    the key's __eq__ may run (the caller holds the lock)."""
+    cdef Py_ssize_t ix = table_lookup_fast(t, key, h)
+    if ix != IX_SLOW:
+        return ix
+    return table_lookup(t, key, h)
+
+
+cdef inline void _xdecref(PyObject* o) noexcept:
+    if o != NULL:
+        _decref(o)
+
+
+# --- fetch: loads in flight ----------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Flight:
+    """One ``fetch`` load in flight: its leader thread runs the loader; the
+    other callers for the key wait on ``gate``, a lock the leader holds until
+    the load has ended (value stored, or ``error`` set)."""
+    cdef PyThread_type_lock gate
+    cdef bint open
+    cdef uintptr_t leader
+    cdef object value
+    cdef object error
+
+    def __dealloc__(self):
+        if self.gate != NULL:
+            if not self.open:
+                PyThread_release_lock(self.gate)
+            PyThread_free_lock(self.gate)
+
+
+cdef _Flight _flight_new(uintptr_t leader):
+    cdef _Flight f = _Flight.__new__(_Flight)
+    f.gate = PyThread_allocate_lock()
+    if f.gate == NULL:
+        raise MemoryError()
+    PyThread_acquire_lock(f.gate, NOWAIT_LOCK)      # a fresh lock: always taken
+    f.open = False
+    f.leader = leader
+    return f
+
+
+cdef void _flight_open(_Flight f) noexcept:
+    """The load ended: let every waiter through."""
+    f.open = True
+    PyThread_release_lock(f.gate)
+
+
+cdef int _flight_wait(_Flight f) except -1:
+    """Wait, without the GIL, until the flight's leader opens the gate; then
+    pass it on. Signals are handled while waiting (KeyboardInterrupt stops
+    the wait, not the load)."""
+    cdef PyLockStatus r
+    while True:
+        with nogil:
+            r = PyThread_acquire_lock_timed(f.gate, -1, 1)
+        if r == PY_LOCK_ACQUIRED:
+            break
+        PyErr_CheckSignals()
+    PyThread_release_lock(f.gate)
+    return 0
+
+
+# --- input, views --------------------------------------------------------------
+
+cdef _Snapshot _locked_stage(object data, dict kwargs):
+    """``dict(data, **kwargs)`` read into a new private snapshot, without any
+    lock (a LockedTable argument is copied atomically first)."""
+    cdef _Snapshot st
+    if isinstance(data, LockedTable):
+        st = (<LockedTable>data)._snapshot()
+        if kwargs:
+            for key, value in kwargs.items():
+                table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+        return st
+    return _stage(data, kwargs)
+
+
+class _LockedValuesView(_FrozenValuesView):
+    """ValuesView whose every iteration walks an atomic snapshot of the table."""
+    __slots__ = ()
+
+    def __iter__(self):
+        return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_VALUES)
+
+
+class _LockedItemsView(_FrozenItemsView):
+    """ItemsView whose every iteration walks an atomic snapshot of the table."""
+    __slots__ = ()
+
+    def __iter__(self):
+        return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_ITEMS)
+
+
+cdef int _lt_wrong_self(object self) except -1:
+    raise TypeError(
+        f"LockedTable methods need a fastkv._core.LockedTable, not a "
+        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
+        "from the class and called on another object)")
+
+
+# --- the table -------------------------------------------------------------------
+
+@cython.trashcan(True)
+cdef class LockedTable:
+    """A table shared by threads, every operation atomic (the BEAM's public
+    ``:ets`` set, read and written directly).
+
+    ``LockedTable(data=(), /, **kwargs)`` is built like ``dict(...)``. Every
+    operation, compound ones included (``insert_new``, ``update_counter``,
+    ``take``, ``setdefault``, ``pop``, ``put_many``), takes the table's one
+    lock, so it is atomic across threads; reads and writes are O(1). The lock is
+    not re-entrant: a key's ``__eq__``/``__hash__`` (or a destructor) that uses
+    the same table while the calling thread holds its lock gets
+    ``RuntimeError`` instead of a deadlock. Values that a write removes or
+    replaces are released after the lock is, so their destructors never run
+    under it. It is a full ``collections.abc.MutableMapping``; key semantics
+    are exactly dict's.
+    """
+    cdef fastkv_lock _lk
+    cdef Table _tab
+    cdef Table _flights      # key -> _Flight: the fetch loads in flight
+    cdef object _gc          # an object field makes the type GC-tracked; its
+                             # traverse/clear are replaced by ours below
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._lk.holder = 0
+        self._lk.waiters = 0
+        table_init(&self._tab, 0)
+        table_init(&self._flights, 0)
+
+    def __init__(self, data=(), /, **kwargs):
+        if kwargs or not (type(data) is tuple and len(<tuple>data) == 0):
+            self._put_many(_locked_stage(data, kwargs))
+
+    def __dealloc__(self):
+        table_clear(&self._flights)
+        table_clear(&self._tab)
+
+    # --- the lock ------------------------------------------------------------------
+
+    @cython.final
+    cdef inline int _acquire(self) except -1:
+        cdef uintptr_t me = fastkv_thread_id()
+        if fastkv_lock_try(&self._lk, me):
+            return 0
+        return self._acquire_slow(me)
+
+    @cython.final
+    cdef int _acquire_slow(self, uintptr_t me) except -1:
+        while True:
+            if fastkv_lock_holder(&self._lk) == me:
+                raise RuntimeError(
+                    f"re-entrant use of a {type(self).__name__} from the thread "
+                    "holding its lock (a key's __eq__/__hash__ or a destructor "
+                    "used the table during an operation on it)")
+            with nogil:
+                fastkv_lock_wait(&self._lk)
+            if fastkv_lock_try(&self._lk, me):
+                return 0
+
+    @cython.final
+    cdef inline void _release(self) noexcept:
+        fastkv_lock_release(&self._lk)
+
+    @cython.final
+    cdef bint _held(self) noexcept:
+        """True if the calling thread holds the lock (it is inside an
+        operation on this table: a key's __eq__ or a destructor is running)."""
+        return fastkv_lock_holder(&self._lk) == fastkv_thread_id()
+
+    # --- C-level operations (see the design note) ------------------------------
+
+    @cython.final
+    cdef object _get(self, object key, object default):
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        cdef PyObject* v
+        if _is_str(k):
+            h = FASTKV_STR_HASH(k)
+            if h == -1:
+                h = _object_hash(k)          # str hashing runs no Python
+        elif _is_int(k):
+            h = _object_hash(k)
+        else:
+            return self._get_slow(key, default)
+        self._acquire()
+        ix = table_lookup_fast(&self._tab, k, h)
+        if ix >= 0:
+            v = _lt_entry(&self._tab, ix).value
+            _incref(v)                        # ours before the unlock
+            self._release()
+            return fastkv_steal(v)
+        self._release()
+        if ix == IX_EMPTY:
+            return default
+        return self._get_slow(key, default)
+
+    @cython.final
+    cdef object _get_slow(self, object key, object default):
+        cdef Py_hash_t h = table_hash(key)      # Python, before the lock
+        cdef Py_ssize_t ix
+        self._acquire()
+        try:
+            ix = table_lookup(&self._tab, <PyObject*>key, h)
+            if ix >= 0:
+                return <object>_lt_entry(&self._tab, ix).value
+            return default
+        finally:
+            self._release()
+
+    @cython.final
+    cdef int _contains(self, object key) except -1:
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        if _is_str(k):
+            h = FASTKV_STR_HASH(k)
+            if h == -1:
+                h = _object_hash(k)
+        elif _is_int(k):
+            h = _object_hash(k)
+        else:
+            h = table_hash(key)
+        self._acquire()
+        ix = table_lookup_fast(&self._tab, k, h)
+        if ix != IX_SLOW:
+            self._release()
+            return ix >= 0
+        try:
+            return table_lookup(&self._tab, k, h) >= 0
+        finally:
+            self._release()
+
+    @cython.final
+    cdef Py_ssize_t _len(self) except -1:
+        cdef Py_ssize_t n
+        self._acquire()
+        n = self._tab.used
+        self._release()
+        return n
+
+    @cython.final
+    cdef int _put(self, object key, object value) except -1:
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        cdef PyObject* old
+        if _is_str(k):
+            h = FASTKV_STR_HASH(k)
+            if h == -1:
+                h = _object_hash(k)
+        elif _is_int(k):
+            h = _object_hash(k)
+        else:
+            h = table_hash(key)
+        self._acquire()
+        ix = table_lookup_fast(&self._tab, k, h)
+        if ix >= 0:
+            old = _lt_swap_value(&self._tab, ix, <PyObject*>value)
+            self._release()
+            _decref(old)                      # its destructor runs unlocked
+            return 0
+        return self._put_locked(k, h, value, ix)
+
+    @cython.final
+    cdef int _put_locked(self, PyObject* k, Py_hash_t h, object value, Py_ssize_t ix) except -1:
+        """The rest of _put, entered with the lock held and ix the fast lookup's
+        answer (IX_EMPTY or IX_SLOW); releases the lock."""
+        cdef PyObject* old = NULL
+        try:
+            if ix == IX_SLOW:
+                ix = table_lookup(&self._tab, k, h)
+            if ix >= 0:
+                old = _lt_swap_value(&self._tab, ix, <PyObject*>value)
+            else:
+                table_append(&self._tab, k, h, <PyObject*>value)
+        finally:
+            self._release()
+        _xdecref(old)
+        return 0
+
+    @cython.final
+    cdef int _delete(self, object key) except -1:
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h = table_hash(key)
+        cdef Py_ssize_t ix
+        cdef PyObject* dk
+        cdef PyObject* dv
+        self._acquire()
+        try:
+            ix = _lt_find(&self._tab, k, h)
+            if ix < 0:
+                return 0
+            table_detach_at(&self._tab, ix, &dk, &dv)
+        finally:
+            self._release()
+        _decref(dk)
+        _decref(dv)
+        return 1
+
+    @cython.final
+    cdef object _take(self, object key, object default):
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h = table_hash(key)
+        cdef Py_ssize_t ix
+        cdef PyObject* dk = NULL
+        cdef PyObject* dv = NULL
+        self._acquire()
+        try:
+            ix = _lt_find(&self._tab, k, h)
+            if ix >= 0:
+                table_detach_at(&self._tab, ix, &dk, &dv)
+        finally:
+            self._release()
+        if dv == NULL:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        _decref(dk)
+        return fastkv_steal(dv)
+
+    @cython.final
+    cdef int _put_many(self, _Snapshot staged) except -1:
+        cdef Py_ssize_t n = staged.tab.used, nold = 0, j, ix
+        cdef PyObject** olds
+        cdef Entry* ep
+        cdef Table tmp
+        cdef Py_hash_t h
+        if n == 0:
+            return 0
+        olds = <PyObject**>PyMem_Malloc(<size_t>n * sizeof(PyObject*))
+        if olds == NULL:
+            raise MemoryError()
+        try:
+            self._acquire()
+            try:
+                if self._tab.used == 0:
+                    # Empty: adopt the staged arrays whole (staged is private;
+                    # it takes our empty table and frees it later).
+                    tmp = self._tab
+                    self._tab = staged.tab
+                    staged.tab = tmp
+                    self._tab.version = tmp.version + 1
+                else:
+                    for j in range(staged.tab.nentries):
+                        ep = _lt_entry(&staged.tab, j)
+                        if ep.key == NULL:
+                            continue
+                        h = _lt_entry_hash(&staged.tab, j)
+                        ix = _lt_find(&self._tab, ep.key, h)
+                        ep = _lt_entry(&staged.tab, j)    # (staged never changes)
+                        if ix >= 0:
+                            olds[nold] = _lt_swap_value(&self._tab, ix, ep.value)
+                            nold += 1
+                        else:
+                            table_append(&self._tab, ep.key, h, ep.value)
+            finally:
+                self._release()
+        finally:
+            for j in range(nold):
+                _decref(olds[j])
+            PyMem_Free(olds)
+        return 0
+
+    @cython.final
+    cdef int _clear(self) except -1:
+        cdef Table old
+        self._acquire()
+        old = self._tab
+        table_init(&self._tab, 0)             # no allocation: cannot fail
+        self._tab.version = old.version + 1
+        self._release()
+        table_clear(&old)                     # destructors run unlocked
+        return 0
+
+    @cython.final
+    cdef _Snapshot _snapshot(self):
+        cdef _Snapshot snap = _snapshot_new()   # allocated before the lock
+        self._acquire()
+        try:
+            if self._tab.used:
+                table_copy(&snap.tab, &self._tab, self._tab.used, -1)
+        finally:
+            self._release()
+        return snap
+
+    # --- reads ---------------------------------------------------------------------
+
+    def __getitem__(self, key):
+        """``t[key]``: the value, or ``KeyError(key)``. O(1), atomic."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key, default=None):
+        """The value for ``key``, else ``default``. O(1), atomic."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self._get(key, default)
+
+    def __contains__(self, key):
+        """``key in t``. O(1), atomic."""
+        return self._contains(key) == 1
+
+    def __len__(self):
+        """Number of keys. O(1)."""
+        return self._len()
+
+    def __iter__(self):
+        """Iterate the keys of a snapshot taken atomically when iteration
+        starts (O(n) copy of the keys); never raises "changed size"."""
+        return _iterate(self._snapshot(), ITER_KEYS)
+
+    def get_many(self, keys, default=None):
+        """``[t.get(k, default) for k in keys]``, read atomically under one
+        lock hold. ``keys`` is read completely before the lock is taken."""
+        cdef tuple seq = PySequence_Tuple(keys)
+        cdef Py_ssize_t n = len(seq), i, ix
+        cdef list result = PyList_New(n)
+        cdef Py_hash_t* hashes
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef PyObject* d = <PyObject*>default
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        if n == 0:
+            return result
+        hashes = <Py_hash_t*>PyMem_Malloc(<size_t>n * sizeof(Py_hash_t))
+        if hashes == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                hashes[i] = table_hash(<object>_seq_item(seq, i))
+            self._acquire()
+            try:
+                for i in range(n):
+                    k = _seq_item(seq, i)
+                    ix = _lt_find(&self._tab, k, hashes[i])
+                    v = _lt_entry(&self._tab, ix).value if ix >= 0 else d
+                    _incref(v)
+                    _list_set(result, i, v)
+            finally:
+                self._release()
+        finally:
+            PyMem_Free(hashes)
+        return result
+
+    def to_dict(self):
+        """A new ``dict`` with the items, copied atomically. O(n)."""
+        cdef _Snapshot snap
+        cdef dict d = {}
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        snap = self._snapshot()
+        while table_next(&snap.tab, &pos, &k, &v):
+            d[<object>k] = <object>v
+        return d
+
+    def keys(self):
+        """A live, set-like view of the keys (``collections.abc.KeysView``);
+        each iteration walks a snapshot taken when it starts."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return KeysView(self)
+
+    def values(self):
+        """A live view of the values (``collections.abc.ValuesView``); each
+        iteration walks a snapshot taken when it starts (O(n) copy)."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return _LockedValuesView(self)
+
+    def items(self):
+        """A live, set-like view of the ``(key, value)`` pairs
+        (``collections.abc.ItemsView``); each iteration walks a snapshot taken
+        when it starts (O(n) copy)."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return _LockedItemsView(self)
+
+    def __sizeof__(self):
+        """Bytes of the table's own structure: the object and its hash table
+        (not the keys and values)."""
+        cdef Py_ssize_t n
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._acquire()
+        n = table_sizeof(&self._tab) + table_sizeof(&self._flights)
+        self._release()
+        return object.__sizeof__(self) + n
+
+    def copy(self):
+        """An independent ``LockedTable`` (never a subclass, as dict.copy)
+        with the same items. O(n)."""
+        cdef LockedTable new = LockedTable.__new__(LockedTable)
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._acquire()
+        try:
+            if self._tab.used:
+                table_copy(&new._tab, &self._tab, self._tab.used, -1)
+        finally:
+            self._release()
+        return new
+
+    def __copy__(self):
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self.copy()
+
+    def snapshot(self):
+        """An immutable ``FrozenTable`` (of this implementation) holding the
+        items at one instant. O(n) copy."""
+        cdef _Snapshot snap
+        cdef FrozenTable frozen = FrozenTable.__new__(FrozenTable)
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        snap = self._snapshot()
+        if snap.tab.used:
+            frozen._snap = snap
+        return frozen
+
+    def select(self, predicate):
+        """``[(k, v), ...]`` for which ``predicate(k, v)`` is true, in
+        insertion order. The items are copied atomically (O(n)) and the
+        predicate runs over that snapshot, never under the lock, so it may use
+        the table."""
+        cdef _Snapshot snap
+        cdef list result = []
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        snap = self._snapshot()
+        while table_next(&snap.tab, &pos, &k, &v):   # snap is private: stable
+            key = <object>k
+            value = <object>v
+            if predicate(key, value):
+                result.append((key, value))
+        return result
+
+    def info(self):
+        """``{"size": number of keys, "memory": bytes of the table's own
+        structure (not counting the keys and values it refers to)}``."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return {"size": self._len(), "memory": _sys_getsizeof(self)}
+
+    # --- writes --------------------------------------------------------------------
+
+    def put(self, key, value):
+        """Store ``value`` under ``key`` (``t[key] = value``). O(1), atomic;
+        a replaced value is released after the lock."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._put(key, value)
+
+    def __setitem__(self, key, value):
+        """Store ``value`` under ``key`` (``t[key] = value``). O(1), atomic;
+        a replaced value is released after the lock."""
+        self._put(key, value)
+
+    def delete(self, key):
+        """Remove ``key``; True if it was there. O(1), atomic."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self._delete(key) == 1
+
+    def __delitem__(self, key):
+        """``del t[key]``: remove ``key``, or ``KeyError(key)``. O(1), atomic."""
+        if self._delete(key) == 0:
+            raise KeyError(key)
+
+    def put_many(self, mapping_or_pairs):
+        """Store many items under one lock hold: other threads see all of them
+        or none. The argument (a mapping or an iterable of pairs) is read
+        completely before the lock is taken, so a bad argument changes
+        nothing. O(m)."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._put_many(_locked_stage(mapping_or_pairs, None))
+
+    def update(self, other=(), /, **kwargs):
+        """``dict.update``: like ``put_many(dict(other, **kwargs))``, atomic."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._put_many(_locked_stage(other, kwargs))
+
+    def insert_new(self, key, value):
+        """Store ``value`` only if ``key`` is absent; True if it was stored.
+        O(1), atomic (ETS ``insert_new``)."""
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h = table_hash(key)
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._acquire()
+        try:
+            if _lt_find(&self._tab, k, h) >= 0:
+                return False
+            table_append(&self._tab, k, h, <PyObject*>value)
+            return True
+        finally:
+            self._release()
+
+    def setdefault(self, key, default=None):
+        """The value for ``key``; if absent, store ``default`` and return it.
+        O(1), atomic."""
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h = table_hash(key)
+        cdef Py_ssize_t ix
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._acquire()
+        try:
+            ix = _lt_find(&self._tab, k, h)
+            if ix >= 0:
+                return <object>_lt_entry(&self._tab, ix).value
+            table_append(&self._tab, k, h, <PyObject*>default)
+            return default
+        finally:
+            self._release()
+
+    def update_counter(self, key, incr=1, default=0):
+        """Add ``incr`` to the integer under ``key`` and return the new value;
+        a missing key starts from ``default`` (so it stores ``default + incr``).
+        O(1), atomic (ETS ``update_counter``). ``TypeError``, table unchanged,
+        when the stored value, ``default`` or ``incr`` is not an ``int``
+        (``bool``, an ``int`` subclass, counts as one)."""
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        cdef PyObject* old = NULL
+        cdef PyObject* cur
+        cdef object new = None
+        cdef object current = None
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        if not _is_long(<PyObject*>incr):
+            raise TypeError(
+                f"update_counter increment must be an int, not {type(incr).__name__}")
+        h = table_hash(key)
+        self._acquire()
+        try:
+            ix = _lt_find(&self._tab, k, h)
+            if ix >= 0:
+                cur = _lt_entry(&self._tab, ix).value
+                if _is_long(cur):
+                    new = fastkv_long_add(cur, <PyObject*>incr)
+                    old = _lt_swap_value(&self._tab, ix, <PyObject*>new)
+                else:
+                    current = <object>cur
+            elif _is_long(<PyObject*>default):
+                new = fastkv_long_add(<PyObject*>default, <PyObject*>incr)
+                table_append(&self._tab, k, h, <PyObject*>new)
+        finally:
+            self._release()
+        _xdecref(old)
+        if new is None:
+            if current is None:
+                raise TypeError(
+                    f"update_counter default must be an int, not {type(default).__name__}")
+            raise TypeError(
+                f"update_counter on a non-integer value ({type(current).__name__}) "
+                f"under key {key!r}")
+        return new
+
+    def take(self, key, default=_MISSING):
+        """Remove ``key`` and return its value (ETS ``take``); if absent,
+        return ``default``, or raise ``KeyError(key)`` when none is given.
+        O(1), atomic."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self._take(key, default)
+
+    def pop(self, key, default=_MISSING):
+        """``dict.pop``: remove ``key`` and return its value, else ``default``,
+        else ``KeyError(key)``. O(1), atomic."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self._take(key, default)
+
+    def popitem(self):
+        """Remove and return the last inserted ``(key, value)`` pair (LIFO);
+        ``KeyError`` when empty. O(1), atomic."""
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef int r
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._acquire()
+        r = table_popitem(&self._tab, &k, &v)
+        self._release()
+        if not r:
+            raise KeyError("popitem(): table is empty")
+        return (fastkv_steal(k), fastkv_steal(v))
+
+    def clear(self):
+        """Remove every item, atomically. O(1) under the lock: the old
+        contents are released after it."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self._clear()
+
+    def fetch(self, key, loader):
+        """The value for ``key``; if absent, ``loader(key)`` computes it, it is
+        stored and returned. Single-flight: while one caller runs the loader
+        for a key, concurrent callers for that key wait for its result instead
+        of loading again; other keys are not blocked, and the loader runs
+        without the lock. If the loader raises, every waiter gets that
+        exception and nothing is stored. A loader that fetches its own key
+        (same thread) gets ``RuntimeError``. O(1) when present."""
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_hash_t h = table_hash(key)
+        cdef uintptr_t me = fastkv_thread_id()
+        cdef Py_ssize_t ix
+        cdef _Flight fresh = None
+        cdef _Flight flight = None
+        cdef bint leader = False
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        value = _MISSING
+        while True:
+            self._acquire()
+            try:
+                ix = _lt_find(&self._tab, k, h)
+                if ix >= 0:
+                    value = <object>_lt_entry(&self._tab, ix).value
+                else:
+                    ix = _lt_find(&self._flights, k, h)
+                    if ix >= 0:
+                        flight = <_Flight>_lt_entry(&self._flights, ix).value
+                    elif fresh is not None:
+                        table_append(&self._flights, k, h, <PyObject*>fresh)
+                        flight = fresh
+                        leader = True
+            finally:
+                self._release()
+            if value is not _MISSING:
+                return value
+            if flight is not None:
+                break
+            fresh = _flight_new(me)           # allocated unlocked, then retry
+        if not leader:
+            if flight.leader == me:
+                raise RuntimeError(
+                    f"fetch({key!r}) called again by its own loader: the load "
+                    "would wait for itself")
+            _flight_wait(flight)
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        try:
+            value = loader(key)
+            self._land(k, h, value, flight)
+        except BaseException as exc:
+            flight.error = exc
+            try:
+                self._land(NULL, 0, None, flight)
+            finally:
+                _flight_open(flight)
+            raise
+        flight.value = value
+        _flight_open(flight)
+        return value
+
+    @cython.final
+    cdef int _land(self, PyObject* k, Py_hash_t h, object value, _Flight flight) except -1:
+        """End ``flight`` in one lock hold: store ``value`` under k (unless k
+        is NULL), then remove the flight (found by identity: no Python)."""
+        cdef PyObject* old = NULL
+        cdef PyObject* fk = NULL
+        cdef PyObject* fv = NULL
+        cdef Py_ssize_t ix, j
+        self._acquire()
+        try:
+            if k != NULL:
+                ix = _lt_find(&self._tab, k, h)
+                if ix >= 0:
+                    old = _lt_swap_value(&self._tab, ix, <PyObject*>value)
+                else:
+                    table_append(&self._tab, k, h, <PyObject*>value)
+            for j in range(self._flights.nentries):
+                if _lt_entry(&self._flights, j).value == <PyObject*>flight:
+                    table_detach_at(&self._flights, j, &fk, &fv)
+                    break
+        finally:
+            self._release()
+        _xdecref(old)
+        _xdecref(fk)
+        _xdecref(fv)
+        return 0
+
+    # --- the rest of the shared API -----------------------------------------------
+
+    def close(self):
+        """Nothing to stop: a no-op, the table stays usable. Idempotent."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+
+    def __enter__(self):
+        """``with table:`` returns the table itself."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        self.close()
+        return None
+
+    def __eq__(self, other):
+        """Equal to any ``collections.abc.Mapping`` with equal items, as dict
+        compares; ``NotImplemented`` for anything else. O(n)."""
+        if not isinstance(other, (FrozenTable, dict, Mapping)):
+            return NotImplemented
+        return _equals(self._snapshot(), other)
+
+    def __ne__(self, other):
+        cdef object eq = self.__eq__(other)
+        if eq is NotImplemented:
+            return eq
+        return not eq
+
+    __hash__ = None
+
+    def __repr__(self):
+        """``TypeName({...items...})``; a table that contains itself prints
+        ``...`` there, as dict does. O(n)."""
+        return _snapshot_repr(self, self._snapshot())
+
+    def __reduce__(self):
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self.to_dict(),), state or None)
+
+    __class_getitem__ = classmethod(GenericAlias)
+
+
+MutableMapping.register(LockedTable)
+
+
+# --- GC support: the tables hold references the cyclic GC must see ----------
+
+cdef Py_ssize_t _LOCKED_TAB_OFFSET
+cdef Py_ssize_t _LOCKED_FLIGHTS_OFFSET
+
+
+cdef int _locked_traverse(PyObject* o, visitproc visit, void* arg) noexcept:
+    cdef int r = table_traverse(<Table*>(<char*>o + _LOCKED_TAB_OFFSET), visit, arg)
+    if r:
+        return r
+    return table_traverse(<Table*>(<char*>o + _LOCKED_FLIGHTS_OFFSET), visit, arg)
+
+
+cdef int _locked_clear(PyObject* o) noexcept:
+    # Only the cyclic GC calls this, on an unreachable table: no thread is in a
+    # method of it (a method holds a reference), so the lock is free.
+    table_clear(<Table*>(<char*>o + _LOCKED_FLIGHTS_OFFSET))
+    table_clear(<Table*>(<char*>o + _LOCKED_TAB_OFFSET))
+    return 0
+
+
+cdef LockedTable _offsets_probe = LockedTable.__new__(LockedTable)
+_LOCKED_TAB_OFFSET = <char*>&_offsets_probe._tab - <char*><void*>_offsets_probe
+_LOCKED_FLIGHTS_OFFSET = <char*>&_offsets_probe._flights - <char*><void*>_offsets_probe
+_offsets_probe = None
+fastkv_set_gc_hooks(LockedTable, <void*>_locked_traverse, <void*>_locked_clear)

@@ -752,6 +752,8 @@ cdef object fk_new_storage():
 cdef inline bint fk_storage_held(object storage):
     """True if the calling thread holds the storage's lock (it is inside an
     operation on it: a key's __eq__/__hash__ or a destructor running)."""
+    if isinstance(storage, LockedTable):
+        return (<LockedTable>storage)._held()
     return getattr(storage, "_holder", 0) == fk_thread_ident()
 
 

@@ -1,0 +1,232 @@
+/* fastkv/_locked.h: the lock of a LockedTable (included by _locked.pxi).
+ *
+ * One word, ``holder``: 0 when free, else the id of the holding thread
+ * (``fastkv_thread_id``: the thread pointer, read without a call where the
+ * compiler offers it). Acquire is one compare-and-swap 0 -> id; release is a
+ * plain store-release of 0 followed by a plain load of ``waiters`` (no
+ * read-modify-write on the release path: on x86 an xchg there costs as much
+ * as a dict lookup). Recording the holder is what lets a thread that already
+ * holds the lock get RuntimeError instead of deadlocking on itself.
+ *
+ * A thread that finds the lock held calls ``fastkv_lock_wait`` WITHOUT the
+ * GIL (the holder may need the GIL to finish: a key's __eq__ runs Python
+ * under the lock). It spins briefly, yields, then parks on one of a few
+ * shared condition variables (a "parking lot" hashed by lock address), after
+ * counting itself in ``waiters``. It returns once it has seen the lock free;
+ * the caller then takes the GIL back and retries the compare-and-swap, so a
+ * thread never holds this lock while it waits for the GIL.
+ *
+ * Lost wake-ups: the releaser's store of 0 and its load of ``waiters`` may be
+ * reordered (store -> load, allowed on x86 and ARM), so a waiter registering at
+ * that very instant can be missed. Parked waiters therefore sleep with a
+ * timeout (FASTKV_PARK_MIN_US, doubling up to FASTKV_PARK_MAX_US) and look at
+ * the lock again: a missed wake-up costs latency, never a deadlock. Only the
+ * first park of a wait can miss one in practice (by the next release the
+ * waiter's registration is long visible).
+ *
+ * Every function is C only (no Python, no GIL needed).
+ */
+#ifndef FASTKV_LOCKED_H
+#define FASTKV_LOCKED_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  include <windows.h>
+#else
+#  include <pthread.h>
+#  include <sched.h>
+#  include <time.h>
+#  include <errno.h>
+#endif
+
+typedef struct {
+    uintptr_t holder;   /* 0: free; else fastkv_thread_id() of the holder */
+    int waiters;        /* threads inside fastkv_lock_wait for this lock */
+} fastkv_lock;
+
+/* --- atomics -------------------------------------------------------------- */
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#  include <intrin.h>
+static __forceinline int fastkv_cas_acquire(uintptr_t *p, uintptr_t desired) {
+    return (uintptr_t)InterlockedCompareExchangePointer(
+        (PVOID volatile *)p, (PVOID)desired, NULL) == 0;
+}
+/* x86/x64 MSVC volatile accesses are acquire/release (/volatile:ms). */
+static __forceinline uintptr_t fastkv_load_relaxed(uintptr_t *p) {
+    return *(volatile uintptr_t *)p;
+}
+static __forceinline void fastkv_store_release(uintptr_t *p, uintptr_t v) {
+    _ReadWriteBarrier();
+    *(volatile uintptr_t *)p = v;
+}
+static __forceinline int fastkv_waiters(int *p) { return *(volatile int *)p; }
+static __forceinline void fastkv_waiters_add(int *p, int d) {
+    InterlockedExchangeAdd((volatile LONG *)p, d);
+}
+#  define FASTKV_CPU_RELAX() YieldProcessor()
+#else
+static inline int fastkv_cas_acquire(uintptr_t *p, uintptr_t desired) {
+    uintptr_t expected = 0;
+    return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                       __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline uintptr_t fastkv_load_relaxed(uintptr_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline void fastkv_store_release(uintptr_t *p, uintptr_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline int fastkv_waiters(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void fastkv_waiters_add(int *p, int d) {
+    __atomic_fetch_add(p, d, __ATOMIC_SEQ_CST);
+}
+#  if defined(__x86_64__) || defined(__i386__)
+#    define FASTKV_CPU_RELAX() __builtin_ia32_pause()
+#  elif defined(__aarch64__)
+#    define FASTKV_CPU_RELAX() __asm__ __volatile__("yield")
+#  else
+#    define FASTKV_CPU_RELAX() ((void)0)
+#  endif
+#endif
+
+/* --- thread ids ------------------------------------------------------------ */
+
+#ifndef __has_builtin
+#  define __has_builtin(x) 0
+#endif
+
+/* A non-zero id, unique among live threads, cheap to read (the holder is
+   recorded on every acquire). */
+static inline uintptr_t fastkv_thread_id(void) {
+#if (defined(__x86_64__) || defined(__aarch64__)) && __has_builtin(__builtin_thread_pointer) \
+    && !defined(_WIN32)
+    return (uintptr_t)__builtin_thread_pointer();   /* %fs base / TPIDR_EL0 */
+#elif defined(_WIN32)
+    return (uintptr_t)GetCurrentThreadId() + 1;     /* never 0 */
+#else
+    return (uintptr_t)pthread_self();
+#endif
+}
+
+/* --- the parking lot ---------------------------------------------------------- */
+
+#define FASTKV_PARK_BUCKETS 16
+#define FASTKV_SPINS 64
+#define FASTKV_YIELDS 8
+#define FASTKV_PARK_MIN_US 200
+#define FASTKV_PARK_MAX_US 20000
+
+#if defined(_WIN32)
+typedef struct { SRWLOCK m; CONDITION_VARIABLE c; } fastkv_bucket;
+static fastkv_bucket fastkv_buckets[FASTKV_PARK_BUCKETS];
+static int fastkv_lock_module_init(void) {
+    int i;
+    for (i = 0; i < FASTKV_PARK_BUCKETS; i++) {
+        InitializeSRWLock(&fastkv_buckets[i].m);
+        InitializeConditionVariable(&fastkv_buckets[i].c);
+    }
+    return 0;
+}
+#  define FASTKV_BUCKET_LOCK(b) AcquireSRWLockExclusive(&(b)->m)
+#  define FASTKV_BUCKET_UNLOCK(b) ReleaseSRWLockExclusive(&(b)->m)
+#  define FASTKV_BUCKET_WAKE(b) WakeAllConditionVariable(&(b)->c)
+static void fastkv_bucket_wait(fastkv_bucket *b, long us) {
+    SleepConditionVariableSRW(&b->c, &b->m, (DWORD)((us + 999) / 1000), 0);
+}
+#  define FASTKV_YIELD() SwitchToThread()
+#else
+typedef struct { pthread_mutex_t m; pthread_cond_t c; } fastkv_bucket;
+static fastkv_bucket fastkv_buckets[FASTKV_PARK_BUCKETS];
+static void fastkv_buckets_reset(void) {
+    /* Also the fork child's handler: a bucket mutex held by a thread of the
+       parent (which does not exist in the child) must not stay locked. */
+    int i;
+    for (i = 0; i < FASTKV_PARK_BUCKETS; i++) {
+        pthread_mutex_init(&fastkv_buckets[i].m, NULL);
+        pthread_cond_init(&fastkv_buckets[i].c, NULL);
+    }
+}
+static int fastkv_lock_module_init(void) {
+    fastkv_buckets_reset();
+    return pthread_atfork(NULL, NULL, fastkv_buckets_reset) == 0 ? 0 : -1;
+}
+#  define FASTKV_BUCKET_LOCK(b) pthread_mutex_lock(&(b)->m)
+#  define FASTKV_BUCKET_UNLOCK(b) pthread_mutex_unlock(&(b)->m)
+#  define FASTKV_BUCKET_WAKE(b) pthread_cond_broadcast(&(b)->c)
+static void fastkv_bucket_wait(fastkv_bucket *b, long us) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (us % 1000000) * 1000;
+    ts.tv_sec += us / 1000000 + ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait(&b->c, &b->m, &ts);
+}
+#  define FASTKV_YIELD() sched_yield()
+#endif
+
+static inline fastkv_bucket *fastkv_bucket_of(fastkv_lock *l) {
+    uintptr_t a = (uintptr_t)l;
+    return &fastkv_buckets[((a >> 4) ^ (a >> 10)) % FASTKV_PARK_BUCKETS];
+}
+
+/* --- the lock ----------------------------------------------------------------- */
+
+/* Take the lock if it is free: 1 (now held by ``me``) or 0. */
+static inline int fastkv_lock_try(fastkv_lock *l, uintptr_t me) {
+    return fastkv_cas_acquire(&l->holder, me);
+}
+
+/* The holder's id, 0 if free (a hint, except that it equals fastkv_thread_id()
+   exactly when the calling thread holds the lock). */
+static inline uintptr_t fastkv_lock_holder(fastkv_lock *l) {
+    return fastkv_load_relaxed(&l->holder);
+}
+
+static void fastkv_lock_wake(fastkv_lock *l) {
+    fastkv_bucket *b = fastkv_bucket_of(l);
+    FASTKV_BUCKET_LOCK(b);
+    FASTKV_BUCKET_WAKE(b);
+    FASTKV_BUCKET_UNLOCK(b);
+}
+
+/* Release the lock (the caller holds it). */
+static inline void fastkv_lock_release(fastkv_lock *l) {
+    fastkv_store_release(&l->holder, 0);
+    if (fastkv_waiters(&l->waiters))
+        fastkv_lock_wake(l);
+}
+
+/* Called WITHOUT the GIL after a failed fastkv_lock_try: return once the lock
+   has been seen free (the caller retries; someone else may win). */
+static void fastkv_lock_wait(fastkv_lock *l) {
+    fastkv_bucket *b;
+    long us = FASTKV_PARK_MIN_US;
+    int i;
+    for (i = 0; i < FASTKV_SPINS; i++) {
+        if (fastkv_load_relaxed(&l->holder) == 0)
+            return;
+        FASTKV_CPU_RELAX();
+    }
+    for (i = 0; i < FASTKV_YIELDS; i++) {
+        FASTKV_YIELD();
+        if (fastkv_load_relaxed(&l->holder) == 0)
+            return;
+    }
+    b = fastkv_bucket_of(l);
+    FASTKV_BUCKET_LOCK(b);
+    fastkv_waiters_add(&l->waiters, 1);
+    while (fastkv_load_relaxed(&l->holder) != 0) {
+        fastkv_bucket_wait(b, us);
+        if (us < FASTKV_PARK_MAX_US)
+            us *= 2;
+    }
+    fastkv_waiters_add(&l->waiters, -1);
+    FASTKV_BUCKET_UNLOCK(b);
+}
+
+#endif /* FASTKV_LOCKED_H */
