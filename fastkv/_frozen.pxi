@@ -796,36 +796,47 @@ cdef class FrozenTable:
 from sys import getsizeof as _sys_getsizeof
 
 
+cdef int _parse_key_default(PyObject** args, Py_ssize_t nargs, PyObject* kwnames,
+                            PyObject** key, PyObject** default) except -1:
+    """``get(key, default=None)`` arguments in the vectorcall convention, the
+    general case (keywords, errors); *key and *default are borrowed. Shared
+    by the hand-written ``get`` of FrozenTable and LockedTable."""
+    cdef Py_ssize_t nkw, i
+    key[0] = NULL
+    default[0] = <PyObject*>None
+    if nargs > 2:
+        raise TypeError(f"get() takes at most 2 arguments ({nargs} given)")
+    if nargs >= 1:
+        key[0] = args[0]
+    if nargs == 2:
+        default[0] = args[1]
+    nkw = _tuple_size(kwnames) if kwnames != NULL else 0
+    for i in range(nkw):
+        name = <object>_tuple_item(kwnames, i)
+        if name == "key" and key[0] == NULL:
+            key[0] = args[nargs + i]
+        elif name == "default" and nargs < 2:
+            default[0] = args[nargs + i]
+        elif name in ("key", "default"):
+            raise TypeError(f"get() got multiple values for argument '{name}'")
+        else:
+            raise TypeError(f"get() got an unexpected keyword argument '{name}'")
+    if key[0] == NULL:
+        raise TypeError("get() missing required argument 'key' (pos 1)")
+    return 0
+
+
 cdef object _frozen_get_fastcall(object self, PyObject** args, Py_ssize_t nargs,
                                  PyObject* kwnames):
     """FrozenTable.get(key, default=None), vectorcall convention."""
-    cdef Py_ssize_t nkw, i
-    cdef PyObject* key = NULL
-    cdef PyObject* default = <PyObject*>None
+    cdef PyObject* key
+    cdef PyObject* default
     if kwnames == NULL:
         if nargs == 1:
             return _lookup(<FrozenTable>self, <object>args[0], None)
         if nargs == 2:
             return _lookup(<FrozenTable>self, <object>args[0], <object>args[1])
-    if nargs > 2:
-        raise TypeError(f"get() takes at most 2 arguments ({nargs} given)")
-    if nargs >= 1:
-        key = args[0]
-    if nargs == 2:
-        default = args[1]
-    nkw = _tuple_size(kwnames) if kwnames != NULL else 0
-    for i in range(nkw):
-        name = <object>_tuple_item(kwnames, i)
-        if name == "key" and key == NULL:
-            key = args[nargs + i]
-        elif name == "default" and nargs < 2:
-            default = args[nargs + i]
-        elif name in ("key", "default"):
-            raise TypeError(f"get() got multiple values for argument '{name}'")
-        else:
-            raise TypeError(f"get() got an unexpected keyword argument '{name}'")
-    if key == NULL:
-        raise TypeError("get() missing required argument 'key' (pos 1)")
+    _parse_key_default(args, nargs, kwnames, &key, &default)
     return _lookup(<FrozenTable>self, <object>key, <object>default)
 
 

@@ -2,19 +2,23 @@
  *
  * One word, ``holder``: 0 when free, else the id of the holding thread
  * (``fastkv_thread_id``: the thread pointer, read without a call where the
- * compiler offers it). Acquire is one compare-and-swap 0 -> id; release is a
- * plain store-release of 0 followed by a plain load of ``waiters`` (no
- * read-modify-write on the release path: on x86 an xchg there costs as much
- * as a dict lookup). Recording the holder is what lets a thread that already
- * holds the lock get RuntimeError instead of deadlocking on itself.
+ * compiler offers it). Acquire is a test-and-set of that word: a
+ * compare-and-swap 0 -> id where threads run C code in parallel (the
+ * free-threaded build, or -DFASTKV_LOCK_CAS), a plain load and store on a GIL
+ * build, where only the GIL holder writes the word and does not release the
+ * GIL in between (see fastkv_lock_try). Release is a plain store-release of 0
+ * followed by a plain load of ``waiters`` (no read-modify-write on the release
+ * path: on x86 one costs as much as a dict lookup). Recording the holder is
+ * what lets a thread that already holds the lock get RuntimeError instead of
+ * deadlocking on itself.
  *
  * A thread that finds the lock held calls ``fastkv_lock_wait`` WITHOUT the
  * GIL (the holder may need the GIL to finish: a key's __eq__ runs Python
  * under the lock). It spins briefly, yields, then parks on one of a few
  * shared condition variables (a "parking lot" hashed by lock address), after
  * counting itself in ``waiters``. It returns once it has seen the lock free;
- * the caller then takes the GIL back and retries the compare-and-swap, so a
- * thread never holds this lock while it waits for the GIL.
+ * the caller then takes the GIL back and tries again, so a thread never holds
+ * this lock while it waits for the GIL.
  *
  * Lost wake-ups: the releaser's store of 0 and its load of ``waiters`` may be
  * reordered (store -> load, allowed on x86 and ARM), so a waiter registering at
@@ -24,7 +28,9 @@
  * first park of a wait can miss one in practice (by the next release the
  * waiter's registration is long visible).
  *
- * Every function is C only (no Python, no GIL needed).
+ * Every function is C only (no Python). fastkv_lock_try and
+ * fastkv_lock_release are called with the GIL held (on a GIL build the
+ * test-and-set relies on it); fastkv_lock_wait is called without it.
  */
 #ifndef FASTKV_LOCKED_H
 #define FASTKV_LOCKED_H
@@ -41,6 +47,18 @@
 #  include <sched.h>
 #  include <time.h>
 #  include <errno.h>
+#endif
+
+/* Acquire with a compare-and-swap where threads run C code in parallel (the
+   free-threaded build), or when asked to (-DFASTKV_LOCK_CAS, to exercise that
+   path on a GIL build). On a GIL build the lock word is only ever written by
+   the thread holding the GIL, without releasing it in between, so a plain
+   load and store acquire it; see fastkv_lock_try. */
+#if defined(Py_GIL_DISABLED) || defined(FASTKV_LOCK_CAS)
+#  undef FASTKV_LOCK_CAS
+#  define FASTKV_LOCK_CAS 1
+#else
+#  define FASTKV_LOCK_CAS 0
 #endif
 
 typedef struct {
@@ -64,6 +82,9 @@ static __forceinline void fastkv_store_release(uintptr_t *p, uintptr_t v) {
     _ReadWriteBarrier();
     *(volatile uintptr_t *)p = v;
 }
+static __forceinline void fastkv_store_relaxed(uintptr_t *p, uintptr_t v) {
+    *(volatile uintptr_t *)p = v;
+}
 static __forceinline int fastkv_waiters(int *p) { return *(volatile int *)p; }
 static __forceinline void fastkv_waiters_add(int *p, int d) {
     InterlockedExchangeAdd((volatile LONG *)p, d);
@@ -80,6 +101,9 @@ static inline uintptr_t fastkv_load_relaxed(uintptr_t *p) {
 }
 static inline void fastkv_store_release(uintptr_t *p, uintptr_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline void fastkv_store_relaxed(uintptr_t *p, uintptr_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 static inline int fastkv_waiters(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void fastkv_waiters_add(int *p, int d) {
@@ -178,7 +202,18 @@ static inline fastkv_bucket *fastkv_bucket_of(fastkv_lock *l) {
 
 /* Take the lock if it is free: 1 (now held by ``me``) or 0. */
 static inline int fastkv_lock_try(fastkv_lock *l, uintptr_t me) {
+#if FASTKV_LOCK_CAS
     return fastkv_cas_acquire(&l->holder, me);
+#else
+    /* GIL build: only the GIL holder ever writes ``holder`` and nothing here
+       releases the GIL, so the test-and-set cannot interleave (the GIL's own
+       hand-off is the fence). No locked instruction: it would drain the
+       store buffer on every read. */
+    if (fastkv_load_relaxed(&l->holder) != 0)
+        return 0;
+    fastkv_store_relaxed(&l->holder, me);
+    return 1;
+#endif
 }
 
 /* The holder's id, 0 if free (a hint, except that it equals fastkv_thread_id()

@@ -613,3 +613,15 @@ def test_churn_at_the_end_does_not_fill_the_index(impl, make_key):
             del t[make_key(i)]
     assert t.to_dict() == {make_key(-1): "kept"}
     assert make_key(5) not in t
+
+
+def test_get_arguments(impl):
+    t = impl.LockedTable({"a": 1})
+    assert t.get("a") == 1 and t.get("b") is None and t.get("b", 2) == 2
+    assert t.get(key="a") == 1 and t.get("b", default=3) == 3 and t.get(default=4, key="b") == 4
+    for bad in (lambda: t.get(), lambda: t.get("a", 1, 2), lambda: t.get("a", key="a"),
+                lambda: t.get("a", 1, default=2), lambda: t.get("a", other=1), lambda: t.get(default=1)):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(TypeError):
+        t.get([])   # unhashable
