@@ -79,6 +79,8 @@
 # them with the lock held) and behaves as the Python method of the same name:
 #
 #   _get(key, default) -> object          value or ``default``
+#   _find_ref(key, &v) except -1 -> int   1 and a NEW reference in v, or 0 if
+#                                         absent (no sentinel, no default)
 #   _contains(key) except -1 -> int       1 present, 0 absent
 #   _len() except -1 -> Py_ssize_t       number of keys
 #   _put(key, value) except -1            t[key] = value
@@ -108,9 +110,9 @@ cdef extern from "_locked.h":
         uintptr_t holder
         int waiters
     uintptr_t fastkv_thread_id() noexcept nogil
-    bint fastkv_lock_try(fastkv_lock* l, uintptr_t me) noexcept nogil
+    bint fastkv_lock_try(fastkv_lock* l, uintptr_t me) noexcept     # GIL held
     uintptr_t fastkv_lock_holder(fastkv_lock* l) noexcept nogil
-    void fastkv_lock_release(fastkv_lock* l) noexcept nogil
+    void fastkv_lock_release(fastkv_lock* l) noexcept               # GIL held
     void fastkv_lock_wait(fastkv_lock* l) noexcept nogil
     int fastkv_lock_module_init() noexcept
     int FASTKV_LOCK_CAS
