@@ -34,12 +34,18 @@ Timing method (timeit-style, nothing clever):
   is counted as done (such runs cover at least 1,000 operations, so the one
   round trip of ``sync()`` is amortized). The loop's own overhead is included
   for every strategy alike; nothing is subtracted.
-- The number of operations per run is calibrated like ``timeit.autorange``
-  (x10 until a run lasts a tenth of ``--min-time``, then scaled up to last
-  ``--min-time``); the figure reported is the best (fastest) of ``--repeat``
-  runs, as timeit recommends. Runs are short (5 ms quick, 50 ms full) and
-  many (15 quick, 20 full) on purpose: on a shared machine, the best of many
-  short runs is the one least disturbed by other processes. Operations that
+- All the stores of one size are built first and measured together. The
+  number of operations per run is calibrated for each like
+  ``timeit.autorange`` (x10 until a run lasts a tenth of ``--min-time``, then
+  scaled up to last ``--min-time``); then the timed runs are taken in rounds,
+  one run of every store per round (the order rotated each round), so a
+  change in the machine's load during the run reaches every strategy alike.
+  The figure reported is the best (fastest) of ``--repeat`` runs, as timeit
+  recommends. Runs are short (3 ms quick, 10 ms full) and
+  many (15 quick, 40 full) on purpose: on a shared machine, the best of many
+  short runs is the one least disturbed by other processes. Each run goes on
+  through the key list where the previous run stopped, so no run rereads
+  keys the previous one left in the CPU cache. Operations that
   take longer than the per-figure time budget on their own (a module rebuild
   at 100,000 keys) are timed once.
 - A store whose build is expected (from a smaller size or a 1,000-key trial
@@ -116,8 +122,8 @@ FULL_SIZES = (10, 1_000, 100_000, 1_000_000)
 # and seconds a store's build may be expected to take before larger sizes of
 # that strategy are skipped.
 MODES = {
-    "quick": {"min_time": 0.005, "repeat": 15, "budget": 1.0, "build_budget": 2.0},
-    "full": {"min_time": 0.05, "repeat": 20, "budget": 8.0, "build_budget": 30.0},
+    "quick": {"min_time": 0.003, "repeat": 15, "budget": 1.0, "build_budget": 2.0},
+    "full": {"min_time": 0.01, "repeat": 40, "budget": 8.0, "build_budget": 30.0},
 }
 
 KEY_LIST_LEN = 100_000  # length of the random key list a run cycles over
@@ -526,14 +532,17 @@ def _check_available(strategy: Strategy) -> Optional[str]:
 
 
 class _KeyStream:
-    """A pre-built list of items, cut into chunks, handed out cyclically."""
+    """A pre-built list of items, cut into chunks, handed out cyclically: each
+    take() goes on where the previous one stopped, so successive timed runs
+    walk the whole (random) list instead of rereading its cache-warm start."""
 
     def __init__(self, items, chunk=CHUNK):
         self.chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+        self.next = 0
 
-    def take(self, n, start=0):
+    def take(self, n):
         out = []
-        i = start
+        i = self.next
         nchunks = len(self.chunks)
         while n > 0:
             c = self.chunks[i % nchunks]
@@ -542,6 +551,7 @@ class _KeyStream:
             out.append(c)
             n -= len(c)
             i += 1
+        self.next = i % nchunks
         return out
 
 
@@ -606,30 +616,71 @@ def _run_threads(read, per_thread_chunks):
     return elapsed
 
 
-def _measure(run, min_time, repeat, budget, min_n=1):
-    """Calibrate then time ``run(n)`` (seconds for n units): returns
-    (n, [seconds of each timed run]). n grows x10 from ``min_n`` until a run lasts
-    min_time/10, is then scaled to last min_time; the best of ``repeat`` runs
-    is kept, fewer when the budget is spent (a run longer than the budget is
-    timed once)."""
-    spent = 0.0
-    n = max(1, min_n)
+class _Timing:
+    """One figure being measured: its run function, the calibrated number of
+    units per run, and the seconds of each timed run so far."""
+
+    __slots__ = ("strategy", "run", "unit_ops", "n", "samples", "spent", "error")
+
+    def __init__(self, strategy, run, unit_ops):
+        self.strategy = strategy
+        self.run = run
+        self.unit_ops = unit_ops
+        self.n = 1
+        self.samples = []
+        self.spent = 0.0
+        self.error = None
+
+    def calibrate(self, min_time, budget, min_n=1):
+        """n grows x10 from ``min_n`` until a run lasts min_time/10, then is
+        scaled to last min_time (a run already that long is kept as a sample)."""
+        n = max(1, min_n)
+        while True:
+            t = self.run(n)
+            self.spent += t
+            if t >= min_time / 10 or n >= MAX_OPS or self.spent >= budget:
+                break
+            n = min(MAX_OPS, n * 10)
+        if t >= min_time or n >= MAX_OPS or self.spent >= budget:
+            self.samples.append(t)
+        else:
+            n = min(MAX_OPS, max(n, math.ceil(n * min_time / max(t, 1e-9))))
+        self.n = n
+
+    def wants(self, repeat, budget):
+        return self.error is None and len(self.samples) < repeat and (not self.samples or self.spent < budget)
+
+    def once(self):
+        t = self.run(self.n)
+        self.spent += t
+        self.samples.append(t)
+
+
+def _measure_interleaved(timings, min_time, repeat, budget, min_n_of, on_round=None):
+    """Calibrate every figure, then take the timed runs in rounds: one run of
+    each figure per round, the order rotated every round, so that a change in
+    the machine's load during the measurement reaches every strategy alike.
+    A figure stops at ``repeat`` runs, or once its runs exceed ``budget``
+    seconds (a run longer than the budget is timed once)."""
+    for tm in timings:
+        try:
+            tm.calibrate(min_time, budget, min_n_of(tm))
+        except Exception as exc:
+            tm.error = exc
+    rnd = 0
     while True:
-        t = run(n)
-        spent += t
-        if t >= min_time / 10 or n >= MAX_OPS or spent >= budget:
+        todo = [tm for tm in timings if tm.wants(repeat, budget)]
+        if not todo:
             break
-        n = min(MAX_OPS, n * 10)
-    samples = []
-    if t >= min_time or n >= MAX_OPS or spent >= budget:
-        samples.append(t)
-    else:
-        n = min(MAX_OPS, max(n, math.ceil(n * min_time / max(t, 1e-9))))
-    while len(samples) < repeat and (not samples or spent < budget):
-        t = run(n)
-        spent += t
-        samples.append(t)
-    return n, samples
+        k = rnd % len(todo)
+        for tm in todo[k:] + todo[:k]:
+            try:
+                tm.once()
+            except Exception as exc:
+                tm.error = exc
+        rnd += 1
+        if on_round is not None:
+            on_round(rnd)
 
 
 @dataclass
@@ -793,7 +844,7 @@ def run(
     results: Dict[tuple, Dict[str, Any]] = {}
     builds: Dict[tuple, Dict[str, Any]] = {}
     last_build: Dict[str, tuple] = {}  # strategy id -> (size, seconds)
-    prog = _Progress(len(sizes) * len(strategies) * len(scenarios), enabled=progress)
+    prog = _Progress(len(sizes) * len(strategies) * len(scenarios), enabled=progress)  # figures
 
     def record(scn, size, s, **fields):
         results[(scn, size, s.id)] = {"scenario": scn, "size": size, "strategy": s.id, **fields}
@@ -801,84 +852,102 @@ def run(
     for size in sizes:
         prog.step(f"{size:,} keys: building the data")
         w = workload(size, threads)
-        for s in strategies:
-            reason = s.skip_reason
-            if reason is None and s.max_size is not None and size > s.max_size:
-                reason = s.max_size_reason
-            if reason is None and s.id not in last_build and size > PROBE_SIZE:
-                # no smaller size measured yet: time a small build to extrapolate from
+        stores = {}  # strategy id -> built Store, all alive while this size is measured
+        build_seconds = {}
+        try:
+            for s in strategies:
+                reason = s.skip_reason
+                if reason is None and s.max_size is not None and size > s.max_size:
+                    reason = s.max_size_reason
+                if reason is None and s.id not in last_build and size > PROBE_SIZE:
+                    # no smaller size measured yet: time a small build to extrapolate from
+                    try:
+                        t0 = time.perf_counter()
+                        probe = s.build(make_data(PROBE_SIZE))
+                        last_build[s.id] = (PROBE_SIZE, time.perf_counter() - t0)
+                        probe.close()
+                        del probe
+                    except Exception:
+                        pass  # the real build below reports the error
+                if reason is None and s.id in last_build:
+                    psize, psec = last_build[s.id]
+                    estimate = psec * size / max(psize, 1)
+                    if estimate > cfg["build_budget"]:
+                        reason = (f"build estimated at {estimate:.0f} s (took {psec:.1f} s at {psize:,} keys)"
+                                  f" > budget {cfg['build_budget']:.0f} s")
+                if reason is not None:
+                    builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "skipped",
+                                            "reason": reason}
+                    for scn in scenarios:
+                        record(scn, size, s, status="skipped", reason=reason)
+                    prog.step(f"{size:,} keys  {s.label}: skipped ({reason})", final=True)
+                    continue
+                prog.step(f"{size:,} keys  {s.label}: building")
+                gc.collect()
                 try:
                     t0 = time.perf_counter()
-                    probe = s.build(make_data(PROBE_SIZE))
-                    last_build[s.id] = (PROBE_SIZE, time.perf_counter() - t0)
-                    probe.close()
-                    del probe
-                except Exception:
-                    pass  # the real build below reports the error
-            if reason is None and s.id in last_build:
-                psize, psec = last_build[s.id]
-                estimate = psec * size / max(psize, 1)
-                if estimate > cfg["build_budget"]:
-                    reason = (f"build estimated at {estimate:.0f} s (took {psec:.1f} s at {psize:,} keys)"
-                              f" > budget {cfg['build_budget']:.0f} s")
-            if reason is not None:
-                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "skipped", "reason": reason}
-                for scn in scenarios:
-                    prog.done += 1
-                    record(scn, size, s, status="skipped", reason=reason)
-                prog.step(f"{size:,} keys  {s.label}: skipped ({reason})", final=True)
-                continue
-            prog.step(f"{size:,} keys  {s.label}: building")
-            gc.collect()
-            store = None
-            try:
-                t0 = time.perf_counter()
-                store = s.build(w.data)
-                build_s = time.perf_counter() - t0
+                    stores[s.id] = s.build(w.data)
+                    build_s = build_seconds[s.id] = time.perf_counter() - t0
+                except Exception as exc:
+                    msg = f"{type(exc).__name__}: {exc}"
+                    builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "error", "reason": msg}
+                    for scn in scenarios:
+                        record(scn, size, s, status="error", reason=msg)
+                    prog.step(f"{size:,} keys  {s.label}: build error ({msg})", final=True)
+                    continue
                 last_build[s.id] = (size, build_s)
                 builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "ok", "seconds": build_s}
-                # the read-only scenarios first, while the store is as built
-                for scn in sorted(scenarios, key=_EXEC_ORDER.index):
+                prog.step(f"{size:,} keys  {s.label}: built in {build_s:.3f} s", final=True)
+
+            # the read-only scenarios first, while every store is as built
+            for scn in sorted(scenarios, key=_EXEC_ORDER.index):
+                timings = []
+                for s in strategies:
+                    if s.id not in stores:
+                        continue
+                    build_s = build_seconds[s.id]
                     if s.write_rebuilds and scn in ("write", "mix") and build_s > cfg["budget"]:
                         record(scn, size, s, status="skipped",
                                reason=(f"a write rebuilds it: ~{build_s:.1f} s per write at {size:,} keys"
                                        f" > budget {cfg['budget']:g} s per figure"))
-                        prog.done += 1
                         continue
-                    prog.step(f"{size:,} keys  {s.label}: {scn}")
-                    gc.collect()
-                    try:
-                        runner, unit_ops = scenario_runner(scn, store, w)
-                        min_n = 1
-                        if scn in ("write", "mix") and store.settle is not _nothing:
-                            # one sync() round trip ends the run: amortize it
-                            min_n = SETTLED_MIN_OPS // unit_ops
-                        n, samples = _measure(runner, cfg["min_time"], cfg["repeat"], cfg["budget"], min_n)
-                        ops = n * unit_ops
-                        best = min(samples)
-                        median = statistics.median(samples)
-                        record(scn, size, s, status="ok", ops=ops, best_seconds=best, runs=len(samples),
-                               ops_per_sec=ops / best if best > 0 else float("inf"),
-                               median_ops_per_sec=ops / median if median > 0 else float("inf"))
-                    except Exception as exc:  # shown in the output, exit status 1
-                        record(scn, size, s, status="error", reason=f"{type(exc).__name__}: {exc}")
-                    prog.done += 1
-                prog.step(f"{size:,} keys  {s.label}: done (build {build_s:.3f} s)", final=True)
-            except Exception as exc:
-                msg = f"{type(exc).__name__}: {exc}"
-                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "error", "reason": msg}
-                for scn in scenarios:
-                    if (scn, size, s.id) not in results:
-                        prog.done += 1
-                        record(scn, size, s, status="error", reason=msg)
-                prog.step(f"{size:,} keys  {s.label}: error ({msg})", final=True)
-            finally:
-                if store is not None:
-                    try:
-                        store.close()
-                    except Exception:
-                        pass
-                del store
+                    runner, unit_ops = scenario_runner(scn, stores[s.id], w)
+                    timings.append(_Timing(s, runner, unit_ops))
+
+                def min_n_of(tm, scn=scn):
+                    if scn in ("write", "mix") and stores[tm.strategy.id].settle is not _nothing:
+                        # one sync() round trip ends the run: amortize it
+                        return SETTLED_MIN_OPS // tm.unit_ops
+                    return 1
+
+                def on_round(rnd, scn=scn):
+                    prog.step(f"{size:,} keys  {scn}: round {rnd}/{cfg['repeat']} over {len(timings)} stores")
+
+                prog.step(f"{size:,} keys  {scn}: calibrating {len(timings)} stores")
+                gc.collect()
+                _measure_interleaved(timings, cfg["min_time"], cfg["repeat"], cfg["budget"],
+                                     min_n_of, on_round)
+                for tm in timings:
+                    if tm.error is not None:
+                        record(scn, size, tm.strategy, status="error",
+                               reason=f"{type(tm.error).__name__}: {tm.error}")
+                        continue
+                    ops = tm.n * tm.unit_ops
+                    best = min(tm.samples)
+                    median = statistics.median(tm.samples)
+                    record(scn, size, tm.strategy, status="ok", ops=ops, best_seconds=best,
+                           runs=len(tm.samples),
+                           ops_per_sec=ops / best if best > 0 else float("inf"),
+                           median_ops_per_sec=ops / median if median > 0 else float("inf"))
+                prog.done += len(strategies)
+                prog.step(f"{size:,} keys  {scn}: done", final=True)
+        finally:
+            for store in stores.values():
+                try:
+                    store.close()
+                except Exception:
+                    pass
+            stores.clear()
         del w
     prog.finish()
     load_end = _loadavg()
