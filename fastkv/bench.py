@@ -859,8 +859,8 @@ def run(
                 reason = s.skip_reason
                 if reason is None and s.max_size is not None and size > s.max_size:
                     reason = s.max_size_reason
-                if reason is None and s.id not in last_build and size > PROBE_SIZE:
-                    # no smaller size measured yet: time a small build to extrapolate from
+                if reason is None and size > PROBE_SIZE and last_build.get(s.id, (0, 0))[0] < PROBE_SIZE:
+                    # no build of a fair size yet: time a trial build to extrapolate from
                     try:
                         t0 = time.perf_counter()
                         probe = s.build(make_data(PROBE_SIZE))
@@ -869,7 +869,7 @@ def run(
                         del probe
                     except Exception:
                         pass  # the real build below reports the error
-                if reason is None and s.id in last_build:
+                if reason is None and size > PROBE_SIZE and s.id in last_build:
                     psize, psec = last_build[s.id]
                     estimate = psec * size / max(psize, 1)
                     if estimate > cfg["build_budget"]:
