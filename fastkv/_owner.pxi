@@ -374,7 +374,10 @@ cdef class _Owner:
             if self.status != FK_FORKED:
                 self._fail_pending()
                 self.ident = 0      # idents are reused once the thread is gone
-                _fk_engines.discard(self)
+                try:
+                    _fk_engines.discard(self)
+                except BaseException:
+                    pass            # interpreter teardown: the registry is gone
 
     cdef void _fail_pending(self) noexcept:
         """After the loop: leave nobody waiting. The normal exit leaves the
