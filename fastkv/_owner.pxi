@@ -56,6 +56,19 @@
 # casts is taken by the owner in one batch once the caster lets go of the GIL
 # (sync(), a call, or the interpreter's switch interval).
 #
+# OwnerTable and Agent: an Agent's state is any object, replaced by update and
+# cast. An OwnerTable's state is a compiled LockedTable (what call(fn)
+# receives); the owner runs table requests through the LockedTable's C-level
+# methods (_get, _put, _take...), and runs a batch's put casts without the
+# request dispatch. Under access="protected" the reading thread calls those
+# same methods itself: the LockedTable's lock makes the read atomic against
+# the owner's writes, and a call made while that thread holds the lock (a
+# key's __eq__ during the read) raises RuntimeError instead of waiting for an
+# owner that waits for the lock. OwnerTable.get is a hand-written FASTCALL
+# method, so a protected get costs a LockedTable lookup and little more.
+#
+# A request holds None as NULL: every argument is read back through fk_arg.
+#
 # References: a request owns references to its arguments from the moment it is
 # filled until the owner has served it (the owner drops them, with the GIL);
 # a call's result or exception is owned by the request until the caller takes
@@ -152,6 +165,12 @@ cdef extern from "_owner.h" nogil:
     int fk_wait_again(fk_req *r)
     int fk_abandon(fk_req *r)
     int FK_PENDING
+
+cdef extern from "_owner.h":
+    ctypedef struct fk_method_def "PyMethodDef":
+        pass
+    fk_method_def fk_owner_get_def
+    int fk_install_method(object type, fk_method_def *d, void *func) except? -1
 
 
 # ---- requests: a GIL-protected free list -------------------------------------
@@ -293,6 +312,7 @@ cdef class _Owner:
     cdef Py_ssize_t errors      # casts that raised
     cdef Py_ssize_t pushed      # requests queued (GIL: counted before the push)
     cdef Py_ssize_t taken       # queued requests served or dropped
+    cdef LockedTable table      # an OwnerTable's storage (the state), else None
     cdef object __weakref__
 
     def __cinit__(self):
@@ -347,6 +367,11 @@ cdef class _Owner:
                 r = batch
                 while r is not NULL:
                     nxt = r.next
+                    if r.op == FK_OP_PUT and r.cast:
+                        self._serve_put(r)      # the hot cast, no dispatch
+                        fk_req_release(r)
+                        r = nxt
+                        continue
                     self._serve(r)
                     if self.status == FK_FORKED:
                         return      # a fn forked and this is the child: stop here
@@ -410,23 +435,31 @@ cdef class _Owner:
 
     cdef object _apply(self, int op, object fn, object a, object b):
         """Run one request against the state (owner thread, GIL); returns its
-        answer or raises what it raises."""
-        cdef object state = self.state
+        answer or raises what it raises. Table ops go straight to the
+        LockedTable's C-level methods."""
+        cdef LockedTable table = self.table
+        cdef object state
         if op == FK_OP_GET:
-            return state.get(a, b)
+            return table._get(a, b)
         if op == FK_OP_PUT:
-            state.put(a, b)
+            table._put(a, b)
             return None
         if op == FK_OP_CALL:
+            state = self.state
             return fn(state, *a) if a else fn(state)
         if op == FK_OP_GETITEM:
-            return state[a]
+            state = table._get(a, _MISSING)
+            if state is _MISSING:
+                raise KeyError(a)
+            return state
         if op == FK_OP_CONTAINS:
-            return a in state
+            return table._contains(a) == 1
         if op == FK_OP_UPDATE:
+            state = self.state
             self.state = fn(state, *a) if a else fn(state)
             return None
         if op == FK_OP_GET_AND_UPDATE:
+            state = self.state
             res = fn(state, *a) if a else fn(state)
             reply, new_state = res
             self.state = new_state
@@ -434,31 +467,32 @@ cdef class _Owner:
         if op == FK_OP_SYNC:
             return None
         if op == FK_OP_LEN:
-            return len(state)
+            return table._len()
         if op == FK_OP_KEYS:
-            return list(state)
+            return iter(table)          # walks a private snapshot: any thread may
         if op == FK_OP_GET_MANY:
-            return state.get_many(a, b)
+            return table.get_many(a, b)
         if op == FK_OP_TO_DICT:
-            return state.to_dict()
+            return table.to_dict()
         if op == FK_OP_PUT_MANY:
-            state.put_many(a)
+            table._put_many(<_Snapshot>a)
             return None
         if op == FK_OP_DELETE:
-            state.delete(a)
+            table._delete(a)
             return None
         if op == FK_OP_CLEAR:
-            state.clear()
+            table._clear()
             return None
         if op == FK_OP_DELITEM:
-            del state[a]
+            if table._delete(a) == 0:
+                raise KeyError(a)
             return None
         if op == FK_OP_TAKE:
-            return state.take(a, b) if b is not _fk_no_default else state.take(a)
+            return table._take(a, b)
         if op == FK_OP_POPITEM:
-            return state.popitem()
+            return table.popitem()
         if op == FK_OP_SETDEFAULT:
-            return state.setdefault(a, b)
+            return table.setdefault(a, b)
         raise SystemError("fastkv: unknown owner request %d" % op)
 
     cdef void _serve(self, fk_req *r) noexcept:
@@ -480,6 +514,15 @@ cdef class _Owner:
         if not r.cast:
             Py_INCREF(out)
             r.result = <PyObject *>out
+
+    cdef void _serve_put(self, fk_req *r) noexcept:
+        """Serve a put cast (owner thread, GIL): _serve without the dispatch."""
+        try:
+            self.table._put(fk_arg(r.a), fk_arg(r.b))   # None travels as NULL
+        except BaseException:
+            self._cast_failed()
+        self.served += 1
+        self.taken += 1
 
     cdef void _cast_failed(self) noexcept:
         """In an except clause on the owner thread: log and count."""
@@ -640,9 +683,6 @@ _fk_os.register_at_fork(after_in_child=_fk_after_fork_in_child)
 _fk_atexit_mod.register(_fk_close_at_exit)   # after logging's: runs before it
 
 
-cdef object _fk_no_default = object()   # pop()/take() without a default
-
-
 # ---- Agent -------------------------------------------------------------------
 
 cdef class Agent:
@@ -736,36 +776,10 @@ cdef class Agent:
 
 import collections.abc as _fk_abc
 
-cdef object _fk_reference_locked = None
-
-
-cdef object fk_new_storage():
-    """The LockedTable an OwnerTable keeps its data in: the compiled one once
-    it exists in this module, else the reference one (same behaviour)."""
-    global _fk_reference_locked
-    cls = globals().get("LockedTable")
-    if cls is None:
-        if _fk_reference_locked is None:
-            from fastkv.reference import LockedTable as _ref_locked
-            _fk_reference_locked = _ref_locked
-        cls = _fk_reference_locked
-    return cls()
-
-
-cdef inline bint fk_storage_held(object storage):
+cdef inline bint fk_storage_held(LockedTable storage):
     """True if the calling thread holds the storage's lock (it is inside an
     operation on it: a key's __eq__/__hash__ or a destructor running)."""
-    if isinstance(storage, LockedTable):
-        return (<LockedTable>storage)._held()
-    return getattr(storage, "_holder", 0) == fk_thread_ident()
-
-
-cdef object fk_collect(object data, dict kwargs):
-    """``dict(data, **kwargs)``: dict's constructor rules, evaluated (and
-    every key hashed) before anything is queued."""
-    if kwargs:
-        return dict(data, **kwargs)
-    return dict(data)
+    return storage._held()
 
 
 class _OwnerValuesView(_fk_abc.ValuesView):
@@ -809,23 +823,24 @@ cdef class OwnerTable:
     the child of an ``os.fork()``, every method raises ``ClosedError``.
     """
     cdef _Owner _eng
-    cdef object _storage
+    cdef LockedTable _storage
     cdef bint _protected
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
-        self._storage = fk_new_storage()
+        self._storage = LockedTable()
         self._protected = False
         self._eng = _Owner()
+        self._eng.table = self._storage
         self._eng.start("OwnerTable", self._storage)
 
     def __init__(self, data=(), /, access="private", **kwargs):
         if access != "private" and access != "protected":
             raise ValueError(f'access must be "private" or "protected", not {access!r}')
-        items = fk_collect(data, kwargs)
+        staged = _locked_stage(data, kwargs)
         self._eng.check_open()
         self._protected = access == "protected"
-        self._storage.put_many(items)  # no request can be queued yet
+        self._storage._put_many(staged)  # no request can be queued yet
 
     def __dealloc__(self):
         if self._eng is not None:
@@ -858,29 +873,35 @@ cdef class OwnerTable:
         """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
         the owner); a direct O(1) read under ``access="protected"``."""
         if self._direct():
-            return self._storage[key]
+            value = self._storage._get(key, _MISSING)
+            if value is _MISSING:
+                raise KeyError(key)
+            return value
         fk_hash(key)
         return self._call(FK_OP_GETITEM, None, key, None)
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. A call; a direct O(1) read
         under ``access="protected"``."""
+        return self._get(key, default)   # replaced by fk_owner_get_fastcall
+
+    cdef object _get(self, object key, object default):
         if self._direct():
-            return self._storage.get(key, default)
+            return self._storage._get(key, default)
         fk_hash(key)
         return self._call(FK_OP_GET, None, key, default)
 
     def __contains__(self, key):
         """``key in t``. A call; direct under ``access="protected"``."""
         if self._direct():
-            return key in self._storage
+            return self._storage._contains(key) == 1
         fk_hash(key)
         return self._call(FK_OP_CONTAINS, None, key, None)
 
     def __len__(self):
         """Number of keys. A call; direct under ``access="protected"``."""
         if self._direct():
-            return len(self._storage)
+            return self._storage._len()
         return self._call(FK_OP_LEN, None, None, None)
 
     def __iter__(self):
@@ -976,12 +997,12 @@ cdef class OwnerTable:
     def put_many(self, mapping_or_pairs):
         """Store many items in one cast, applied atomically by the owner. The
         argument is read (and every key hashed) before it is queued."""
-        items = fk_collect(mapping_or_pairs, None)
-        self._eng.cast(FK_OP_PUT_MANY, None, items, None)
+        staged = _locked_stage(mapping_or_pairs, None)
+        self._eng.cast(FK_OP_PUT_MANY, None, staged, None)
 
     def update(self, other=(), /, **kwargs):
         """``dict.update`` as one cast (see ``put_many``)."""
-        OwnerTable.put_many(self, fk_collect(other, kwargs))
+        self._eng.cast(FK_OP_PUT_MANY, None, _locked_stage(other, kwargs), None)
 
     def clear(self):
         """Remove every item: a cast."""
@@ -1002,7 +1023,7 @@ cdef class OwnerTable:
         fk_hash(key)
         self._call(FK_OP_DELITEM, None, key, None)
 
-    def pop(self, key, default=_fk_no_default):
+    def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. A call."""
         fk_hash(key)
@@ -1048,7 +1069,7 @@ cdef class OwnerTable:
         served, "errors": casts that raised, "access": "private" or
         "protected"}``. Read without a round trip."""
         self._eng.check_open()
-        info = {"size": len(self._storage)}
+        info = {"size": self._storage._len()}
         info.update(self._eng.counters())
         info["access"] = "protected" if self._protected else "private"
         return info
@@ -1064,5 +1085,45 @@ cdef class OwnerTable:
 
     __class_getitem__ = classmethod(_fk_GenericAlias)
 
+
+cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs,
+                                  PyObject *kwnames):
+    """OwnerTable.get(key, default=None), vectorcall convention: a protected
+    read goes straight to the storage."""
+    cdef OwnerTable t = <OwnerTable>self
+    cdef Py_ssize_t nkw, i
+    cdef PyObject *key = NULL
+    cdef PyObject *default = <PyObject *>None
+    if kwnames is NULL and (nargs == 1 or nargs == 2):
+        key = args[0]
+        if nargs == 2:
+            default = args[1]
+    else:
+        if nargs > 2:
+            raise TypeError(f"get() takes at most 2 arguments ({nargs} given)")
+        if nargs >= 1:
+            key = args[0]
+        if nargs == 2:
+            default = args[1]
+        nkw = len(<tuple><object>kwnames) if kwnames is not NULL else 0
+        for i in range(nkw):
+            name = (<tuple><object>kwnames)[i]
+            if name == "key" and key is NULL:
+                key = args[nargs + i]
+            elif name == "default" and nargs < 2:
+                default = args[nargs + i]
+            elif name in ("key", "default"):
+                raise TypeError(f"get() got multiple values for argument '{name}'")
+            else:
+                raise TypeError(f"get() got an unexpected keyword argument '{name}'")
+        if key is NULL:
+            raise TypeError("get() missing required argument 'key' (pos 1)")
+    if t._protected and t._eng.status == FK_OPEN:
+        return t._storage._get(<object>key, <object>default)
+    return t._get(<object>key, <object>default)
+
+
+if fk_install_method(OwnerTable, &fk_owner_get_def, <void *>fk_owner_get_fastcall) != 0:
+    raise ImportError("fastkv: cannot install OwnerTable.get")
 
 _fk_abc.MutableMapping.register(OwnerTable)

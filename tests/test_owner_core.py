@@ -227,6 +227,28 @@ def test_refcounts_table_requests():
     assert [sys.getrefcount(o) for o in objs] == before
 
 
+@pytest.mark.parametrize("access", ["private", "protected"])
+def test_none_travels_as_key_value_and_default(access):
+    # a request holds None as NULL: every op must read it back as None
+    t = _core.OwnerTable(access=access)
+    t.put(None, None)
+    t[None] = None
+    t.put("k", None)
+    t.put_many([(None, None)])
+    t.sync()
+    assert t.get(None, 1) is None and t[None] is None and None in t
+    assert t.get("absent") is None and t.get("absent", None) is None
+    assert t.get_many([None, "absent"]) == [None, None]
+    assert t.setdefault(None) is None and t.setdefault("new") is None
+    assert t.pop("absent", None) is None and t.pop(None) is None
+    assert t.call(lambda s, a, b: (a, b), None, None) == (None, None)
+    del t["k"]
+    t.delete("new")
+    t.sync()
+    assert t.to_dict() == {}
+    assert t.close() is True
+
+
 def test_refcounts_table_cast_errors():
     class Clash:
         armed = False
