@@ -123,6 +123,12 @@ static FK_INLINE void fk_i64_store_relaxed(int64_t *p, int64_t v) {
 #  error "fastkv's owner engine needs GCC/Clang atomic builtins or MSVC intrinsics"
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#  define fk_prefetch_w(p) __builtin_prefetch((const void *)(p), 1, 3)
+#else
+#  define fk_prefetch_w(p) ((void)0)
+#endif
+
 /* ---- clock ---------------------------------------------------------------- */
 
 static FK_INLINE int64_t fk_now_ns(void) {
@@ -141,9 +147,12 @@ static FK_INLINE int64_t fk_now_ns(void) {
 
 /* ---- spin budgets (nanoseconds), adapted per queue -------------------------
  * A waiter spins at most `budget` ns before it parks. The budget follows what
- * spinning would have needed: after a park of d ns, budget = 2d if d < MAX
- * (a spin of that length would have caught it) else halves; after a spin that
- * caught the event at e ns, budget moves up towards 2e. It never exceeds
+ * spinning would have needed: after a park, the side that woke us stamped
+ * when the event happened (done_ns, wake_ns), d ns after the wait began:
+ * budget = 2d if d < MAX/2 (a spin that long would have caught it), else it
+ * halves -- the wake-up latency itself is not counted, or a slow wake-up (an
+ * IPI) would keep us parking; after a spin that caught the event at e ns, the
+ * budget moves up towards 2e. It never exceeds
  * FK_SPIN_MAX_NS, so an idle table costs one bounded spin and then sleeps.
  *
  * A spin is a pause loop for its first FK_SPIN_PURE_NS, then a yield loop: when
@@ -193,8 +202,8 @@ static FK_INLINE int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
     return budget;
 }
 
-static FK_INLINE int64_t fk_budget_after_park(int64_t budget, int64_t parked) {
-    if (parked < FK_SPIN_MAX_NS / 2) budget = 2 * parked + FK_SPIN_MIN_NS;
+static FK_INLINE int64_t fk_budget_after_park(int64_t budget, int64_t waited) {
+    if (waited < FK_SPIN_MAX_NS / 2) budget = 2 * waited + FK_SPIN_MIN_NS;
     else budget /= 2;
     if (budget < FK_SPIN_MIN_NS) budget = FK_SPIN_MIN_NS;
     if (budget > FK_SPIN_MAX_NS) budget = FK_SPIN_MAX_NS;
@@ -215,6 +224,7 @@ typedef struct fk_req {
     int cast;                  /* 1: nobody waits; the owner frees it when served */
     int failed;                /* result is an exception instance */
     int state;                 /* FK_PENDING/DONE/PARKED/ABANDONED, atomic */
+    int64_t done_ns;           /* when the owner completed it, if the caller PARKED */
     Py_hash_t hash;            /* the key's hash, computed by the caller */
     PyObject *fn;              /* owned references (or NULL) held until served */
     PyObject *a;
@@ -240,6 +250,7 @@ typedef struct fk_queue {
     int64_t owner_budget;      /* owner's spin budget (ns), owner-only */
     int64_t caller_budget;     /* callers' spin budget (ns), relaxed atomic */
     PyThread_type_lock wake;   /* the owner parks here; acquired while idle */
+    int64_t wake_ns;           /* when a pusher woke the parked owner */
     char pad2[64];
 } fk_queue;
 
@@ -266,8 +277,10 @@ static void fk_queue_free(fk_queue *q) {
 /* Wake the owner if it is parked (or about to park). Called after a push or a
  * close made the queue non-empty/closed. Exactly one waker releases `wake`. */
 static FK_INLINE void fk_wake_owner(fk_queue *q) {
-    if (fk_int_load(&q->parked) && fk_int_xchg(&q->parked, 0) == 1)
+    if (fk_int_load(&q->parked) && fk_int_xchg(&q->parked, 0) == 1) {
+        q->wake_ns = fk_now_ns();          /* read by the owner after the lock */
         PyThread_release_lock(q->wake);
+    }
 }
 
 /* 0 = queued, -1 = closed. No GIL needed. */
@@ -299,50 +312,103 @@ static FK_INLINE int fk_is_closed(fk_queue *q) {
     return (fk_ptr_load_relaxed(&q->head) & FK_CLOSED_BIT) != 0;
 }
 
-/* Take every queued request (arrival order); *closed = 1 once the queue is
- * closed, in which case nothing more will ever be queued. */
-static FK_INLINE fk_req *fk_grab(fk_queue *q, int *closed) {
+/* Take every queued request and append them, in arrival order, to the list
+ * *head..*tail, prefetching each one's arguments (the pusher's CPU wrote
+ * them); *closed = 1 once the queue is closed, after which nothing more will
+ * ever be queued. Returns 1 if one of them is a call (somebody waits). */
+static int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed) {
     uintptr_t old = fk_ptr_load(&q->head);
-    fk_req *r, *fifo = NULL, *nxt;
+    fk_req *r, *fifo = NULL, *last = NULL, *nxt;
+    int has_call = 0;
     while (!fk_ptr_cas(&q->head, &old, old & FK_CLOSED_BIT)) {}
     *closed = (old & FK_CLOSED_BIT) != 0;
     for (r = (fk_req *)(old & ~FK_CLOSED_BIT); r != NULL; r = nxt) {
         nxt = r->next;
+        fk_prefetch_w(r->a);
+        fk_prefetch_w(r->b);
+        if (!r->cast) has_call = 1;
+        if (last == NULL) last = r;
         r->next = fifo;
         fifo = r;
     }
-    return fifo;
+    if (fifo != NULL) {
+        if (*tail != NULL) (*tail)->next = fifo; else *head = fifo;
+        *tail = last;
+    }
+    return has_call;
 }
 
 /* The owner waits (without the GIL) until requests are queued or the queue is
  * closed: spin up to the adaptive budget, then park on `wake`. */
-static fk_req *fk_take(fk_queue *q, int *closed) {
+static void fk_wait_requests(fk_queue *q) {
     int64_t t0, t = 0, budget = q->owner_budget;
     unsigned i;
-    if (fk_ptr_load_relaxed(&q->head) == 0) {
-        fk_int_store_relaxed(&q->owner_cpu, fk_cpu());
-        i = fk_spin_start(fk_int_load_relaxed(&q->caller_cpu));
-        t0 = fk_now_ns();
-        for (;;) {
-            if (fk_ptr_load_relaxed(&q->head) != 0) {
-                q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
-                break;
-            }
-            if (fk_spin_step(&i, t0, budget, &t)) {
-                /* park: announce, re-check, sleep */
-                fk_int_store(&q->parked, 1);
-                if (fk_ptr_load(&q->head) != 0) {
-                    if (fk_int_xchg(&q->parked, 0) == 0)     /* a pusher is waking us: */
-                        PyThread_acquire_lock(q->wake, WAIT_LOCK);   /* consume it */
-                } else {
-                    PyThread_acquire_lock(q->wake, WAIT_LOCK);
-                }
-                q->owner_budget = fk_budget_after_park(budget, fk_now_ns() - t);
-                break;
-            }
+    if (fk_ptr_load_relaxed(&q->head) != 0) return;
+    fk_int_store_relaxed(&q->owner_cpu, fk_cpu());
+    i = fk_spin_start(fk_int_load_relaxed(&q->caller_cpu));
+    t0 = fk_now_ns();
+    for (;;) {
+        if (fk_ptr_load_relaxed(&q->head) != 0) {
+            q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
+            return;
         }
+        if (fk_spin_step(&i, t0, budget, &t)) break;
     }
-    return fk_grab(q, closed);
+    /* park: announce, re-check, sleep */
+    fk_int_store(&q->parked, 1);
+    if (fk_ptr_load(&q->head) != 0) {
+        if (fk_int_xchg(&q->parked, 0) == 1) {       /* cancelled our own park */
+            q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
+            return;
+        }
+        /* a pusher is waking us: consume its release */
+    }
+    PyThread_acquire_lock(q->wake, WAIT_LOCK);
+    q->owner_budget = fk_budget_after_park(budget, q->wake_ns - t0);
+}
+
+/* Wait for requests, then take them all (arrival order). */
+static fk_req *fk_take(fk_queue *q, int *closed) {
+    fk_req *head = NULL, *tail = NULL;
+    fk_wait_requests(q);
+    fk_grab_into(q, &head, &tail, closed);
+    return head;
+}
+
+#define FK_GATHER_QUIET_NS 20000    /* casts only: gather while they keep coming */
+#define FK_GATHER_MAX_NS 2000000    /* and no longer than this */
+#define FK_GATHER_POLL 64           /* pauses between two looks at the queue */
+
+/* The owner loop's wait for a batch (without the GIL). Once requests are
+ * queued, if they are all casts the owner keeps gathering instead of asking
+ * for the GIL at once: casts are pushed by a thread that holds the GIL, so
+ * asking now would only put the owner to sleep on the GIL's condition
+ * variable, to be woken (a futex wake-up; an inter-processor interrupt when
+ * the threads run on two CPUs) when the caster lets go. Meanwhile it pulls
+ * the requests and their arguments into its own cache. A call (a read,
+ * sync()) ends the gathering at once: its caller released the GIL before
+ * pushing it, so the GIL is free now. So do FK_GATHER_QUIET_NS without a new
+ * request (the caster stopped, and may have let go of the GIL some other way),
+ * FK_GATHER_MAX_NS in all, and the close of the queue. */
+static fk_req *fk_take_batch(fk_queue *q, int *closed) {
+    fk_req *head = NULL, *tail = NULL;
+    int64_t t0, last, now;
+    int k, same;
+    fk_wait_requests(q);
+    if (fk_grab_into(q, &head, &tail, closed) || *closed) return head;
+    same = fk_cpu() == fk_int_load_relaxed(&q->caller_cpu);
+    t0 = last = fk_now_ns();
+    for (;;) {
+        if (same) FK_YIELD();                /* let the caster run */
+        else for (k = 0; k < FK_GATHER_POLL; k++) FK_RELAX();
+        now = fk_now_ns();
+        if (fk_ptr_load_relaxed(&q->head) != 0) {
+            if (fk_grab_into(q, &head, &tail, closed) || *closed) break;
+            last = now;
+        }
+        if (now - last > FK_GATHER_QUIET_NS || now - t0 > FK_GATHER_MAX_NS) break;
+    }
+    return head;
 }
 
 /* The owner hands the result to the caller (after it stored r->result and let
@@ -350,7 +416,10 @@ static fk_req *fk_take(fk_queue *q, int *closed) {
  * caller: the owner frees it (with the GIL). */
 static FK_INLINE int fk_complete(fk_req *r) {
     int old = fk_int_xchg(&r->state, FK_DONE);
-    if (old == FK_PARKED) PyThread_release_lock(r->lock);
+    if (old == FK_PARKED) {
+        r->done_ns = fk_now_ns();          /* read by the caller after the lock */
+        PyThread_release_lock(r->lock);
+    }
     return old == FK_ABANDONED;
 }
 
@@ -374,7 +443,7 @@ static int fk_wait(fk_queue *q, fk_req *r) {
     expect = FK_PENDING;
     if (!fk_int_cas(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
     if (PyThread_acquire_lock_timed(r->lock, -1, 1) == PY_LOCK_INTR) return 1;
-    fk_i64_store_relaxed(&q->caller_budget, fk_budget_after_park(budget, fk_now_ns() - t));
+    fk_i64_store_relaxed(&q->caller_budget, fk_budget_after_park(budget, r->done_ns - t0));
     return 0;
 }
 

@@ -49,12 +49,20 @@
 # two threads sharing one CPU hand over at once instead of burning a time slice
 # each. An idle owner spins once (bounded) and sleeps, so an idle table costs
 # no CPU; the budgets adapt (_owner.h): a wait a spin would have caught grows
-# the spin, a long sleep halves it.
+# the spin, a long sleep halves it. A sleeper learns when the event it slept
+# through happened (the waker stamps it), so a slow wake-up does not teach it
+# to keep sleeping.
 #
 # Casts (put, delete, Agent.cast...) are pushed with the GIL held (releasing it
-# per cast would cost more than the cast) and nobody waits for them: a burst of
-# casts is taken by the owner in one batch once the caster lets go of the GIL
-# (sync(), a call, or the interpreter's switch interval).
+# per cast would cost more than the cast) and nobody waits for them. An owner
+# that finds only casts queued does not ask for the GIL at once (it would
+# sleep on the GIL's condition variable until the caster lets go, and be woken
+# by a futex -- an inter-processor interrupt when the two threads run on two
+# CPUs): it keeps gathering without the GIL, pulling the requests and their
+# arguments into its cache while the caster goes on, until a call arrives
+# (sync(), a read: its caller has just released the GIL, so the GIL is free),
+# or no request came for 20 us, or 2 ms passed (fk_take_batch). Then it serves
+# the whole gathered batch under one GIL hold.
 #
 # OwnerTable and Agent: an Agent's state is any object, replaced by update and
 # cast. An OwnerTable's state is a compiled LockedTable (what call(fn)
@@ -160,6 +168,7 @@ cdef extern from "_owner.h" nogil:
     int fk_close(fk_queue *q)
     int fk_is_closed(fk_queue *q)
     fk_req *fk_take(fk_queue *q, int *closed)
+    fk_req *fk_take_batch(fk_queue *q, int *closed)
     int fk_complete(fk_req *r)
     int fk_wait(fk_queue *q, fk_req *r)
     int fk_wait_again(fk_req *r)
@@ -205,19 +214,18 @@ cdef enum:
     FK_CLOSED = 1
     FK_FORKED = 2
 
-cdef fk_req *_fk_free_reqs = NULL
-cdef int _fk_nfree = 0
+cdef fk_req *_fk_free_reqs[FK_FREE_MAX]   # a stack of pointers: popping one
+cdef int _fk_nfree = 0                    # does not read the request (its line
+                                          # is likely in the owner's cache)
 
 
 cdef fk_req *fk_req_new() except NULL:
     """A clean request (from the free list or new). GIL. NULL + MemoryError."""
-    global _fk_free_reqs, _fk_nfree
-    cdef fk_req *r = _fk_free_reqs
-    if r is not NULL:
-        _fk_free_reqs = r.next
+    global _fk_nfree
+    cdef fk_req *r
+    if _fk_nfree:
         _fk_nfree -= 1
-        r.next = NULL
-        return r
+        return _fk_free_reqs[_fk_nfree]
     r = <fk_req *>fk_raw_calloc(1, sizeof(fk_req))
     if r is NULL:
         raise MemoryError()
@@ -250,16 +258,16 @@ cdef inline void fk_req_clear(fk_req *r) noexcept:
 
 cdef void fk_req_release(fk_req *r) noexcept:
     """Clear a request, then back to the free list (or freed). GIL."""
-    global _fk_free_reqs, _fk_nfree
+    global _fk_nfree
     fk_req_clear(r)
+    r.next = NULL
     r.op = 0
     r.cast = 0
     r.failed = 0
     r.state = FK_PENDING
     r.hash = 0
     if _fk_nfree < FK_FREE_MAX:
-        r.next = _fk_free_reqs
-        _fk_free_reqs = r
+        _fk_free_reqs[_fk_nfree] = r
         _fk_nfree += 1
     else:
         if r.lock is not NULL:
@@ -361,7 +369,7 @@ cdef class _Owner:
         try:
             while not closed:
                 with nogil:
-                    batch = fk_take(&self.q, &closed)
+                    batch = fk_take_batch(&self.q, &closed)
                 done = NULL
                 tail = &done
                 r = batch
