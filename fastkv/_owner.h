@@ -163,6 +163,10 @@ static FK_INLINE int64_t fk_now_ns(void) {
  * when it goes back to waiting) the spin starts in the yield phase: pausing
  * there would only keep the other thread off the CPU.
  *
+ * The clock is read only every FK_SPIN_CHECK pauses or every 4th yield, and
+ * the spin starts counting at the first reading (*t0 == 0 until then): a
+ * wait that one yield or a few pauses satisfy reads no clock at all.
+ *
  * fk_spin_step does one step: 1 = the budget is spent, park now; *t gets the
  * clock when it was read. Start with *i = 0, or FK_SPIN_YIELDING. */
 
@@ -179,20 +183,23 @@ static FK_INLINE unsigned fk_spin_start(int other_cpu) {
 #define FK_SPIN_CHECK    16      /* spin iterations between clock reads */
 #define FK_SPIN_PURE_NS  2000    /* then yield the CPU between checks */
 
-static FK_INLINE int fk_spin_step(unsigned *i, int64_t t0, int64_t budget, int64_t *t) {
+static FK_INLINE int fk_spin_step(unsigned *i, int64_t *t0, int64_t budget, int64_t *t) {
     unsigned n = ++*i;
     if ((n & FK_SPIN_YIELDING) == 0) {
-        /* pause phase */
-        FK_RELAX();
+        FK_RELAX();                            /* pause phase */
         if (n % FK_SPIN_CHECK) return 0;
-        *t = fk_now_ns();
-        if (*t - t0 > budget) return 1;
-        if (*t - t0 > FK_SPIN_PURE_NS) *i |= FK_SPIN_YIELDING;
+    } else {
+        FK_YIELD();                            /* yield phase */
+        if (n & 3) return 0;
+    }
+    *t = fk_now_ns();
+    if (*t0 == 0) {
+        *t0 = *t;
         return 0;
     }
-    FK_YIELD();
-    *t = fk_now_ns();
-    return *t - t0 > budget;
+    if (*t - *t0 > budget) return 1;
+    if (*t - *t0 > FK_SPIN_PURE_NS) *i |= FK_SPIN_YIELDING;
+    return 0;
 }
 
 static FK_INLINE int64_t fk_budget_after_spin(int64_t budget, int64_t elapsed) {
@@ -341,24 +348,26 @@ static int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed) 
 /* The owner waits (without the GIL) until requests are queued or the queue is
  * closed: spin up to the adaptive budget, then park on `wake`. */
 static void fk_wait_requests(fk_queue *q) {
-    int64_t t0, t = 0, budget = q->owner_budget;
+    int64_t t0 = 0, t = 0, budget = q->owner_budget;
     unsigned i;
+    int cpu;
     if (fk_ptr_load_relaxed(&q->head) != 0) return;
-    fk_int_store_relaxed(&q->owner_cpu, fk_cpu());
+    cpu = fk_cpu();
+    if (cpu != fk_int_load_relaxed(&q->owner_cpu))      /* a shared line: */
+        fk_int_store_relaxed(&q->owner_cpu, cpu);       /* write only changes */
     i = fk_spin_start(fk_int_load_relaxed(&q->caller_cpu));
-    t0 = fk_now_ns();
     for (;;) {
         if (fk_ptr_load_relaxed(&q->head) != 0) {
-            q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
+            q->owner_budget = fk_budget_after_spin(budget, t - t0);
             return;
         }
-        if (fk_spin_step(&i, t0, budget, &t)) break;
+        if (fk_spin_step(&i, &t0, budget, &t)) break;
     }
     /* park: announce, re-check, sleep */
     fk_int_store(&q->parked, 1);
     if (fk_ptr_load(&q->head) != 0) {
         if (fk_int_xchg(&q->parked, 0) == 1) {       /* cancelled our own park */
-            q->owner_budget = fk_budget_after_spin(budget, fk_now_ns() - t0);
+            q->owner_budget = fk_budget_after_spin(budget, t - t0);
             return;
         }
         /* a pusher is waking us: consume its release */
@@ -427,18 +436,19 @@ static FK_INLINE int fk_complete(fk_req *r) {
  * budget, then park on r->lock. 0 = done; 1 = a signal interrupted the park
  * (the state is still FK_PARKED: call fk_wait_again or fk_abandon). */
 static int fk_wait(fk_queue *q, fk_req *r) {
-    int64_t t0, t = 0, budget = fk_i64_load_relaxed(&q->caller_budget);
+    int64_t t0 = 0, t = 0, nb, budget = fk_i64_load_relaxed(&q->caller_budget);
     unsigned i;
     int expect;
     if (fk_int_load_acquire(&r->state) == FK_DONE) return 0;
     i = fk_spin_start(fk_int_load_relaxed(&q->owner_cpu));
-    t0 = fk_now_ns();
     for (;;) {
         if (fk_int_load_acquire(&r->state) == FK_DONE) {
-            fk_i64_store_relaxed(&q->caller_budget, fk_budget_after_spin(budget, fk_now_ns() - t0));
+            nb = fk_budget_after_spin(budget, t - t0);
+            if (nb != budget)                  /* a shared line: write only changes */
+                fk_i64_store_relaxed(&q->caller_budget, nb);
             return 0;
         }
-        if (fk_spin_step(&i, t0, budget, &t)) break;
+        if (fk_spin_step(&i, &t0, budget, &t)) break;
     }
     expect = FK_PENDING;
     if (!fk_int_cas(&r->state, &expect, FK_PARKED)) return 0;   /* completed meanwhile */
