@@ -250,6 +250,7 @@ typedef struct fk_req {
 
 typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
+    int pending;               /* 1: casts wait in the engine's unpushed chain */
     int caller_cpu;            /* CPU of the last pusher onto an empty queue */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
@@ -290,18 +291,41 @@ static FK_INLINE void fk_wake_owner(fk_queue *q) {
     }
 }
 
-/* 0 = queued, -1 = closed. No GIL needed. */
-static FK_INLINE int fk_push(fk_queue *q, fk_req *r) {
+/* Push a chain of requests linked newest first (first -> ... -> last) with
+ * one CAS: 0 = queued, -1 = closed. No GIL needed. */
+static FK_INLINE int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last) {
     uintptr_t old = fk_ptr_load_relaxed(&q->head);
     do {
         if (old & FK_CLOSED_BIT) return -1;
-        r->next = (fk_req *)old;
-    } while (!fk_ptr_cas(&q->head, &old, (uintptr_t)r));
+        last->next = (fk_req *)old;
+    } while (!fk_ptr_cas(&q->head, &old, (uintptr_t)first));
     if (old == 0) {                  /* empty -> non-empty: the pusher wakes */
         fk_int_store_relaxed(&q->caller_cpu, fk_cpu());
         fk_wake_owner(q);
     }
     return 0;
+}
+
+/* Push one request: 0 = queued, -1 = closed. */
+static FK_INLINE int fk_push(fk_queue *q, fk_req *r) {
+    return fk_push_chain(q, r, r);
+}
+
+/* The first cast of a new unpushed chain (with the GIL): tell the owner, and
+ * wake it if it sleeps (the store is sequentially consistent: it pairs with
+ * the owner's announce-then-recheck as a push does). */
+static FK_INLINE void fk_pending_start(fk_queue *q) {
+    fk_int_store(&q->pending, 1);
+    fk_int_store_relaxed(&q->caller_cpu, fk_cpu());
+    fk_wake_owner(q);
+}
+
+static FK_INLINE void fk_pending_clear(fk_queue *q) {
+    fk_int_store_relaxed(&q->pending, 0);
+}
+
+static FK_INLINE int fk_has_work(fk_queue *q) {
+    return fk_ptr_load_relaxed(&q->head) != 0 || fk_int_load_relaxed(&q->pending);
 }
 
 /* Close the queue: no push succeeds afterwards; the owner drains what is in it
@@ -345,19 +369,20 @@ static int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed) 
     return has_call;
 }
 
-/* The owner waits (without the GIL) until requests are queued or the queue is
- * closed: spin up to the adaptive budget, then park on `wake`. */
+/* The owner waits (without the GIL) until requests are queued, casts are
+ * pending in the engine's chain, or the queue is closed: spin up to the
+ * adaptive budget, then park on `wake`. */
 static void fk_wait_requests(fk_queue *q) {
     int64_t t0 = 0, t = 0, budget = q->owner_budget;
     unsigned i;
     int cpu;
-    if (fk_ptr_load_relaxed(&q->head) != 0) return;
+    if (fk_has_work(q)) return;
     cpu = fk_cpu();
     if (cpu != fk_int_load_relaxed(&q->owner_cpu))      /* a shared line: */
         fk_int_store_relaxed(&q->owner_cpu, cpu);       /* write only changes */
     i = fk_spin_start(fk_int_load_relaxed(&q->caller_cpu));
     for (;;) {
-        if (fk_ptr_load_relaxed(&q->head) != 0) {
+        if (fk_has_work(q)) {
             q->owner_budget = fk_budget_after_spin(budget, t - t0);
             return;
         }
@@ -365,7 +390,7 @@ static void fk_wait_requests(fk_queue *q) {
     }
     /* park: announce, re-check, sleep */
     fk_int_store(&q->parked, 1);
-    if (fk_ptr_load(&q->head) != 0) {
+    if (fk_ptr_load(&q->head) != 0 || fk_int_load(&q->pending)) {
         if (fk_int_xchg(&q->parked, 0) == 1) {       /* cancelled our own park */
             q->owner_budget = fk_budget_after_spin(budget, t - t0);
             return;
@@ -388,8 +413,10 @@ static fk_req *fk_take(fk_queue *q, int *closed) {
 #define FK_GATHER_MAX_NS 2000000    /* and no longer than this */
 #define FK_GATHER_POLL 64           /* pauses between two looks at the queue */
 
-/* The owner loop's wait for a batch (without the GIL). Once requests are
- * queued, if they are all casts the owner keeps gathering instead of asking
+/* The owner loop's wait for a batch (without the GIL), into *head..*tail
+ * (maybe empty: casts may be pending in the engine's unpushed chain, which the
+ * owner takes with the GIL). Once requests are queued (or casts pending), if
+ * they are all casts the owner keeps gathering instead of asking
  * for the GIL at once: casts are pushed by a thread that holds the GIL, so
  * asking now would only put the owner to sleep on the GIL's condition
  * variable, to be woken (a futex wake-up; an inter-processor interrupt when
@@ -399,12 +426,12 @@ static fk_req *fk_take(fk_queue *q, int *closed) {
  * pushing it, so the GIL is free now. So do FK_GATHER_QUIET_NS without a new
  * request (the caster stopped, and may have let go of the GIL some other way),
  * FK_GATHER_MAX_NS in all, and the close of the queue. */
-static fk_req *fk_take_batch(fk_queue *q, int *closed) {
-    fk_req *head = NULL, *tail = NULL;
+static void fk_take_batch(fk_queue *q, fk_req **head, fk_req **tail, int *closed) {
     int64_t t0, last, now;
     int k, same;
+    *head = *tail = NULL;
     fk_wait_requests(q);
-    if (fk_grab_into(q, &head, &tail, closed) || *closed) return head;
+    if (fk_grab_into(q, head, tail, closed) || *closed) return;
     same = fk_cpu() == fk_int_load_relaxed(&q->caller_cpu);
     t0 = last = fk_now_ns();
     for (;;) {
@@ -412,12 +439,11 @@ static fk_req *fk_take_batch(fk_queue *q, int *closed) {
         else for (k = 0; k < FK_GATHER_POLL; k++) FK_RELAX();
         now = fk_now_ns();
         if (fk_ptr_load_relaxed(&q->head) != 0) {
-            if (fk_grab_into(q, &head, &tail, closed) || *closed) break;
+            if (fk_grab_into(q, head, tail, closed) || *closed) break;
             last = now;
         }
         if (now - last > FK_GATHER_QUIET_NS || now - t0 > FK_GATHER_MAX_NS) break;
     }
-    return head;
 }
 
 /* The owner hands the result to the caller (after it stored r->result and let

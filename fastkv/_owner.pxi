@@ -7,7 +7,9 @@
 # One owner thread per OwnerTable/Agent performs every request in arrival
 # order. A request is a C struct (fk_req, _owner.h): an op code, owned
 # references to up to three arguments, and for a call a result slot, a state
-# word and a lock to park on. Requests come from a free list (GIL-protected).
+# word and a lock to park on. Requests come from a free list (GIL-protected, a
+# stack of pointers: taking one does not touch the request, whose cache line
+# the owner's CPU most likely holds).
 #
 # The queue (fk_queue) is a lock-free Treiber stack: a caller pushes with one
 # CAS, with or without the GIL; the owner takes the whole stack with one CAS
@@ -53,16 +55,24 @@
 # through happened (the waker stamps it), so a slow wake-up does not teach it
 # to keep sleeping.
 #
-# Casts (put, delete, Agent.cast...) are pushed with the GIL held (releasing it
-# per cast would cost more than the cast) and nobody waits for them. An owner
-# that finds only casts queued does not ask for the GIL at once (it would
-# sleep on the GIL's condition variable until the caster lets go, and be woken
-# by a futex -- an inter-processor interrupt when the two threads run on two
-# CPUs): it keeps gathering without the GIL, pulling the requests and their
-# arguments into its cache while the caster goes on, until a call arrives
-# (sync(), a read: its caller has just released the GIL, so the GIL is free),
-# or no request came for 20 us, or 2 ms passed (fk_take_batch). Then it serves
-# the whole gathered batch under one GIL hold.
+# Casts (put, delete, Agent.cast...) are made with the GIL held and nobody
+# waits for them, so they take no atomic operation each: a cast is linked into
+# the engine's chain of unpushed casts (GIL-protected), and the chain is pushed
+# onto the queue with one CAS every 64 casts, by the next call of any thread
+# (before that call's own push: one FIFO), or by close. The first cast of a
+# chain raises the queue's `pending` flag, which wakes a parked owner; an owner
+# that finds only casts (queued or pending) does not ask for the GIL at once --
+# it would sleep on the GIL's condition variable until the caster lets go and
+# be woken by a futex (an inter-processor interrupt when the two threads run on
+# two CPUs) -- but keeps gathering without the GIL, pulling the pushed requests
+# and their arguments into its cache while the caster goes on, until a call
+# arrives (sync(), a read: its caller has just released the GIL, so the GIL is
+# free), or nothing was pushed for 20 us, or 2 ms passed (fk_take_batch). Then
+# it takes the GIL, takes what was pushed since and then the unpushed chain
+# (in that order: a chain holds only casts made after every push), and serves
+# it all under one GIL hold. Casts made while it serves (by a request's fn, or
+# by a thread that ran while a fn let go of the GIL) are pushed as the batch
+# ends.
 #
 # OwnerTable and Agent: an Agent's state is any object, replaced by update and
 # cast. An OwnerTable's state is a compiled LockedTable (what call(fn)
@@ -165,10 +175,14 @@ cdef extern from "_owner.h" nogil:
     int fk_queue_init(fk_queue *q)
     void fk_queue_free(fk_queue *q)
     int fk_push(fk_queue *q, fk_req *r)
+    int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last)
+    void fk_pending_start(fk_queue *q)
+    void fk_pending_clear(fk_queue *q)
     int fk_close(fk_queue *q)
     int fk_is_closed(fk_queue *q)
     fk_req *fk_take(fk_queue *q, int *closed)
-    fk_req *fk_take_batch(fk_queue *q, int *closed)
+    void fk_take_batch(fk_queue *q, fk_req **head, fk_req **tail, int *closed)
+    int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed)
     int fk_complete(fk_req *r)
     int fk_wait(fk_queue *q, fk_req *r)
     int fk_wait_again(fk_req *r)
@@ -186,6 +200,7 @@ cdef extern from "_owner.h":
 
 cdef enum:
     FK_FREE_MAX = 1024
+    FK_CHAIN_MAX = 64       # casts kept unpushed at most (one CAS per chain)
 
     # op codes: what the owner runs against its state (an Agent's state, or an
     # OwnerTable's LockedTable); fn, a, b are the request's three arguments
@@ -321,6 +336,9 @@ cdef class _Owner:
     cdef Py_ssize_t pushed      # requests queued (GIL: counted before the push)
     cdef Py_ssize_t taken       # queued requests served or dropped
     cdef LockedTable table      # an OwnerTable's storage (the state), else None
+    cdef fk_req *pend_head      # casts not pushed yet, newest first (GIL)
+    cdef fk_req *pend_tail      # ... the oldest of them
+    cdef int npend
     cdef object __weakref__
 
     def __cinit__(self):
@@ -359,19 +377,24 @@ cdef class _Owner:
         """The owner thread's loop (the thread's target): take every queued
         request, serve them with the GIL, complete the calls without it."""
         cdef fk_req *batch
+        cdef fk_req *tail
         cdef fk_req *r
         cdef fk_req *nxt
         cdef fk_req *done
-        cdef fk_req **tail
+        cdef fk_req **dtail
         cdef fk_req *orphans
         cdef int closed = 0
         self.ident = fk_thread_ident()
         try:
             while not closed:
                 with nogil:
-                    batch = fk_take_batch(&self.q, &closed)
+                    fk_take_batch(&self.q, &batch, &tail, &closed)
+                if self.pend_head is not NULL:
+                    # casts not pushed yet: after everything pushed so far
+                    fk_grab_into(&self.q, &batch, &tail, &closed)
+                    self._take_pending(&batch, &tail)
                 done = NULL
-                tail = &done
+                dtail = &done
                 r = batch
                 while r is not NULL:
                     nxt = r.next
@@ -387,9 +410,11 @@ cdef class _Owner:
                         fk_req_release(r)
                     else:
                         r.next = NULL
-                        tail[0] = r
-                        tail = &r.next
+                        dtail[0] = r
+                        dtail = &r.next
                     r = nxt
+                if self.pend_head is not NULL:
+                    self._flush()           # casts made meanwhile: next batch
                 orphans = NULL
                 with nogil:
                     r = done
@@ -412,6 +437,47 @@ cdef class _Owner:
                 except BaseException:
                     pass            # interpreter teardown: the registry is gone
 
+    cdef void _flush(self) noexcept:
+        """Push the chain of unpushed casts with one CAS (GIL). The queue is
+        still open: everything that closes it flushes first."""
+        cdef fk_req *first = self.pend_head
+        cdef fk_req *last = self.pend_tail
+        cdef fk_req *nxt
+        if first is NULL:
+            return
+        self.pend_head = self.pend_tail = NULL
+        self.npend = 0
+        fk_pending_clear(&self.q)
+        if fk_push_chain(&self.q, first, last) != 0:
+            while first is not NULL:        # unreachable; never leak them
+                nxt = first.next
+                fk_req_release(first)
+                first = nxt
+
+    cdef void _take_pending(self, fk_req **head, fk_req **tail) noexcept:
+        """The owner, with the GIL: append the unpushed casts, oldest first,
+        to the batch head..tail."""
+        cdef fk_req *r = self.pend_head
+        cdef fk_req *fifo = NULL
+        cdef fk_req *last = NULL
+        cdef fk_req *nxt
+        self.pend_head = self.pend_tail = NULL
+        self.npend = 0
+        fk_pending_clear(&self.q)
+        while r is not NULL:
+            nxt = r.next
+            if last is NULL:
+                last = r
+            r.next = fifo
+            fifo = r
+            r = nxt
+        if fifo is not NULL:
+            if tail[0] is not NULL:
+                tail[0].next = fifo
+            else:
+                head[0] = fifo
+            tail[0] = last
+
     cdef void _fail_pending(self) noexcept:
         """After the loop: leave nobody waiting. The normal exit leaves the
         queue closed and empty; this matters only if the loop died of an
@@ -421,6 +487,7 @@ cdef class _Owner:
         cdef int closed = 0
         cdef object err
         self.status = FK_CLOSED
+        self._flush()
         fk_close(&self.q)
         r = fk_take(&self.q, &closed)
         while r is not NULL:
@@ -571,6 +638,8 @@ cdef class _Owner:
             except MemoryError:
                 fk_req_release(r)
                 raise
+        if self.pend_head is not NULL:
+            self._flush()           # this caller's casts go first (FIFO)
         self.pushed += 1            # counted while we hold the GIL
         with nogil:
             pushed = fk_push(&self.q, r)
@@ -608,10 +677,16 @@ cdef class _Owner:
             raise self.closed_error()
         r = fk_req_make(op, fn, a, b)
         r.cast = 1
-        if fk_push(&self.q, r) != 0:
-            fk_req_release(r)
-            raise self.closed_error()
+        r.next = self.pend_head     # the unpushed chain: no atomic per cast
+        self.pend_head = r
+        if self.pend_tail is NULL:
+            self.pend_tail = r
+        self.npend += 1
         self.pushed += 1
+        if self.npend == 1:
+            fk_pending_start(&self.q)   # the owner may take it (with the GIL)
+        elif self.npend >= FK_CHAIN_MAX:
+            self._flush()
         return 0
 
     cdef int sync(self) except -1:
@@ -627,6 +702,7 @@ cdef class _Owner:
         if self.status != FK_OPEN:
             return 0
         self.status = FK_CLOSED
+        self._flush()
         fk_close(&self.q)
         return 1
 

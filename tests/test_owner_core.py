@@ -380,6 +380,55 @@ def test_many_threads_on_an_owner_table_nothing_lost():
         assert t.close() is True
 
 
+def test_casts_keep_each_threads_order_among_other_threads_calls():
+    # casts wait in an unpushed chain (pushed by 64, or by the next call):
+    # every thread's casts still arrive in its own order, before its calls
+    a = _core.Agent([])
+    nthreads, per = 6, 700
+    errors = []
+
+    def worker(tid):
+        try:
+            for i in range(per):
+                a.cast(lambda s, x: (s.append(x), s)[1], (tid, i))
+                if i % 97 == 0:
+                    assert a.get(lambda s, x: x in s, (tid, i))  # its own cast first
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    state = a.get(list)
+    assert len(state) == nthreads * per
+    for tid in range(nthreads):
+        assert [i for t, i in state if t == tid] == list(range(per))
+    assert a.info()["queue"] == 0
+    a.close()
+
+
+def test_a_cast_is_applied_without_a_call_after_it():
+    # the caster lets go of the GIL without sync(): the owner takes the
+    # unpushed casts itself
+    a = _core.Agent(0)
+    done = threading.Event()
+    a.cast(lambda s: (done.set(), s + 1)[1])
+    assert done.wait(10)
+    t = _core.OwnerTable(access="protected")
+    t.put("k", 1)
+    t.put("j", 2)
+    deadline = time.monotonic() + 10
+    while t.get("j") != 2:  # a protected read, no call: the owner applies alone
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert t["k"] == 1
+    a.close()
+    t.close()
+
+
 # -- close ---------------------------------------------------------------------
 
 
