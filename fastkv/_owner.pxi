@@ -21,19 +21,21 @@
 # Who holds the GIL when, who waits where, what wakes whom:
 #
 # 1. A caller making a call (get, t[k], call, update, sync...) fills a request
-#    with the GIL (hashing the key first), releases the GIL, and only then
-#    pushes it: the owner, when it sees the request, finds the GIL free.
+#    with the GIL (hashing the key first; pushing the unpushed casts, see
+#    below), releases the GIL, and only then pushes it: the owner, when it
+#    sees the request, finds the GIL free.
 # 2. The caller then waits, still without the GIL, in fk_wait: it spins on the
 #    request's state for an adaptive budget (<= 50 us), then moves the state
 #    PENDING -> PARKED by CAS and sleeps on the request's lock.
-# 3. The owner waits for requests in fk_take, without the GIL: it spins on the
-#    queue head for its own adaptive budget (<= 50 us), then announces
-#    `parked` and sleeps on its `wake` lock. The caller whose push turned the
-#    queue from empty to non-empty checks `parked` and, if it wins the
-#    exchange on it, releases `wake` (one futex wake-up). Announce-then-recheck
-#    (owner) against push-then-check (caller), both sequentially consistent,
-#    means no wake-up is lost; an owner that cancels its park after a pusher
-#    claimed it consumes that pusher's release, so `wake` stays armed.
+# 3. The owner waits for requests in fk_wait_requests, without the GIL: it
+#    spins on the queue head for its own adaptive budget (<= 50 us), then
+#    announces `parked` and sleeps on its `wake` lock. The caller whose push
+#    turned the queue from empty to non-empty checks `parked` and, if it wins
+#    the exchange on it, releases `wake` (one futex wake-up).
+#    Announce-then-recheck (owner) against push-then-check (caller), both
+#    sequentially consistent, means no wake-up is lost; an owner that cancels
+#    its park after a pusher claimed it consumes that pusher's release, so
+#    `wake` stays armed.
 # 4. The owner takes the batch, takes the GIL, serves every request of the
 #    batch in order (storing each call's result or exception in its request,
 #    applying and freeing each cast), drops the GIL, and only then completes
@@ -102,9 +104,10 @@
 #   key's __eq__...) is served inline, never queued: no self-deadlock; sync()
 #   there is a no-op. A cast made there is queued behind the running request
 #   (FIFO, as GenServer.cast to self).
-# - close(timeout) sets the closed bit (callers racing with it get ClosedError
-#   from the failed push, nothing is lost), wakes the owner, which serves
-#   everything already queued and exits; close joins the thread up to timeout.
+# - close(timeout) pushes the unpushed casts, sets the closed bit (callers
+#   racing with it get ClosedError from the failed push, nothing is lost),
+#   wakes the owner, which serves everything already queued and exits; close
+#   joins the thread up to timeout.
 #   Callers already waiting get their answers. Dropping the last reference to
 #   a table/agent closes it without waiting (the owner thread holds only the
 #   engine object, never the table or agent).
@@ -124,8 +127,9 @@
 #   applies every queued cast, and waits for each while it makes progress (it
 #   gives up on one that served nothing for 5 s, rather than hang).
 #
-# Not free-threading safe: the free list, the counters and the status flag
-# rely on the GIL (the queue and the hand-off do not).
+# Not free-threading safe: the free list, the chain of unpushed casts, the
+# counters and the status flag rely on the GIL (the queue and the hand-off do
+# not).
 
 cimport cython
 from libc.stdint cimport int64_t, uintptr_t
