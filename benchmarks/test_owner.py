@@ -13,10 +13,25 @@ to keep the numbers). Groups:
 - ``protected read``: PROBES reads straight from the calling thread under
   access="protected", against the same reads on a plain dict.
 
+The round-trip and cast groups run in three placements (``placement`` in
+the test id), since a hand-off between two threads costs what the scheduler
+makes it cost:
+
+- ``any``: the scheduler places the caller and the owner thread;
+- ``one-cpu``: both pinned to the same CPU (every hand-off is a context
+  switch: ``benchmarks/handoff_floor.c`` measures the floor of such a round
+  trip, two C threads and nothing else);
+- ``two-cpus``: caller and owner pinned to two different CPUs (every hand-off
+  crosses cores).
+
+Pinning uses ``os.sched_setaffinity`` (Linux); the owner thread pins itself
+inside ``call(fn)``. Placements this machine cannot make are skipped.
+
 The issue's targets: round trip <= 0.2x and casts+sync <= 0.5x of the
 SimpleQueue baseline, protected reads within 1.3x of the dict.
 """
 
+import os
 import queue
 import threading
 
@@ -81,6 +96,48 @@ class SimpleQueueOwner:
         self.thread.join()
 
 
+PLACEMENTS = ["any", "one-cpu", "two-cpus"]
+
+
+def _cpus():
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.fixture(params=PLACEMENTS)
+def place(request):
+    """Returns a function placing (caller, owner) as the placement says; the
+    caller's affinity is restored afterwards."""
+    placement = request.param
+    if placement == "any":
+        nothing = lambda owner: None  # noqa: E731
+        nothing.placement = placement
+        yield nothing
+        return
+    cpus = _cpus()
+    if cpus is None:
+        pytest.skip("os.sched_setaffinity is not available")
+    if placement == "two-cpus" and len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    caller_cpu = cpus[0]
+    owner_cpu = cpus[0] if placement == "one-cpu" else cpus[1]
+
+    def pin(owner):
+        def pin_owner(_state):
+            os.sched_setaffinity(0, {owner_cpu})
+
+        if hasattr(owner, "call"):
+            owner.call(pin_owner)
+        else:  # an Agent
+            owner.get(pin_owner)
+        os.sched_setaffinity(0, {caller_cpu})
+
+    pin.placement = placement
+    yield pin
+    os.sched_setaffinity(0, cpus)
+
+
 def _make(impl, access="private"):
     if impl == "SimpleQueue":
         return SimpleQueueOwner(DATA)
@@ -103,11 +160,12 @@ def closing():
 
 
 @pytest.mark.parametrize("impl", ["compiled", "reference", "SimpleQueue"])
-def test_round_trip_get(benchmark, closing, impl):
+def test_round_trip_get(benchmark, closing, place, impl):
     t = _make(impl)
     closing(t)
+    place(t)
     keys = KEYS[:ROUND_TRIPS]
-    _group(benchmark, "round trip get", impl, ROUND_TRIPS)
+    _group(benchmark, f"round trip get, {place.placement}", impl, ROUND_TRIPS)
 
     def run():
         get = t.get
@@ -119,7 +177,7 @@ def test_round_trip_get(benchmark, closing, impl):
 
 
 @pytest.mark.parametrize("impl", ["compiled", "reference", "SimpleQueue"])
-def test_round_trip_agent_get(benchmark, closing, impl):
+def test_round_trip_agent_get(benchmark, closing, place, impl):
     if impl == "SimpleQueue":
         a = SimpleQueueOwner(DATA)
         get = a.call
@@ -128,8 +186,9 @@ def test_round_trip_agent_get(benchmark, closing, impl):
         a = module.Agent(DATA)
         get = a.get
     closing(a)
+    place(a)
     fn = len
-    _group(benchmark, "round trip Agent.get(fn)", impl, ROUND_TRIPS)
+    _group(benchmark, f"round trip Agent.get(fn), {place.placement}", impl, ROUND_TRIPS)
 
     def run():
         for _ in range(ROUND_TRIPS):
@@ -139,11 +198,12 @@ def test_round_trip_agent_get(benchmark, closing, impl):
 
 
 @pytest.mark.parametrize("impl", ["compiled", "reference", "SimpleQueue"])
-def test_casts_then_sync(benchmark, closing, impl):
+def test_casts_then_sync(benchmark, closing, place, impl):
     t = _make(impl)
     closing(t)
+    place(t)
     items = [(k, i) for i, k in enumerate(KEYS[:CASTS])]
-    _group(benchmark, "casts then sync", impl, CASTS)
+    _group(benchmark, f"casts then sync, {place.placement}", impl, CASTS)
 
     def run():
         put = t.put
