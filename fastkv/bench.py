@@ -52,8 +52,7 @@ Timing method (timeit-style, nothing clever):
   at 100,000 keys) are timed once.
 - A store whose build is expected (from a smaller size or a 1,000-key trial
   build, scaled linearly) to exceed the build budget (2 s quick, 30 s full) is
-  skipped at that size and the reason printed; the generated-module table is
-  never built past 100,000 keys (its compile peaks at ~22 GB at 1,000,000).
+  skipped at that size and the reason printed.
   Stores whose write is a whole rebuild are not timed on writes when one build
   exceeds the per-figure budget.
 - The garbage collector stays enabled (as in a real program); ``gc.collect()``
@@ -318,9 +317,6 @@ class Strategy:
     # a write costs a whole rebuild (ModuleTable): write and mix are skipped at
     # sizes whose build alone exceeds the per-figure budget
     write_rebuilds: bool = False
-    # the largest size it is built at (None: any), and why
-    max_size: Optional[int] = None
-    max_size_reason: str = ""
     # (set at run time) why it is skipped whole, e.g. a peer not installed
     skip_reason: Optional[str] = field(default=None, repr=False)
 
@@ -441,16 +437,6 @@ def _build_queue_owner(data):
     return Store(read=o.get, write=o.put, settle=o.sync, close=o.close, obj=o)
 
 
-# Generating and compiling the module's source peaks at about 23 KB of memory
-# per record of this shape (2.3 GB RSS at 100,000 keys, 22 GB at 1,000,000,
-# measured on a 2-CPU Linux box with CPython 3.11): never attempted past this.
-_MODULE_CAP = {
-    "max_size": 100_000,
-    "max_size_reason": "not built past 100,000 keys: compiling the generated source peaks at"
-                       " ~23 KB per record (2.3 GB RSS at 100,000 keys, ~22 GB at 1,000,000)",
-}
-
-
 def _strategies() -> List[Strategy]:
     S = Strategy
     out = [
@@ -462,10 +448,10 @@ def _strategies() -> List[Strategy]:
           True, _build_frozen(_fastkv)),
         S("module", "ModuleTable", "fastkv",
           "data compiled into a generated module; a write regenerates the module",
-          True, _build_module, write_rebuilds=True, **_MODULE_CAP),
+          True, _build_module, write_rebuilds=True),
         S("module-state", "ModuleTable module.state", "fastkv",
           "the same table read as the article does: state(key) of the generated module",
-          True, _build_module_state, write_rebuilds=True, **_MODULE_CAP),
+          True, _build_module_state, write_rebuilds=True),
         S("locked", "LockedTable", "fastkv",
           "one lock around every operation, compound ones atomic",
           True, _build_locked(_fastkv)),
@@ -861,8 +847,6 @@ def run(
         try:
             for s in strategies:
                 reason = s.skip_reason
-                if reason is None and s.max_size is not None and size > s.max_size:
-                    reason = s.max_size_reason
                 if reason is None and size > PROBE_SIZE and last_build.get(s.id, (0, 0))[0] < PROBE_SIZE:
                     # no build of a fair size yet: time a trial build to extrapolate from
                     try:

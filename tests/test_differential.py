@@ -162,14 +162,12 @@ class TableMachine(RuleBasedStateMachine):
     @rule(key=FRESH_HASHKEYS, value=VALUES, how=st.sampled_from(["hash", "eq"]),
           op=st.sampled_from(["put", "delete", "put_many"]))
     def crash_write(self, key, value, how, op):
-        # Owner casts report __eq__ errors on the logger (tested in test_keys),
-        # and a ModuleTable write rebuilds its dict, hashing and comparing every
-        # stored key (pinned in test_keys): only __hash__ there, which every
-        # table runs at the call site.
-        # The reference FrozenTable's write copies a dict; once the snapshot has
-        # enough holes CPython copies it by re-inserting every item, which
-        # compares stored keys of equal hash (found by a hypothesis run): only
-        # __hash__ there too. The compiled copy (table_copy) runs no Python.
+        # Owner casts report __eq__ errors on the logger (tested in test_keys):
+        # only __hash__ there, which every table runs at the call site.
+        # The reference FrozenTable's and ModuleTable's writes copy a dict; once
+        # it has enough holes CPython copies it by re-inserting every item,
+        # which compares stored keys of equal hash (found by a hypothesis run):
+        # only __hash__ there too. The compiled copy (table_copy) runs no Python.
         if how == "eq" and (self.kind.owner or self.kind.name == "module"
                             or self.kind.cls is fastkv.reference.FrozenTable):
             how = "hash"

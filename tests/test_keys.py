@@ -286,17 +286,7 @@ def test_eq_error_on_write_table_unchanged(kind, caplog):
     assert_same(t, d)
 
 
-MODULE_WRITE_REHASHES = (
-    "ModuleTable: every write regenerates the module and rebuilds its dict, so it "
-    "runs __hash__ (and __eq__ between colliding keys) of every stored key; a dict "
-    "write touches only the key written (DESIGN.md: key semantics exactly dict's). "
-    "A pair of colliding keys whose __eq__ raises makes the table unwritable"
-)
-
-
-def test_write_touches_only_the_written_key(request, kind):
-    if kind.name == "module":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=MODULE_WRITE_REHASHES))
+def test_write_touches_only_the_written_key(kind):
     data = {HashKey(1, "a"): 1, HashKey(1, "b"): 2, "s": 3}
     t, d = kind.make(data), dict(data)
     with crashing(hash=True, eq=True):  # any call to a stored key's methods raises
