@@ -148,9 +148,47 @@ def _collect(data, kwargs):
     return dict(data)
 
 
+class _HolderLock:
+    """A non re-entrant lock that records the thread holding it, so that the
+    holder taking it again raises ``RuntimeError`` instead of deadlocking (a
+    key's ``__eq__``/``__hash__`` or a destructor using a table while that
+    table's lock is held). ``reentry`` is the error message, with ``{name}``
+    standing for the table's type name."""
+
+    __slots__ = ("_lock", "_holder", "_reentry")
+
+    def __init__(self, reentry):
+        self._lock = threading.Lock()
+        self._holder = 0  # ident of the thread holding _lock, 0 if none
+        self._reentry = reentry
+
+    def acquire(self, table):
+        """Take the lock, waiting for another holder; ``RuntimeError`` naming
+        ``type(table)`` if the calling thread holds it already."""
+        me = _get_ident()
+        if self._holder == me:
+            raise RuntimeError(self._reentry.format(name=type(table).__name__))
+        self._lock.acquire()
+        self._holder = me
+
+    def release(self):
+        self._holder = 0
+        self._lock.release()
+
+    def held(self):
+        """True if the calling thread holds the lock."""
+        return self._holder == _get_ident()
+
+
 # ---------------------------------------------------------------------------
 # FrozenTable
 # ---------------------------------------------------------------------------
+
+
+_FROZEN_REENTRY = (
+    "re-entrant write to a {name} from the thread that is writing it (a key's "
+    "__eq__/__hash__ or a destructor wrote to the table during a write)"
+)
 
 
 class FrozenTable(_TableAPI):
@@ -167,34 +205,18 @@ class FrozenTable(_TableAPI):
     ``put_many``. Key semantics are exactly dict's.
     """
 
-    __slots__ = ("_snap", "_write_lock", "_writer", "__weakref__")
+    __slots__ = ("_snap", "_write_lock", "__weakref__")
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
         self._snap = {}  # the published snapshot: never mutated once published
-        self._write_lock = threading.Lock()
-        self._writer = 0  # ident of the thread holding _write_lock, 0 if none
+        self._write_lock = _HolderLock(_FROZEN_REENTRY)
         return self
 
     def __init__(self, data=(), /, **kwargs):
         FrozenTable.put_many(self, _collect(data, kwargs))  # not a subclass's override
 
     # -- the writer lock -----------------------------------------------------
-
-    def _write_enter(self):
-        me = _get_ident()
-        if self._writer == me:
-            raise RuntimeError(
-                f"re-entrant write to a {type(self).__name__} from the thread "
-                "that is writing it (a key's __eq__/__hash__ or a destructor "
-                "wrote to the table during a write)"
-            )
-        self._write_lock.acquire()
-        self._writer = me
-
-    def _write_leave(self):
-        self._writer = 0
-        self._write_lock.release()
 
     def _publish(self, snap):
         """Swap in ``snap`` (the caller holds the writer lock); returns the old
@@ -259,19 +281,19 @@ class FrozenTable(_TableAPI):
     def put(self, key, value):
         """Store ``value`` under ``key``: copies the table (O(n)) and swaps
         the new snapshot in atomically. Returns None."""
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             snap = dict(self._snap)
             snap[key] = value
             old = self._publish(snap)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old  # the previous snapshot is dropped outside the writer lock
 
     def delete(self, key):
         """Remove ``key``; True if it was there. O(n) copy when it was, O(1)
         when it was not (nothing is published then)."""
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             if key not in self._snap:
                 return False
@@ -279,7 +301,7 @@ class FrozenTable(_TableAPI):
             del snap[key]
             old = self._publish(snap)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old
         return True
 
@@ -289,13 +311,13 @@ class FrozenTable(_TableAPI):
         mapping or an iterable of pairs, read completely before the table is
         touched (a bad argument changes nothing)."""
         items = _collect(mapping_or_pairs, None)
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             snap = dict(self._snap)
             snap.update(items)
             old = self._publish(snap)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old
 
 
@@ -324,6 +346,12 @@ class _Flight:
         self.leader = leader
 
 
+_LOCKED_REENTRY = (
+    "re-entrant use of a {name} from the thread holding its lock (a key's "
+    "__eq__/__hash__ or a destructor used the table during an operation on it)"
+)
+
+
 class LockedTable(_TableAPI):
     """A table shared by threads, every operation atomic (the BEAM's public
     ``:ets`` set, read and written directly).
@@ -340,98 +368,80 @@ class LockedTable(_TableAPI):
     are exactly dict's.
     """
 
-    __slots__ = ("_data", "_lock", "_holder", "_flights", "__weakref__")
+    __slots__ = ("_data", "_lock", "_flights", "__weakref__")
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
         self._data = {}
-        self._lock = threading.Lock()
-        self._holder = 0  # ident of the thread holding _lock, 0 if none
+        self._lock = _HolderLock(_LOCKED_REENTRY)
         self._flights = {}  # key -> _Flight, for fetch single-flight
         return self
 
     def __init__(self, data=(), /, **kwargs):
         LockedTable.put_many(self, _collect(data, kwargs))  # not a subclass's override
 
-    # -- the lock ---------------------------------------------------------------
-
-    def _enter(self):
-        me = _get_ident()
-        if self._holder == me:
-            raise RuntimeError(
-                f"re-entrant use of a {type(self).__name__} from the thread "
-                "holding its lock (a key's __eq__/__hash__ or a destructor used "
-                "the table during an operation on it)"
-            )
-        self._lock.acquire()
-        self._holder = me
-
-    def _leave(self):
-        self._holder = 0
-        self._lock.release()
-
     # -- reads ----------------------------------------------------------------------
 
     def __getitem__(self, key):
         """``t[key]``: the value, or ``KeyError(key)``. O(1), atomic."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return self._data[key]
         finally:
-            self._leave()
+            self._lock.release()
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. O(1), atomic."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return self._data.get(key, default)
         finally:
-            self._leave()
+            self._lock.release()
 
     def __contains__(self, key):
         """``key in t``. O(1), atomic."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return key in self._data
         finally:
-            self._leave()
+            self._lock.release()
 
     def __len__(self):
         """Number of keys. O(1)."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return len(self._data)
         finally:
-            self._leave()
+            self._lock.release()
 
     def __iter__(self):
         """Iterate the keys of a snapshot taken atomically when iteration
         starts (O(n) copy of the keys); never raises "changed size"."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             keys = list(self._data)
         finally:
-            self._leave()
+            self._lock.release()
         return iter(keys)
 
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, read atomically under one
         lock hold. ``keys`` is read completely before the lock is taken."""
         keys = list(keys)
-        self._enter()
+        self._lock.acquire(self)
         try:
             data = self._data
             return [data.get(key, default) for key in keys]
         finally:
-            self._leave()
+            self._lock.release()
 
     def to_dict(self):
         """A new ``dict`` with the items, copied atomically. O(n)."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return dict(self._data)
         finally:
-            self._leave()
+            self._lock.release()
 
     def __sizeof__(self):
         """Bytes of the table's own structure: the object and its hash table
@@ -455,22 +465,22 @@ class LockedTable(_TableAPI):
         insertion order. The items are copied atomically (O(n)) and the
         predicate runs over that snapshot, never under the lock, so it may use
         the table."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             items = list(self._data.items())
         finally:
-            self._leave()
+            self._lock.release()
         return [(key, value) for key, value in items if predicate(key, value)]
 
     def info(self):
         """``{"size": number of keys, "memory": bytes of the table's own
         structure (not counting the keys and values it refers to)}``."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             size = len(self._data)
             memory = sys.getsizeof(self)
         finally:
-            self._leave()
+            self._lock.release()
         return {"size": size, "memory": memory}
 
     # -- writes -----------------------------------------------------------------------
@@ -478,13 +488,13 @@ class LockedTable(_TableAPI):
     def put(self, key, value):
         """Store ``value`` under ``key`` (``t[key] = value``). O(1), atomic;
         a replaced value is released after the lock."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             data = self._data
             old = data.get(key, _MISSING)
             data[key] = value
         finally:
-            self._leave()
+            self._lock.release()
         del old
 
     __setitem__ = put
@@ -492,21 +502,21 @@ class LockedTable(_TableAPI):
     def delete(self, key):
         """Remove ``key``; True if it was there. O(1), atomic."""
         hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
-        self._enter()
+        self._lock.acquire(self)
         try:
             old = self._data.pop(key, _MISSING)
         finally:
-            self._leave()
+            self._lock.release()
         return old is not _MISSING
 
     def __delitem__(self, key):
         """``del t[key]``: remove ``key``, or ``KeyError(key)``. O(1), atomic."""
         hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
-        self._enter()
+        self._lock.acquire(self)
         try:
             old = self._data.pop(key, _MISSING)
         finally:
-            self._leave()
+            self._lock.release()
         if old is _MISSING:
             raise KeyError(key)
 
@@ -516,13 +526,13 @@ class LockedTable(_TableAPI):
         completely before the lock is taken, so a bad argument changes
         nothing. O(m)."""
         items = _collect(mapping_or_pairs, None)
-        self._enter()
+        self._lock.acquire(self)
         try:
             data = self._data
             old = [data[key] for key in items if key in data]
             data.update(items)
         finally:
-            self._leave()
+            self._lock.release()
         del old
 
     def update(self, other=(), /, **kwargs):
@@ -532,7 +542,7 @@ class LockedTable(_TableAPI):
     def insert_new(self, key, value):
         """Store ``value`` only if ``key`` is absent; True if it was stored.
         O(1), atomic (ETS ``insert_new``)."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             data = self._data
             if key in data:
@@ -540,16 +550,16 @@ class LockedTable(_TableAPI):
             data[key] = value
             return True
         finally:
-            self._leave()
+            self._lock.release()
 
     def setdefault(self, key, default=None):
         """The value for ``key``; if absent, store ``default`` and return it.
         O(1), atomic."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             return self._data.setdefault(key, default)
         finally:
-            self._leave()
+            self._lock.release()
 
     def update_counter(self, key, incr=1, default=0):
         """Add ``incr`` to the integer under ``key`` and return the new value;
@@ -559,7 +569,7 @@ class LockedTable(_TableAPI):
         (``bool``, an ``int`` subclass, counts as one)."""
         if not isinstance(incr, int):
             raise TypeError(f"update_counter increment must be an int, not {type(incr).__name__}")
-        self._enter()
+        self._lock.acquire(self)
         try:
             data = self._data
             current = data.get(key, _MISSING)
@@ -578,18 +588,18 @@ class LockedTable(_TableAPI):
             data[key] = new
             return new
         finally:
-            self._leave()
+            self._lock.release()
 
     def take(self, key, default=_MISSING):
         """Remove ``key`` and return its value (ETS ``take``); if absent,
         return ``default``, or raise ``KeyError(key)`` when none is given.
         O(1), atomic."""
         hash(key)  # TypeError even on an empty table (dict.pop skips the hash)
-        self._enter()
+        self._lock.acquire(self)
         try:
             value = self._data.pop(key, _MISSING)
         finally:
-            self._leave()
+            self._lock.release()
         if value is _MISSING:
             if default is _MISSING:
                 raise KeyError(key)
@@ -604,23 +614,23 @@ class LockedTable(_TableAPI):
     def popitem(self):
         """Remove and return the last inserted ``(key, value)`` pair (LIFO);
         ``KeyError`` when empty. O(1), atomic."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             if not self._data:
                 raise KeyError("popitem(): table is empty")
             return self._data.popitem()
         finally:
-            self._leave()
+            self._lock.release()
 
     def clear(self):
         """Remove every item, atomically. O(1) under the lock: the old
         contents are released after it."""
-        self._enter()
+        self._lock.acquire(self)
         try:
             old = self._data
             self._data = {}
         finally:
-            self._leave()
+            self._lock.release()
         del old
 
     def fetch(self, key, loader):
@@ -633,7 +643,7 @@ class LockedTable(_TableAPI):
         (same thread) gets ``RuntimeError``. O(1) when present."""
         hash(key)  # unhashable: TypeError before anything else
         me = _get_ident()
-        self._enter()
+        self._lock.acquire(self)
         try:
             value = self._data.get(key, _MISSING)
             if value is not _MISSING:
@@ -644,7 +654,7 @@ class LockedTable(_TableAPI):
                 flight = _Flight(me)
                 self._flights[key] = flight
         finally:
-            self._leave()
+            self._lock.release()
         if not leader:
             if flight.leader == me:
                 raise RuntimeError(
@@ -658,20 +668,20 @@ class LockedTable(_TableAPI):
             value = loader(key)
         except BaseException as exc:
             flight.error = exc
-            self._enter()
+            self._lock.acquire(self)
             try:
                 self._flights.pop(key, None)
             finally:
-                self._leave()
+                self._lock.release()
             flight.done.set()
             raise
-        self._enter()
+        self._lock.acquire(self)
         try:
             old = self._data.get(key, _MISSING)
             self._data[key] = value
             self._flights.pop(key, None)
         finally:
-            self._leave()
+            self._lock.release()
         del old
         flight.value = value
         flight.done.set()
@@ -934,7 +944,7 @@ class OwnerTable(_TableAPI):
         holds the storage lock: under ``access="protected"`` a key's
         ``__eq__``/``__hash__`` or a destructor running during a direct read
         would otherwise wait for an owner that waits for that lock."""
-        if self._storage._holder == _get_ident():
+        if self._storage._lock.held():
             raise RuntimeError(
                 f"re-entrant call to an {type(self).__name__} from a thread that "
                 "is reading it directly (a key's __eq__/__hash__ or a destructor "
