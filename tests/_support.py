@@ -6,6 +6,8 @@
   table like ``dict(...)`` and closes owner tables at the end of the test.
 - ``HashKey`` and ``crashing``: keys with a chosen hash whose ``__hash__`` or
   ``__eq__`` raise on demand (after immutables' ``HashKeyCrasher``).
+- ``Key``: a plain key with a Python ``__hash__``/``__eq__`` (the compiled
+  engine's slow path), optionally with a chosen hash; subclassed by tests.
 - ``assert_same``: compare a table against a dict oracle, order included.
 - ``run_python``: run a script in a fresh interpreter that imports the same
   fastkv as the test process (fork and interpreter-exit tests).
@@ -188,6 +190,23 @@ class HashKey:
 
     def __repr__(self):
         return f"HashKey({self.hash}, {self.name!r})"
+
+
+class Key:
+    """A key with a Python __hash__/__eq__ (the engine's slow path)."""
+
+    def __init__(self, name, h=None):
+        self.name = name
+        self.h = hash(name) if h is None else h
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        return isinstance(other, Key) and other.name == self.name
+
+    def __repr__(self):
+        return f"Key({self.name!r})"
 
 
 # -- oracle comparison ------------------------------------------------------

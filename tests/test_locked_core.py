@@ -20,25 +20,9 @@ import pytest
 
 import fastkv
 import fastkv._core
+from _support import Key
 
 JOIN_TIMEOUT = 30  # seconds: reached only when something deadlocked
-
-
-class Key:
-    """A key with a Python __hash__/__eq__ (the engine's slow path)."""
-
-    def __init__(self, name, h=None):
-        self.name = name
-        self.h = hash(name) if h is None else h
-
-    def __hash__(self):
-        return self.h
-
-    def __eq__(self, other):
-        return isinstance(other, Key) and other.name == self.name
-
-    def __repr__(self):
-        return f"Key({self.name!r})"
 
 
 class Boom(Exception):
