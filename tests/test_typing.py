@@ -64,6 +64,7 @@ locked.select(lambda k: True)  # E: predicate(key, value)
 locked.fetch("a", lambda k: "x")  # E: loader returns the value type
 OwnerTable({}, access="public")  # E: access level
 owner.call(lambda table: table, "extra")  # E: fn(table, *args) arity
+owner.call(OwnerTable.get, "a")  # E: fn gets the LockedTable storage (each class types its own methods)
 owner.info()["nope"]  # E: TypedDict key
 agent.update(lambda s: str(s))  # E: the state type
 agent.get_and_update(lambda s: s)  # E: must return (reply, new_state)
