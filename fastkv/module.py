@@ -22,7 +22,7 @@ import weakref
 
 from collections.abc import Mapping
 
-from fastkv.reference import _collect, _TableAPI
+from fastkv.reference import _FROZEN_REENTRY, _collect, _HolderLock, _TableAPI
 
 __all__ = ["ModuleTable"]
 
@@ -156,15 +156,14 @@ class ModuleTable(_TableAPI):
     ``ValueError``.
     """
 
-    __slots__ = ("_data", "_module", "_name", "_write_lock", "_writer", "__weakref__")
+    __slots__ = ("_data", "_module", "_name", "_write_lock", "__weakref__")
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
         self._data = {}  # the current module's data: never mutated once published
         self._module = None
         self._name = None
-        self._write_lock = threading.Lock()
-        self._writer = 0
+        self._write_lock = _HolderLock(_FROZEN_REENTRY)  # writers, one at a time
         return self
 
     def __init__(self, data=(), /, name=None, **kwargs):
@@ -179,7 +178,7 @@ class ModuleTable(_TableAPI):
             _generated_package()
         else:
             _check_name(name)
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             module = _build_module(name, items, self)
             with _names_lock:
@@ -191,7 +190,7 @@ class ModuleTable(_TableAPI):
                 self._name = name
                 self._publish(module, items)
         finally:
-            self._write_leave()
+            self._write_lock.release()
 
     def __del__(self):
         try:
@@ -200,22 +199,6 @@ class ModuleTable(_TableAPI):
                 _unregister(name, module)
         except Exception:  # interpreter shutdown: sys.modules may be gone
             pass
-
-    # -- the writer lock -----------------------------------------------------
-
-    def _write_enter(self):
-        me = threading.get_ident()
-        if self._writer == me:
-            raise RuntimeError(
-                f"re-entrant write to a {type(self).__name__} from the thread that "
-                "is writing it (a key's __eq__/__hash__ wrote to the table)"
-            )
-        self._write_lock.acquire()
-        self._writer = me
-
-    def _write_leave(self):
-        self._writer = 0
-        self._write_lock.release()
 
     def _publish(self, module, data):
         """Register ``module`` under the table's name (the caller holds
@@ -301,19 +284,19 @@ class ModuleTable(_TableAPI):
         """Store ``value`` under ``key``: copies the data (O(n)), regenerates,
         compiles and executes the module around the copy and swaps it in.
         Returns None."""
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             data = self._data.copy()  # no re-hashing of stored keys
             data[key] = value
             old = self._rebuild(data)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old
 
     def delete(self, key):
         """Remove ``key``; True if it was there. Regenerates the module when it
         was (O(n)); nothing is rebuilt when it was not."""
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             if key not in self._data:
                 return False
@@ -321,7 +304,7 @@ class ModuleTable(_TableAPI):
             del data[key]
             old = self._rebuild(data)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old
         return True
 
@@ -330,13 +313,13 @@ class ModuleTable(_TableAPI):
         (a mapping or an iterable of pairs) is read completely first, so a bad
         argument changes nothing."""
         items = _collect(mapping_or_pairs, None)
-        self._write_enter()
+        self._write_lock.acquire(self)
         try:
             data = self._data.copy()  # no re-hashing of stored keys
             data.update(items)
             old = self._rebuild(data)
         finally:
-            self._write_leave()
+            self._write_lock.release()
         del old
 
 

@@ -152,7 +152,10 @@ def test_strategy_patterns_scenario_filter_and_markdown(tmp_path):
     lines = md.read_text().splitlines()
     assert lines[0].startswith("**write: ")
     assert "| strategy | 20 keys |" in lines
-    assert any(line.startswith("| dict | ") and "(1.00x)" in line for line in lines)
+    assert any(line.startswith("| dict | ") for line in lines)
+    # which row is fastest is a measurement (a noisy one at --repeat 1): only
+    # that the table names one
+    assert any("(1.00x)" in line for line in lines)
 
 
 @pytest.mark.parametrize("argv", [
