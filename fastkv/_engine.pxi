@@ -112,6 +112,10 @@
 #                                         next live entry, False at the end.
 #                                         Borrowed pointers are valid only until
 #                                         Python code runs. No Python.
+#   table_prev(t, &pos, &key, &value) noexcept   reverse iteration: start with
+#                                         pos = t.nentries; as table_next,
+#                                         from the last live entry to the first.
+#                                         No Python.
 #   table_sizeof(t) noexcept              bytes allocated for the arrays.
 #   table_traverse(t, visit, arg)         tp_traverse helper (visits keys and
 #                                         values).
@@ -767,6 +771,23 @@ cdef inline bint table_next(const Table* t, Py_ssize_t* pos, PyObject** key, PyO
             pos[0] = i
             return True
     pos[0] = i
+    return False
+
+
+cdef inline bint table_prev(const Table* t, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept:
+    cdef Py_ssize_t i = pos[0]
+    cdef const Entry* ep
+    if i > t.nentries:
+        i = t.nentries
+    while i > 0:
+        i -= 1
+        ep = table_entry(t, i)
+        if ep.key != NULL:
+            key[0] = ep.key
+            value[0] = ep.value
+            pos[0] = i
+            return True
+    pos[0] = 0
     return False
 
 

@@ -230,6 +230,23 @@ cdef _Snapshot _merge(_Snapshot old, _Snapshot staged):
     return new
 
 
+cdef int _absorb(_Snapshot dst, _Snapshot src) except -1:
+    """dst.update(src) for a private ``dst`` (nobody else sees it) and a
+    ``src`` that never changes (private or published): room for both is made
+    once, then src's items are inserted in order (an equal key keeps dst's
+    key object and takes src's value). Runs Python (__eq__)."""
+    cdef Py_ssize_t j
+    cdef Entry* ep
+    if src.tab.used == 0:
+        return 0
+    table_resize(&dst.tab, dst.tab.used + src.tab.used)
+    for j in range(src.tab.nentries):
+        ep = table_entry(&src.tab, j)
+        if ep.key != NULL:
+            table_insert(&dst.tab, ep.key, table_entry_hash(&src.tab, j), ep.value)
+    return 0
+
+
 cdef object _lookup_slow(FrozenTable self, object key, object missing):
     cdef _Snapshot snap
     cdef Py_hash_t h = table_hash(key)     # may run Python
@@ -475,12 +492,62 @@ cdef _FrozenIterator _iterate(_Snapshot snap, int kind):
     return it
 
 
+@cython.final
+@cython.auto_pickle(False)
+@cython.no_gc_clear
+cdef class _FrozenReverseIterator:
+    """Iterates one snapshot of a table backwards, last inserted first (keys,
+    values or items): what ``reversed()`` walks."""
+    cdef _Snapshot snap
+    cdef Py_ssize_t pos       # entries [0, pos) are still to visit
+    cdef int kind
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef PyObject* k
+        cdef PyObject* v
+        if self.snap is None or not table_prev(&self.snap.tab, &self.pos, &k, &v):
+            raise StopIteration
+        if self.kind == ITER_KEYS:
+            return <object>k
+        if self.kind == ITER_VALUES:
+            return <object>v
+        return (<object>k, <object>v)
+
+    def __length_hint__(self):
+        if self.snap is None:
+            return 0
+        return self.pos          # no holes in a snapshot (at most this many)
+
+
+cdef _FrozenReverseIterator _iterate_reversed(_Snapshot snap, int kind):
+    cdef _FrozenReverseIterator it = _FrozenReverseIterator.__new__(_FrozenReverseIterator)
+    it.snap = snap
+    it.pos = snap.tab.nentries
+    it.kind = kind
+    return it
+
+
+class _TableKeysView(KeysView):
+    """KeysView that ``reversed()`` also walks, as it does a dict's keys
+    (the table's own ``__reversed__``: one snapshot, last inserted first)."""
+    __slots__ = ()
+
+    def __reversed__(self):
+        return reversed(self._mapping)
+
+
 class _FrozenValuesView(ValuesView):
     """ValuesView whose every iteration walks one snapshot of the table."""
     __slots__ = ()
 
     def __iter__(self):
         return _iterate((<FrozenTable?>self._mapping)._snap, ITER_VALUES)
+
+    def __reversed__(self):
+        return _iterate_reversed((<FrozenTable?>self._mapping)._snap, ITER_VALUES)
 
     def __contains__(self, value):
         for v in self:
@@ -495,6 +562,9 @@ class _FrozenItemsView(ItemsView):
 
     def __iter__(self):
         return _iterate((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
+
+    def __reversed__(self):
+        return _iterate_reversed((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
 
 
 cdef object _snapshot_repr(object table, _Snapshot snap):
@@ -722,10 +792,18 @@ cdef class FrozenTable:
             d[<object>k] = <object>v
         return d
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over the
+        snapshot current when iteration starts (as ``iter``). O(1) to start;
+        never raises "changed size"."""
+        if not isinstance(self, FrozenTable):
+            _frozen_wrong_self(self)
+        return _iterate_reversed(self._snap, ITER_KEYS)
+
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
-        return KeysView(self)
+        return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
@@ -787,13 +865,74 @@ cdef class FrozenTable:
         return size
 
     def __reduce__(self):
+        if not isinstance(self, FrozenTable):
+            _frozen_wrong_self(self)
         state = getattr(self, "__dict__", None)
         return (type(self), (self.to_dict(),), state or None)
+
+    # --- dict's operators and fromkeys -------------------------------------------
+
+    def __or__(self, other):
+        """``t | other``: a new ``FrozenTable`` (never a subclass, as
+        ``copy()``) with t's items, then those of ``other``, a
+        ``collections.abc.Mapping`` whose values win. One O(n + m) copy; t is
+        unchanged. ``NotImplemented`` for anything but a mapping."""
+        cdef _Snapshot mine
+        cdef _Snapshot staged
+        cdef FrozenTable new
+        if not isinstance(other, (dict, FrozenTable, Mapping)):
+            return NotImplemented
+        mine = self._snap                   # held: merging may run Python
+        staged = _stage(other, None)
+        new = FrozenTable.__new__(FrozenTable)
+        new._snap = _merge(mine, staged)
+        return new
+
+    def __ror__(self, other):
+        """``other | t`` for a ``collections.abc.Mapping`` ``other`` that does
+        not handle it (a dict): a new ``FrozenTable`` with other's items, then
+        t's (t's values win). One O(n + m) copy."""
+        cdef _Snapshot mine
+        cdef _Snapshot staged
+        cdef FrozenTable new
+        if not isinstance(other, (dict, FrozenTable, Mapping)):
+            return NotImplemented
+        staged = _stage(other, None)
+        mine = self._snap
+        new = FrozenTable.__new__(FrozenTable)
+        if staged.tab.used == 0:
+            new._snap = mine                # immutable: shared, as copy()
+        else:
+            _absorb(staged, mine)
+            table_trim(&staged.tab)
+            new._snap = staged
+        return new
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs) -- one copy, one snapshot swap, seen by everyone holding t --
+        and t itself is the result (the name is not rebound to a new table)."""
+        self._update(_stage(other, None))
+        return self
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """A new table of class ``cls`` (a subclass gets its own, as
+        ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
+        same object for all). O(n)."""
+        return cls(dict.fromkeys(iterable, value))
 
     __class_getitem__ = classmethod(GenericAlias)
 
 
 from sys import getsizeof as _sys_getsizeof
+
+
+cdef int _frozen_wrong_self(object self) except -1:
+    raise TypeError(
+        f"FrozenTable methods need a fastkv._core.FrozenTable, not a "
+        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
+        "from the class and called on another object)")
 
 
 cdef int _parse_key_default(PyObject** args, Py_ssize_t nargs, PyObject* kwnames,

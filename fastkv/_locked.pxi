@@ -256,6 +256,9 @@ class _LockedValuesView(_FrozenValuesView):
     def __iter__(self):
         return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_VALUES)
 
+    def __reversed__(self):
+        return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_VALUES)
+
 
 class _LockedItemsView(_FrozenItemsView):
     """ItemsView whose every iteration walks an atomic snapshot of the table."""
@@ -263,6 +266,9 @@ class _LockedItemsView(_FrozenItemsView):
 
     def __iter__(self):
         return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_ITEMS)
+
+    def __reversed__(self):
+        return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
 
 
 cdef int _lt_wrong_self(object self) except -1:
@@ -597,6 +603,14 @@ cdef class LockedTable:
         starts (O(n) copy of the keys); never raises "changed size"."""
         return _iterate(self._snapshot(), ITER_KEYS)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over a
+        snapshot taken atomically when iteration starts (as ``iter``); never
+        raises "changed size"."""
+        if not isinstance(self, LockedTable):
+            _lt_wrong_self(self)
+        return _iterate_reversed(self._snapshot(), ITER_KEYS)
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, read atomically under one
         lock hold. ``keys`` is read completely before the lock is taken."""
@@ -650,7 +664,7 @@ cdef class LockedTable:
         each iteration walks a snapshot taken when it starts."""
         if not isinstance(self, LockedTable):
             _lt_wrong_self(self)
-        return KeysView(self)
+        return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
@@ -693,9 +707,19 @@ cdef class LockedTable:
         return new
 
     def __copy__(self):
+        """``copy.copy(t)``: an independent table of t's own class (as for a
+        dict subclass: a subclass's instance ``__dict__`` is copied shallowly).
+        O(n)."""
+        cdef LockedTable new
         if not isinstance(self, LockedTable):
             _lt_wrong_self(self)
-        return self.copy()
+        if type(self) is LockedTable:
+            return self.copy()
+        new = type(self)(self)
+        state = getattr(self, "__dict__", None)
+        if state:
+            new.__dict__.update(state)
+        return new
 
     def snapshot(self):
         """An immutable ``FrozenTable`` (of this implementation) holding the
@@ -1026,7 +1050,55 @@ cdef class LockedTable:
         state = getattr(self, "__dict__", None)
         return (type(self), (self.to_dict(),), state or None)
 
+    # --- dict's operators and fromkeys -------------------------------------------
+
+    def __or__(self, other):
+        """``t | other``: a new ``LockedTable`` (never a subclass, as
+        ``copy()``) with t's items (copied atomically), then those of
+        ``other``, a ``collections.abc.Mapping`` whose values win. O(n + m);
+        t is unchanged. ``NotImplemented`` for anything but a mapping."""
+        cdef _Snapshot mine
+        if not isinstance(other, (dict, FrozenTable, Mapping)):
+            return NotImplemented
+        mine = self._snapshot()
+        _absorb(mine, _locked_stage(other, None))
+        return _locked_adopt(mine)
+
+    def __ror__(self, other):
+        """``other | t`` for a ``collections.abc.Mapping`` ``other`` that does
+        not handle it (a dict): a new ``LockedTable`` with other's items, then
+        t's (copied atomically; t's values win). O(n + m)."""
+        cdef _Snapshot staged
+        if not isinstance(other, (dict, FrozenTable, Mapping)):
+            return NotImplemented
+        staged = _locked_stage(other, None)
+        _absorb(staged, self._snapshot())
+        return _locked_adopt(staged)
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs), atomic, and t itself is the result."""
+        self._put_many(_locked_stage(other, None))
+        return self
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """A new table of class ``cls`` (a subclass gets its own, as
+        ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
+        same object for all). O(n)."""
+        return cls(dict.fromkeys(iterable, value))
+
     __class_getitem__ = classmethod(GenericAlias)
+
+
+cdef LockedTable _locked_adopt(_Snapshot snap):
+    """A new LockedTable taking over the arrays of the private snapshot
+    ``snap`` (left empty). O(1), no Python."""
+    cdef LockedTable new = LockedTable.__new__(LockedTable)
+    cdef Table tmp = new._tab            # empty: nothing allocated
+    new._tab = snap.tab
+    snap.tab = tmp
+    return new
 
 
 cdef extern from *:

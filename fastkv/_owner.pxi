@@ -219,6 +219,7 @@ cdef enum:
     FK_OP_KEYS = 14         # list(table)
     FK_OP_GET_MANY = 15     # table.get_many(a, b)
     FK_OP_TO_DICT = 16      # table.to_dict()
+    FK_OP_SNAPSHOT = 17     # table._snapshot() (a private _Snapshot)
     FK_OP_PUT = 20          # table.put(a, b)
     FK_OP_PUT_MANY = 21     # table.put_many(a)
     FK_OP_DELETE = 22       # table.delete(a)
@@ -572,6 +573,8 @@ cdef class _Owner:
             return table.popitem()
         if op == FK_OP_SETDEFAULT:
             return table.setdefault(a, b)
+        if op == FK_OP_SNAPSHOT:
+            return table._snapshot()
         raise SystemError("fastkv: unknown owner request %d" % op)
 
     cdef void _serve(self, fk_req *r) noexcept:
@@ -773,6 +776,10 @@ _fk_atexit_mod.register(_fk_close_at_exit)   # after logging's: runs before it
 
 # ---- Agent -------------------------------------------------------------------
 
+def _fk_identity(x):
+    return x
+
+
 cdef class Agent:
     """Any state, changed only by functions run on its owner thread (Elixir's
     ``Agent``: a GenServer holding a value).
@@ -857,6 +864,15 @@ cdef class Agent:
         return "<%s (%s)>" % (type(self).__name__,
                               "open" if self._eng.status == FK_OPEN else "closed")
 
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the state (read by
+        one call to the owner): loading starts a new Agent with its own owner
+        thread. ``ClosedError`` once closed."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, "Agent")
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self._eng.call(FK_OP_CALL, _fk_identity, (), None),), state or None)
+
     __class_getitem__ = classmethod(_fk_GenericAlias)
 
 
@@ -879,6 +895,9 @@ class _OwnerValuesView(_fk_abc.ValuesView):
     def __iter__(self):
         return iter(self._mapping.to_dict().values())
 
+    def __reversed__(self):
+        return reversed(self._mapping.to_dict().values())
+
 
 class _OwnerItemsView(_fk_abc.ItemsView):
     """``ItemsView`` whose iteration walks one snapshot of the table."""
@@ -887,6 +906,9 @@ class _OwnerItemsView(_fk_abc.ItemsView):
 
     def __iter__(self):
         return iter(self._mapping.to_dict().items())
+
+    def __reversed__(self):
+        return reversed(self._mapping.to_dict().items())
 
 
 cdef class OwnerTable:
@@ -999,6 +1021,21 @@ cdef class OwnerTable:
             return iter(self._storage)
         return iter(self._call(FK_OP_KEYS, None, None, None))
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over a
+        snapshot taken (by the owner, or directly under
+        ``access="protected"``) when iteration starts, as ``iter``. O(n) copy."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, "OwnerTable")
+        return _iterate_reversed(self._snapshot(), ITER_KEYS)
+
+    cdef _Snapshot _snapshot(self):
+        """A private copy of the items, made atomically by the owner (one
+        call), or directly under ``access="protected"``."""
+        if self._direct():
+            return self._storage._snapshot()
+        return <_Snapshot?>self._call(FK_OP_SNAPSHOT, None, None, None)
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read in one request (one
         round trip). Keys are hashed before it is queued."""
@@ -1024,7 +1061,7 @@ cdef class OwnerTable:
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
-        return _fk_abc.KeysView(self)
+        return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
@@ -1171,7 +1208,74 @@ cdef class OwnerTable:
         self.close()
         return None
 
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
+        access level (one call to the owner): loading starts a new
+        OwnerTable with its own owner thread. ``ClosedError`` once closed."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, "OwnerTable")
+        access = "protected" if self._protected else "private"
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self.to_dict(), access), state or None)
+
+    # -- dict's operators and fromkeys ---------------------------------------
+
+    def __or__(self, other):
+        """``t | other``: a new ``OwnerTable`` (never a subclass, as
+        ``copy()``; same access level, its own owner thread) with t's items
+        (one call), then those of ``other``, a ``collections.abc.Mapping``
+        whose values win. O(n + m); t is unchanged. ``NotImplemented`` for
+        anything but a mapping."""
+        cdef _Snapshot mine
+        if not isinstance(other, (dict, FrozenTable, _fk_abc.Mapping)):
+            return NotImplemented
+        mine = self._snapshot()
+        _absorb(mine, _locked_stage(other, None))
+        return fk_owner_adopt(mine, self._protected)
+
+    def __ror__(self, other):
+        """``other | t`` for a ``collections.abc.Mapping`` ``other`` that does
+        not handle it (a dict): a new ``OwnerTable`` (t's access level) with
+        other's items, then t's (one call; t's values win). O(n + m)."""
+        cdef _Snapshot staged
+        if not isinstance(other, (dict, FrozenTable, _fk_abc.Mapping)):
+            return NotImplemented
+        staged = _locked_stage(other, None)
+        _absorb(staged, self._snapshot())
+        return fk_owner_adopt(staged, self._protected)
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs, read and hashed first), one cast as ``update``; t itself is
+        the result."""
+        staged = _locked_stage(other, None)
+        self._eng.cast(FK_OP_PUT_MANY, None, staged, None)
+        return self
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """A new table of class ``cls`` (a subclass gets its own, as
+        ``dict.fromkeys``; default access) mapping every key of ``iterable``
+        to ``value`` (the same object for all). O(n)."""
+        return cls(dict.fromkeys(iterable, value))
+
     __class_getitem__ = classmethod(_fk_GenericAlias)
+
+
+cdef OwnerTable fk_owner_adopt(_Snapshot snap, bint protected):
+    """A new OwnerTable (its own owner thread) whose storage takes over the
+    private snapshot ``snap``'s arrays."""
+    cdef OwnerTable new = OwnerTable.__new__(OwnerTable)
+    new._protected = protected
+    new._storage._put_many(snap)        # no request can be queued yet
+    return new
+
+
+cdef int fk_wrong_self(object self, str name) except -1:
+    raise TypeError(
+        f"{name} methods need a fastkv._core.{name}, not a "
+        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
+        "from the class and called on another object)")
 
 
 cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs,

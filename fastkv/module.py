@@ -154,6 +154,11 @@ class ModuleTable(_TableAPI):
     ``t[k] = v``. The name is released from ``sys.modules`` when the table is
     garbage collected; a name already used by another module raises
     ``ValueError``.
+
+    A table made from another -- ``copy()``, ``t | other``, ``other | t``,
+    ``copy.copy``, ``copy.deepcopy``, or loaded by ``pickle`` -- is a new
+    table in a new module with a new default name, never the original's
+    name (which the original table, if alive, still holds).
     """
 
     __slots__ = ("_data", "_module", "_name", "_write_lock", "__weakref__")
@@ -263,6 +268,12 @@ class ModuleTable(_TableAPI):
         (insertion order); never raises "changed size"."""
         return iter(self._data)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over the
+        module version current when iteration starts (as ``iter``); never
+        raises "changed size"."""
+        return reversed(self._data)
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read from one module
         version. O(len(keys)), never blocks."""
@@ -277,6 +288,16 @@ class ModuleTable(_TableAPI):
         """An independent ``ModuleTable`` (never a subclass) with the same
         items, in a new module with a new default name. Regenerates, O(n)."""
         return ModuleTable(self._data)
+
+    def _adopt(self, items):
+        return ModuleTable(items)
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs) -- one rebuild of the module, seen by everyone holding t --
+        and t itself is the result (the name is not rebound to a new table)."""
+        ModuleTable.put_many(self, other)
+        return self
 
     # -- writes: regenerate the module -----------------------------------------
 

@@ -62,6 +62,16 @@ _MISSING = _Missing()
 # ---------------------------------------------------------------------------
 
 
+class _TableKeysView(KeysView):
+    """``KeysView`` that ``reversed()`` also walks, as it does a dict's keys
+    (the table's own ``__reversed__``: one snapshot, last inserted first)."""
+
+    __slots__ = ()
+
+    def __reversed__(self):
+        return reversed(self._mapping)
+
+
 class _SnapshotValuesView(ValuesView):
     """``ValuesView`` whose iteration walks one snapshot of the table (the
     abc's own iterates the keys and looks each one up again, which can miss a
@@ -72,6 +82,9 @@ class _SnapshotValuesView(ValuesView):
     def __iter__(self):
         return iter(self._mapping.to_dict().values())
 
+    def __reversed__(self):
+        return reversed(self._mapping.to_dict().values())
+
 
 class _SnapshotItemsView(ItemsView):
     """``ItemsView`` whose iteration walks one snapshot of the table."""
@@ -80,6 +93,9 @@ class _SnapshotItemsView(ItemsView):
 
     def __iter__(self):
         return iter(self._mapping.to_dict().items())
+
+    def __reversed__(self):
+        return reversed(self._mapping.to_dict().items())
 
 
 class _TableAPI:
@@ -95,7 +111,7 @@ class _TableAPI:
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
-        return KeysView(self)
+        return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
@@ -137,6 +153,46 @@ class _TableAPI:
         """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
         self.close()
         return None
+
+    # -- pickle, copy.copy, copy.deepcopy -------------------------------------------
+
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as ``type(t)(items)``
+        plus a subclass's instance ``__dict__``, as for a dict subclass."""
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self.to_dict(),), state or None)
+
+    # -- dict's operators and fromkeys -----------------------------------------------
+    # Each table says how a new table of its own fastkv class adopts a dict
+    # nobody else holds (``_adopt``) and applies ``put_many`` (``__ior__``).
+
+    def __or__(self, other):
+        """``t | other``: a new table of t's fastkv class (never a subclass,
+        as ``copy()``) with t's items, then those of ``other``, a
+        ``collections.abc.Mapping`` whose values win. O(n + m); t is
+        unchanged. ``NotImplemented`` for anything but a mapping."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        items = self.to_dict()
+        items.update(_collect(other, None))
+        return self._adopt(items)
+
+    def __ror__(self, other):
+        """``other | t`` for a ``collections.abc.Mapping`` ``other`` that does
+        not handle it (a dict): a new table of t's fastkv class with other's
+        items, then t's (t's values win). O(n + m)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        items = _collect(other, None)
+        items.update(self.to_dict())
+        return self._adopt(items)
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """A new table of class ``cls`` (a subclass gets its own, as
+        ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
+        same object for all). O(n)."""
+        return cls(dict.fromkeys(iterable, value))
 
 
 def _collect(data, kwargs):
@@ -254,6 +310,12 @@ class FrozenTable(_TableAPI):
         (insertion order). O(1) to start; never raises "changed size"."""
         return iter(self._snap)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over the
+        snapshot current when iteration starts (as ``iter``). O(1) to start;
+        never raises "changed size"."""
+        return reversed(self._snap)
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read from one snapshot.
         O(len(keys)), never blocks."""
@@ -275,6 +337,16 @@ class FrozenTable(_TableAPI):
         new = FrozenTable()
         new._snap = self._snap
         return new
+
+    def _adopt(self, items):
+        return _frozen_from_dict(items)
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs) -- one copy, one snapshot swap, seen by everyone holding t --
+        and t itself is the result (the name is not rebound to a new table)."""
+        FrozenTable.put_many(self, other)
+        return self
 
     # -- writes: copy, then swap ----------------------------------------------
 
@@ -424,6 +496,17 @@ class LockedTable(_TableAPI):
             self._lock.release()
         return iter(keys)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over a
+        snapshot taken atomically when iteration starts (as ``iter``); never
+        raises "changed size"."""
+        self._lock.acquire(self)
+        try:
+            keys = list(self._data)
+        finally:
+            self._lock.release()
+        return reversed(keys)
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, read atomically under one
         lock hold. ``keys`` is read completely before the lock is taken."""
@@ -454,6 +537,29 @@ class LockedTable(_TableAPI):
         new = LockedTable()
         new._data = self.to_dict()
         return new
+
+    def __copy__(self):
+        """``copy.copy(t)``: an independent table of t's own class (as for a
+        dict subclass: a subclass's instance ``__dict__`` is copied shallowly).
+        O(n)."""
+        if type(self) is LockedTable:
+            return self.copy()
+        new = type(self)(self)
+        state = getattr(self, "__dict__", None)
+        if state:
+            new.__dict__.update(state)
+        return new
+
+    def _adopt(self, items):
+        new = LockedTable()
+        new._data = items
+        return new
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs), atomic, and t itself is the result."""
+        LockedTable.put_many(self, other)
+        return self
 
     def snapshot(self):
         """An immutable ``FrozenTable`` (of this implementation) holding the
@@ -984,6 +1090,12 @@ class OwnerTable(_TableAPI):
         under ``access="protected"``) when iteration starts. O(n) copy."""
         return iter(self._read(_keys_list, self._storage))
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys in reverse insertion order, over a
+        snapshot taken (by the owner, or directly under
+        ``access="protected"``) when iteration starts, as ``iter``. O(n) copy."""
+        return reversed(self._read(_keys_list, self._storage))
+
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read in one request (one
         round trip). Keys are hashed before it is queued."""
@@ -1001,6 +1113,24 @@ class OwnerTable(_TableAPI):
         and access level, and its own owner thread. O(n)."""
         access = "protected" if self._protected else "private"
         return OwnerTable(self.to_dict(), access=access)
+
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
+        access level (one call to the owner): loading starts a new
+        OwnerTable with its own owner thread. ``ClosedError`` once closed."""
+        access = "protected" if self._protected else "private"
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self.to_dict(), access), state or None)
+
+    def _adopt(self, items):
+        return OwnerTable(items, access="protected" if self._protected else "private")
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or an iterable of
+        pairs, read and hashed first), one cast as ``update``; t itself is
+        the result."""
+        OwnerTable.put_many(self, other)
+        return self
 
     def __repr__(self):
         """``OwnerTable({...})`` (one call to the owner), or
@@ -1108,6 +1238,10 @@ def _keys_list(table):
 
 def _noop():
     return None
+
+
+def _identity(x):
+    return x
 
 
 # ---------------------------------------------------------------------------
@@ -1227,6 +1361,13 @@ class Agent:
         state itself is not shown."""
         state = "closed" if self._core.closed else "open"
         return f"<{type(self).__name__} ({state})>"
+
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the state (read by
+        one call to the owner): loading starts a new Agent with its own owner
+        thread. ``ClosedError`` once closed."""
+        state = getattr(self, "__dict__", None)
+        return (type(self), (self._core.call(_agent_get, (self._box, _identity, ())),), state or None)
 
 
 Mapping.register(FrozenTable)

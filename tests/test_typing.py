@@ -69,6 +69,9 @@ owner.info()["nope"]  # E: TypedDict key
 agent.update(lambda s: str(s))  # E: the state type
 agent.get_and_update(lambda s: s)  # E: must return (reply, new_state)
 agent.get(lambda s, x: s + x, "y")  # E: argument type
+frozen | [("b", 2)]  # E: | takes a mapping (pairs only through |= / put_many), as dict
+locked |= 5  # E: |= takes a mapping or pairs
+reversed(agent)  # E: an Agent is no mapping
 '''
 
 

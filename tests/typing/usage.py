@@ -8,7 +8,10 @@ its argument unchanged.
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from typing_extensions import assert_type
 
@@ -103,11 +106,51 @@ def agent() -> None:
     empty.close()
 
 
+def dict_parity() -> None:
+    t = FrozenTable({"a": 1, "b": 2})
+    assert_type(list(reversed(t)), list[str])
+    assert_type(list(reversed(t.keys())), list[str])
+    assert_type(list(reversed(t.values())), list[int])
+    assert_type(list(reversed(t.items())), list[tuple[str, int]])
+    assert_type(t | {"c": 3}, FrozenTable[str, int])
+    assert_type(t | {1: "one"}, FrozenTable[str | int, int | str])
+    assert_type({"z": 0} | t, FrozenTable[str, int])
+    alias = t
+    t |= {"c": 3}
+    t |= [("d", 4)]
+    assert_type(t, FrozenTable[str, int])
+    assert alias is t and list(reversed(alias)) == ["d", "c", "b", "a"]
+    assert_type(FrozenTable.fromkeys(["x", "y"], 0), FrozenTable[str, int])
+    assert_type(FrozenTable.fromkeys([1, 2]), FrozenTable[int, Any | None])
+    assert_type(copy.deepcopy(t), FrozenTable[str, int])
+    assert pickle.loads(pickle.dumps(t)) == t
+
+    locked = LockedTable({"a": 1})
+    assert_type(locked | {"b": 2}, LockedTable[str, int])
+    assert_type({"b": 2} | locked, LockedTable[str, int])
+    locked |= {"b": 2}
+    assert_type(LockedTable.fromkeys("ab", 0), LockedTable[str, int])
+    assert_type(next(reversed(locked.items())), tuple[str, int])
+    assert copy.copy(locked) == {"a": 1, "b": 2}
+
+    with OwnerTable({"a": 1}, access="protected") as owner:
+        with owner | {"b": 2} as merged:
+            assert_type(merged, OwnerTable[str, int])
+            assert merged.info()["access"] == "protected"
+        owner |= [("c", 3)]
+        owner.sync()
+        assert_type(list(reversed(owner)), list[str])
+        assert list(reversed(owner)) == ["c", "a"]
+    with OwnerTable.fromkeys([1, 2], "v") as keyed:
+        assert_type(keyed, OwnerTable[int, str])
+
+
 def main() -> None:
     frozen()
     locked()
     owner()
     agent()
+    dict_parity()
 
 
 if __name__ == "__main__":

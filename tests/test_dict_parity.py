@@ -1,0 +1,587 @@
+"""What a dict user expects beyond the shared API, on every table kind of both
+implementations: ``reversed()`` (of the table and of its views), ``|``,
+``|=``, ``fromkeys``, and pickle / ``copy.copy`` / ``copy.deepcopy``, each
+giving what the same operation gives on a dict -- and the same thing on the
+compiled and the reference tables.
+
+Decisions pinned here (dict's rules, where a fastkv table differs from a dict):
+
+- ``t | other`` takes any ``collections.abc.Mapping`` (dict only takes dicts)
+  and returns a new table of the fastkv class itself (never a subclass, as
+  ``copy()``; an OwnerTable keeps its access level); ``other | t`` likewise.
+- ``t |= other`` is ``put_many(other)`` on t itself, on the Mapping-only kinds
+  too: everyone holding t sees it (Python's fallback ``t = t | other`` would
+  rebind the name only).
+- ``fromkeys`` returns ``cls(...)``: a subclass gets its own class.
+- pickle and ``copy`` keep the class (a subclass's instance ``__dict__`` too);
+  an OwnerTable/Agent loads as a new one with its own owner thread; a
+  ModuleTable loads under a new default name.
+"""
+
+import collections.abc as cabc
+import copy
+import gc
+import operator
+import pickle
+import sys
+
+import pytest
+
+import fastkv
+import fastkv._core
+import fastkv.module
+import fastkv.reference
+from _support import IMPLS, Key, assert_same
+
+PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
+DATA = {"x": 1, 2: "two", "a": [3], (1, 2): None}
+
+
+class PlainMapping(cabc.Mapping):
+    """A Mapping that is no dict and has no ``|`` of its own."""
+
+    def __init__(self, data=()):
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+
+# Subclasses picklable by name: one per class of each implementation.
+SUBCLASSES = {}
+for _impl_name, _impl in IMPLS.items():
+    for _cls_name in ("FrozenTable", "LockedTable", "OwnerTable", "Agent"):
+        _sub = type(f"{_impl_name.title()}{_cls_name}Sub", (getattr(_impl, _cls_name),), {"__module__": __name__})
+        globals()[_sub.__name__] = _sub
+        SUBCLASSES[_impl_name, _cls_name] = _sub
+
+
+class ModuleTableSub(fastkv.module.ModuleTable):
+    pass
+
+
+def subclass_of(kind):
+    if kind.name == "module":
+        return ModuleTableSub
+    return SUBCLASSES[kind.impl_name, kind.cls.__name__]
+
+
+def made(kind, table):
+    """``table`` (a new table from an operation) closed when the test ends."""
+    return kind.track(table)
+
+
+# -- reversed -----------------------------------------------------------------
+
+
+def test_reversed_gives_keys_last_inserted_first(kind):
+    # without __reversed__, reversed() fell back to t[len-1], t[len-2], ...
+    assert list(reversed(kind.make(a=1))) == ["a"]
+    t = kind.make(DATA)
+    assert list(reversed(t)) == list(reversed(DATA))
+    assert list(reversed(kind.make())) == []
+    t.delete("x")
+    t.put("new", 0)
+    t.put(2, "deux")  # an existing key keeps its place
+    kind.settle(t)
+    expected = {2: "deux", "a": [3], (1, 2): None, "new": 0}
+    assert list(reversed(t)) == list(reversed(expected))
+
+
+def test_reversed_of_the_views_as_dict(kind):
+    t = kind.make(DATA)
+    keys, values, items = t.keys(), t.values(), t.items()
+    assert list(reversed(keys)) == list(reversed(DATA.keys()))
+    assert list(reversed(values)) == list(reversed(DATA.values()))
+    assert list(reversed(items)) == list(reversed(DATA.items()))
+    assert isinstance(keys, cabc.KeysView)  # still the collections.abc views
+    t.put("late", 5)  # the views are live
+    kind.settle(t)
+    assert next(reversed(keys)) == "late"
+    assert next(reversed(values)) == 5
+    assert next(reversed(items)) == ("late", 5)
+
+
+def test_reversed_length_hint(kind):
+    t = kind.make(DATA)
+    it = reversed(t)
+    assert operator.length_hint(it) == len(DATA)
+    next(it)
+    assert operator.length_hint(it) == len(DATA) - 1
+
+
+def test_reversed_walks_one_snapshot(kind):
+    # as iter(): the snapshot taken when the iteration starts, never "changed size"
+    t = kind.make({i: i for i in range(10)})
+    it, it_values, it_items = reversed(t), reversed(t.values()), reversed(t.items())
+    first = next(it), next(it_values), next(it_items)
+    for k in range(10):
+        t.delete(k)
+        t.put(100 + k, k)
+    kind.settle(t)
+    assert [first[0], *it] == list(range(9, -1, -1))
+    assert [first[1], *it_values] == list(range(9, -1, -1))
+    assert [first[2], *it_items] == [(i, i) for i in range(9, -1, -1)]
+    seen = []
+    for k in reversed(t):  # writing while walking backwards
+        seen.append(k)
+        t.put(k + 1000, 0)
+        t.delete(k)
+    assert seen == list(range(109, 99, -1))
+
+
+def test_reversed_keeps_key_objects(kind):
+    k1, k2 = Key("a"), Key("b")
+    t = kind.make([(k1, 1), (k2, 2), (1, "int")])
+    t.put(1.0, "float")  # 1 keeps its key object, as in a dict
+    kind.settle(t)
+    got = list(reversed(t))
+    assert got == [1, k2, k1] and type(got[0]) is int and got[1] is k2 and got[2] is k1
+
+
+def test_reversed_after_close_raises_closed_error(owner_kind):
+    t = owner_kind.make({"a": 1})
+    t.close()
+    for op in (lambda: reversed(t), lambda: reversed(t.keys()), lambda: reversed(t.values()),
+               lambda: reversed(t.items())):
+        with pytest.raises(fastkv.ClosedError):
+            list(op())
+
+
+# -- | -------------------------------------------------------------------------
+
+
+def test_or_as_dict(kind):
+    t = kind.make({"a": 1, "b": 2, 1: "one"})
+    other = {"b": 20, "z": 26, 1.0: "float"}
+    u = made(kind, t | other)
+    assert type(u) is kind.cls and u is not t
+    assert_same(u, {"a": 1, "b": 2, 1: "one"} | other)  # key 1 stays an int: t's key object
+    assert t.to_dict() == {"a": 1, "b": 2, 1: "one"}  # t unchanged
+    assert_same(made(kind, t | {}), t.to_dict())
+    assert_same(made(kind, kind.make() | other), dict(other))
+    assert_same(made(kind, kind.make() | {}), {})
+
+
+def test_or_result_is_independent(kind):
+    value = [1]
+    t = kind.make({"a": value})
+    u = made(kind, t | {"b": 2})
+    assert u["a"] is value  # shallow, as dict's |
+    u.put("c", 3)
+    u.delete("a")
+    t.put("d", 4)
+    kind.settle(t)
+    kind.settle(u)
+    assert t.to_dict() == {"a": [1], "d": 4}
+    assert u.to_dict() == {"b": 2, "c": 3}
+
+
+def test_ror_as_dict(kind):
+    t = kind.make({"a": 1, "b": 2, 1: "one"})
+    other = {"b": 20, "z": 26, 1.0: "float"}
+    v = made(kind, other | t)  # dict.__or__ gives NotImplemented: t.__ror__
+    assert type(v) is kind.cls
+    assert_same(v, other | {"a": 1, "b": 2, 1: "one"})  # key 1.0 stays a float: other's
+    assert t.to_dict() == {"a": 1, "b": 2, 1: "one"}
+    assert_same(made(kind, {} | t), t.to_dict())
+    assert_same(made(kind, other | kind.make()), dict(other))
+    assert_same(made(kind, PlainMapping(other) | t), other | t.to_dict())
+
+
+@pytest.mark.parametrize("other_kind", ["dict", "dict-subclass", "plain-mapping", "frozen", "locked",
+                                        "owner", "module"])
+def test_or_takes_any_mapping(kind, other_kind):
+    data = {"b": 20, "z": 26}
+    impl = kind.impl
+    other = {
+        "dict": lambda: dict(data),
+        "dict-subclass": lambda: type("D", (dict,), {})(data),
+        "plain-mapping": lambda: PlainMapping(data),
+        "frozen": lambda: impl.FrozenTable(data),
+        "locked": lambda: impl.LockedTable(data),
+        "owner": lambda: kind.track(impl.OwnerTable(data)),
+        "module": lambda: fastkv.module.ModuleTable(data),
+    }[other_kind]()
+    t = kind.make({"a": 1, "b": 2})
+    u = made(kind, t | other)
+    assert type(u) is kind.cls
+    assert_same(u, {"a": 1, "b": 20, "z": 26})
+    v = made(kind, other | t)
+    if other_kind in ("dict", "dict-subclass", "plain-mapping"):  # no | for a table: t.__ror__
+        assert type(v) is kind.cls
+    else:  # a fastkv table on the left makes the result, of its own class
+        assert type(v) is type(other)
+    assert_same(v, {"b": 2, "z": 26, "a": 1})
+
+
+def test_or_of_subclass_gives_the_fastkv_class(kind):
+    Sub = subclass_of(kind)
+    t = kind.make_as(Sub, {"a": 1})
+    assert type(made(kind, t | {"b": 2})) is kind.cls  # as copy()
+    assert type(made(kind, {"b": 2} | t)) is kind.cls
+
+
+def test_or_of_owner_table_keeps_access(owner_kind):
+    t = owner_kind.make({"a": 1})
+    for u in (t | {"b": 2}, {"b": 2} | t):
+        owner_kind.track(u)
+        assert u.info()["access"] == owner_kind.access
+        u.put("c", 3)
+        owner_kind.settle(u)
+        assert u["c"] == 3
+        u.close()
+    assert t.to_dict() == {"a": 1}  # closing a result leaves t running
+
+
+@pytest.mark.parametrize("other", [[("b", 2)], 5, None, {"b"}, "ab"], ids=repr)
+def test_or_needs_a_mapping(kind, other):
+    t = kind.make({"a": 1})
+    assert t.__or__(other) is NotImplemented
+    assert t.__ror__(other) is NotImplemented
+    with pytest.raises(TypeError):
+        t | other
+    with pytest.raises(TypeError):
+        other | t
+    assert t.to_dict() == {"a": 1}
+
+
+class UnhashableKeys(PlainMapping):
+    """A Mapping whose one key is a list."""
+
+    def __iter__(self):
+        return iter([[1, 2]])
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, key):
+        return 0
+
+
+def test_or_bad_mapping_changes_nothing(kind):
+    class Broken(PlainMapping):
+        def __getitem__(self, key):
+            raise LookupError("broken")
+
+    t = kind.make({"a": 1})
+    with pytest.raises(LookupError):
+        t | Broken({"b": 2})
+    with pytest.raises(LookupError):
+        Broken({"b": 2}) | t
+    with pytest.raises(TypeError):
+        t | UnhashableKeys()
+    with pytest.raises(TypeError):
+        UnhashableKeys() | t
+    assert t.to_dict() == {"a": 1}
+
+
+def test_or_with_itself(kind):
+    t = kind.make({"a": 1, "b": 2})
+    assert_same(made(kind, t | t), {"a": 1, "b": 2})
+
+
+def test_or_after_close_raises_closed_error(owner_kind):
+    t = owner_kind.make({"a": 1})
+    t.close()
+    with pytest.raises(fastkv.ClosedError):
+        t | {"b": 2}
+    with pytest.raises(fastkv.ClosedError):
+        {"b": 2} | t
+
+
+# -- |= ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_pairs", [False, True], ids=["mapping", "pairs"])
+def test_ior_updates_the_table_in_place(kind, as_pairs):
+    t = kind.make({"a": 1, "b": 2, 1: "one"})
+    holders = [t]
+    name = t
+    update = {"b": 20, "z": 26, 1.0: "float"}
+    name |= list(update.items()) if as_pairs else update
+    assert name is t  # not rebound to a new table
+    kind.settle(t)
+    expected = {"a": 1, "b": 2, 1: "one"}
+    expected |= update
+    assert_same(holders[0], expected)
+
+
+def test_ior_takes_any_mapping(kind):
+    t = kind.make({"a": 1})
+    t |= PlainMapping({"b": 2})
+    t |= kind.impl.FrozenTable(c=3)
+    t |= kind.make(d=4)
+    kind.settle(t)
+    assert_same(t, {"a": 1, "b": 2, "c": 3, "d": 4})
+
+
+def test_ior_with_itself(kind):
+    t = kind.make({"a": 1, "b": 2})
+    t |= t
+    kind.settle(t)
+    assert_same(t, {"a": 1, "b": 2})
+
+
+def test_ior_of_frozen_kinds_is_one_swap(mapping_kind):
+    # an iteration started before |= keeps walking the version it started on
+    t = mapping_kind.make({"a": 1, "b": 2})
+    it = iter(t)
+    t |= {"c": 3, "a": 10}
+    assert list(it) == ["a", "b"]
+    assert t.to_dict() == {"a": 10, "b": 2, "c": 3}
+
+
+@pytest.mark.parametrize("bad,error", [(5, TypeError), ([("a",)], ValueError), ([1], TypeError),
+                                       ([("ok", 1), ([], 2)], TypeError)], ids=repr)
+def test_ior_bad_input_loses_nothing(kind, bad, error):
+    t = kind.make({"a": 1})
+    with pytest.raises(error):
+        t |= bad
+    kind.settle(t)
+    assert t.to_dict() == {"a": 1}
+
+
+def test_ior_after_close_raises_closed_error(owner_kind):
+    t = owner_kind.make({"a": 1})
+    t.close()
+    with pytest.raises(fastkv.ClosedError):
+        t |= {"b": 2}
+
+
+# -- fromkeys ------------------------------------------------------------------
+
+
+def test_fromkeys_as_dict(kind):
+    t = made(kind, kind.cls.fromkeys("abc"))
+    assert type(t) is kind.cls
+    assert_same(t, dict.fromkeys("abc"))
+    value = []
+    t = made(kind, kind.cls.fromkeys(iter([1, 2, 1.0, True, Key("k")]), value))
+    assert_same(t, dict.fromkeys([1, 2, 1.0, True, Key("k")], value))  # 1 keeps the first key object
+    assert all(v is value for v in t.values())  # one shared value, as dict.fromkeys
+    assert_same(made(kind, kind.cls.fromkeys([])), {})
+    assert_same(made(kind, kind.cls.fromkeys({"x": 1, "y": 2}, 0)), {"x": 0, "y": 0})
+
+
+def test_fromkeys_of_a_subclass_gives_the_subclass(kind):
+    Sub = subclass_of(kind)
+    t = made(kind, Sub.fromkeys(["a"], 1))
+    assert type(t) is Sub
+    assert t == {"a": 1}
+
+
+def test_fromkeys_on_an_instance_and_positional_only(kind):
+    t = kind.make()
+    u = made(kind, t.fromkeys(["a"], 0))  # as dict: a classmethod, callable on an instance
+    assert type(u) is kind.cls and u == {"a": 0}
+    with pytest.raises(TypeError):
+        kind.cls.fromkeys(iterable=["a"])  # as dict.fromkeys(iterable, value=None, /)
+
+
+def test_fromkeys_of_owner_table_gets_default_access(owner_kind):
+    t = owner_kind.track(owner_kind.cls.fromkeys(["a"]))
+    assert t.info()["access"] == "private"
+
+
+def test_fromkeys_bad_input(kind):
+    with pytest.raises(TypeError):
+        kind.cls.fromkeys(5)
+    with pytest.raises(TypeError):
+        kind.cls.fromkeys([[]])
+
+
+def test_agent_has_no_dict_api(impl):
+    for name in ("fromkeys", "__reversed__", "__or__", "__ror__", "__ior__"):
+        assert not any(name in vars(cls) for cls in impl.Agent.__mro__), name
+    with impl.Agent({}) as a:
+        with pytest.raises(TypeError):
+            a | {}
+        with pytest.raises(TypeError):
+            reversed(a)
+
+
+# -- pickle, copy.copy, copy.deepcopy -----------------------------------------
+
+
+def check_independent(kind, original, new):
+    new.put("only_new", 1)
+    kind.settle(new)
+    assert "only_new" not in original
+    original.put("only_original", 1)
+    kind.settle(original)
+    assert "only_original" not in new
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_pickle_round_trip(kind, proto):
+    t = kind.make(DATA)
+    u = made(kind, pickle.loads(pickle.dumps(t, proto)))
+    assert type(u) is kind.cls and u is not t
+    assert_same(u, DATA)
+    assert u["a"] is not t["a"]
+    if kind.owner:
+        assert u.info()["access"] == kind.access
+    check_independent(kind, t, u)
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy"])
+def test_copy_module(kind, how):
+    t = kind.make(DATA)
+    u = made(kind, getattr(copy, how)(t))
+    assert type(u) is kind.cls and u is not t
+    assert_same(u, DATA)
+    if how == "copy":
+        assert u["a"] is t["a"]  # shallow, as copy.copy of a dict
+    else:
+        assert u["a"] is not t["a"] and u["a"] == [3]
+    if kind.owner:
+        assert u.info()["access"] == kind.access
+    check_independent(kind, t, u)
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_subclass_and_instance_dict_are_kept(kind, how):
+    # as for a dict subclass (unlike t.copy(), which gives the fastkv class)
+    Sub = subclass_of(kind)
+    t = kind.make_as(Sub, {"a": [1]})
+    t.extra = ["state"]
+    u = made(kind, {"pickle": lambda x: pickle.loads(pickle.dumps(x)), "copy": copy.copy,
+                    "deepcopy": copy.deepcopy}[how](t))
+    assert type(u) is Sub
+    assert u == {"a": [1]} and u.extra == ["state"]
+    if how == "copy":
+        assert u.extra is t.extra and u["a"] is t["a"]
+    else:
+        assert u.extra is not t.extra and u["a"] is not t["a"]
+    if kind.owner:
+        assert u.info()["access"] == kind.access
+
+
+def test_deepcopy_shares_what_the_memo_shares(kind):
+    shared = [1]
+    t = kind.make({"a": shared, "b": shared})
+    u = made(kind, copy.deepcopy(t))
+    assert u["a"] is u["b"] and u["a"] is not shared
+    holder = copy.deepcopy({"t": t, "v": shared})
+    made(kind, holder["t"])
+    assert holder["t"]["a"] is holder["v"]
+
+
+def test_pickle_of_closed_owner_table_raises_closed_error(owner_kind):
+    t = owner_kind.make({"a": 1})
+    t.close()
+    for op in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(fastkv.ClosedError):
+            op(t)
+
+
+def test_module_table_loads_under_a_new_name():
+    name = "fastkv_test_dict_parity_named"
+    t = fastkv.module.ModuleTable({"a": 1}, name=name)
+    try:
+        for new in (pickle.loads(pickle.dumps(t)), copy.copy(t), copy.deepcopy(t), t | {}, {} | t):
+            assert new.name != name and new.name.startswith("fastkv._generated.")
+            assert sys.modules[new.name] is new.module
+            assert sys.modules[name] is t.module  # the live table keeps its name and module
+            assert new == t
+    finally:
+        del t
+        gc.collect()
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_agent_pickle_round_trip(impl, proto):
+    with impl.Agent({"n": [1]}) as a:
+        with pickle.loads(pickle.dumps(a, proto)) as b:
+            assert type(b) is impl.Agent and b is not a
+            assert b.get(lambda s: s) == {"n": [1]}
+            b.update(lambda s: {"n": [2]})
+            assert a.get(lambda s: s) == {"n": [1]}  # its own state, its own owner
+            assert b.info()["served"] >= 2
+
+
+def test_agent_copy_and_deepcopy(impl):
+    with impl.Agent({"n": [1]}) as a:
+        with copy.copy(a) as b, copy.deepcopy(a) as c:
+            state = a.get(lambda s: s)
+            assert b.get(lambda s: s) is state  # shallow: the same state object
+            assert c.get(lambda s: s) == state and c.get(lambda s: s) is not state
+            b.close()
+            assert a.get(len) == 1  # closing a copy leaves the original running
+
+
+def test_agent_subclass_pickle_keeps_class_and_dict(impl):
+    Sub = SUBCLASSES["reference" if impl is fastkv.reference else "compiled", "Agent"]
+    with Sub(5) as a:
+        a.extra = "state"
+        with pickle.loads(pickle.dumps(a)) as b:
+            assert type(b) is Sub and b.extra == "state" and b.get(lambda s: s) == 5
+
+
+def test_agent_pickle_of_closed_agent_raises_closed_error(impl):
+    a = impl.Agent(1)
+    a.close()
+    for op in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(fastkv.ClosedError):
+            op(a)
+
+
+# -- references: nothing leaks, nothing is freed early --------------------------
+
+
+def refcounts(*objs):
+    return [sys.getrefcount(o) for o in objs]
+
+
+@pytest.mark.parametrize("make_key", [lambda i: f"k{i}", lambda i: 10**30 + i, lambda i: Key(f"k{i}")],
+                         ids=["str", "int", "pykey"])
+def test_refcounts(kind, make_key):
+    keys = [make_key(i) for i in range(12)]
+    values = [object() for _ in keys]
+    other_value = object()
+    before = refcounts(*keys, *values, other_value)
+    t = kind.cls(zip(keys[:8], values[:8]), **kind.extra_kwargs())  # not tracked: closed below
+    other = dict(zip(keys[4:], [other_value] * 8))
+    assert list(reversed(t)) == keys[7::-1]
+    assert list(reversed(t.values())) == values[7::-1]
+    assert list(reversed(t.items())) == list(zip(keys[7::-1], values[7::-1]))
+    results = [t | other, other | t, t | {}, {} | t, kind.cls.fromkeys(keys, other_value),
+               copy.copy(t), pickle.loads(pickle.dumps(t))]
+    t |= other
+    t |= [(keys[0], other_value)]
+    kind.settle(t)
+    assert t.to_dict() == {**dict(zip(keys[:8], values[:8])), **other, keys[0]: other_value}
+    assert results[0].to_dict() == {**dict(zip(keys[:8], values[:8])), **other}
+    for r in (t, *results):
+        r.close()
+    del t, r, results, other
+    gc.collect()
+    assert refcounts(*keys, *values, other_value) == before
+
+
+# -- the compiled classes refuse a foreign self -------------------------------------
+
+
+@pytest.mark.parametrize("name", ["FrozenTable", "LockedTable", "OwnerTable", "Agent"])
+def test_compiled_methods_called_on_a_foreign_object_raise(name):
+    # Cython does not check ``self`` when a method is taken from the class
+    cls = getattr(fastkv._core, name)
+    names = ["__reduce__"]
+    if name != "Agent":
+        names += ["__reversed__", "__or__", "__ror__", "__ior__"]
+    for method_name in names:
+        method = getattr(cls, method_name)
+        for foreign in ({}, getattr(fastkv.reference, name)(), object()):
+            try:
+                with pytest.raises(TypeError):
+                    method(foreign, *([{}] if method_name.endswith("or__") else []))
+            finally:
+                if hasattr(foreign, "close"):
+                    foreign.close()
