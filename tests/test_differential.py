@@ -1,6 +1,7 @@
 """Differential tests: hypothesis drives each table kind of each
 implementation and a plain dict with the same random operations and compares
-them after every step (items, order, key objects kept, answers, exceptions).
+them after every step (items, order, key objects kept, answers, exceptions),
+``reversed``, ``|`` (both sides), ``|=`` and ``fromkeys`` included.
 
 Keys mix small ints, floats equal to them, bools, short strings and keys with
 forced hash collisions (HashKey), so 1/1.0/True, hash(-1) == hash(-2) and
@@ -109,6 +110,41 @@ class TableMachine(RuleBasedStateMachine):
         if self.kind.owner:
             old.close()
 
+    @rule(pairs=PAIRS, as_dict=st.booleans())
+    def ior(self, pairs, as_dict):
+        arg = dict(pairs) if as_dict else pairs
+        table = self.table
+        table |= arg
+        assert table is self.table  # in place, not rebound
+        self.oracle |= arg
+        self.wrote()
+
+    @rule(pairs=PAIRS, table_first=st.booleans(), keep=st.booleans())
+    def or_(self, pairs, table_first, keep):
+        # t | other and other | t (t.__ror__: a dict does not handle a table)
+        other = dict(pairs)
+        if table_first:
+            new, expected = self.table | other, self.oracle | other
+        else:
+            new, expected = other | self.table, other | self.oracle
+        self.kind.track(new)
+        assert type(new) is self.kind.cls
+        assert_same(new, expected)
+        if keep:  # go on with the result
+            old, self.table, self.oracle = self.table, new, expected
+            if self.kind.owner:
+                old.close()
+        elif self.kind.owner:
+            new.close()
+
+    @rule(keys=st.lists(KEYS, max_size=5), value=VALUES)
+    def fromkeys(self, keys, value):
+        new = self.kind.track(self.kind.cls.fromkeys(keys, value))
+        assert type(new) is self.kind.cls
+        assert_same(new, dict.fromkeys(keys, value))
+        if self.kind.owner:
+            new.close()
+
     # -- reads ----------------------------------------------------------------
 
     @rule(key=KEYS)
@@ -134,6 +170,15 @@ class TableMachine(RuleBasedStateMachine):
         assert list(self.table) == list(self.oracle)
         assert list(self.table.values()) == list(self.oracle.values())
         assert len(self.table.keys()) == len(self.oracle)
+
+    @rule()
+    def iterate_reversed(self):
+        keys = list(reversed(self.table))
+        expected = list(reversed(self.oracle))
+        assert keys == expected and all(a is b or type(a) is type(b) for a, b in zip(keys, expected))
+        assert list(reversed(self.table.keys())) == expected
+        assert list(reversed(self.table.values())) == list(reversed(self.oracle.values()))
+        assert list(reversed(self.table.items())) == list(reversed(self.oracle.items()))
 
     @rule(other_pairs=PAIRS)
     def equality(self, other_pairs):
