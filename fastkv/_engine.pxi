@@ -190,6 +190,21 @@ ctypedef struct Table:
     char* _entries       # the entry array (NULL when capacity == 0)
 
 
+cdef int fk_wrong_self(object self, type cls) except -1:
+    """Raise the TypeError of a method of ``cls`` called on another object.
+
+    Cython's methods of a cdef class are cyfunctions, which (unlike CPython's
+    method descriptors) do not check ``self`` when taken from the class and
+    called on a foreign object (cython/cython#6127): every non-slot method of
+    the compiled classes starts with ``if not isinstance(self, cls)`` and
+    this, before touching a C field. (Slot methods and the hand-written
+    FASTCALL methods are checked by CPython.)"""
+    raise TypeError(
+        f"{cls.__name__} methods need a fastkv._core.{cls.__name__}, not a "
+        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
+        "from the class and called on another object)")
+
+
 cdef enum:
     IX_EMPTY = -1        # index slot: no entry; lookup result: key absent
     IX_DUMMY = -2        # index slot: a deleted entry
@@ -833,9 +848,13 @@ cdef class _EngineTable:
         table_clear(&self.tab)
 
     def insert(self, key, value):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         return table_insert(&self.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
 
     def lookup(self, key):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef Py_ssize_t ix = table_lookup(&self.tab, <PyObject*>key, table_hash(key))
         if ix < 0:
             raise KeyError(key)
@@ -843,12 +862,18 @@ cdef class _EngineTable:
 
     def lookup_fast(self, key):
         """The entry index, -1 (absent) or -3 (needs Python)."""
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         return table_lookup_fast(&self.tab, <PyObject*>key, table_hash(key))
 
     def delete(self, key):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         return table_delete(&self.tab, <PyObject*>key, table_hash(key))
 
     def pop(self, key):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef PyObject* v
         if not table_pop(&self.tab, <PyObject*>key, table_hash(key), &v):
             raise KeyError(key)
@@ -857,6 +882,8 @@ cdef class _EngineTable:
         return value
 
     def popitem(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef PyObject* k
         cdef PyObject* v
         if not table_popitem(&self.tab, &k, &v):
@@ -867,15 +894,23 @@ cdef class _EngineTable:
         return item
 
     def clear(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         table_clear(&self.tab)
 
     def resize(self, Py_ssize_t capacity):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         table_resize(&self.tab, capacity)
 
     def trim(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         table_trim(&self.tab)
 
     def copy(self, Py_ssize_t capacity=-1, skip_key=_NO_KEY):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef _EngineTable new = _EngineTable()
         cdef Py_ssize_t skip = -1
         if skip_key is not _NO_KEY:
@@ -884,6 +919,8 @@ cdef class _EngineTable:
         return new
 
     def items(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef Py_ssize_t pos = 0
         cdef PyObject* k
         cdef PyObject* v
@@ -896,6 +933,8 @@ cdef class _EngineTable:
         return self.tab.used
 
     def info(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         return {"used": self.tab.used, "nentries": self.tab.nentries,
                 "capacity": self.tab.capacity, "log2": self.tab.log2,
                 "unicode": bool(self.tab.unicode), "stride": self.tab.stride,
@@ -917,6 +956,8 @@ cdef class _EngineTable:
 
     def check(self):
         """Verify the invariants; AssertionError-free means consistent."""
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
         cdef Py_ssize_t j, live = 0, ix, filled = 0
         cdef size_t i
         cdef Entry* ep

@@ -109,6 +109,8 @@ cdef class _Snapshot:
         table_clear(&self.tab)
 
     def __sizeof__(self):
+        if not isinstance(self, _Snapshot):
+            fk_wrong_self(self, _Snapshot)
         return object.__sizeof__(self) + table_sizeof(&self.tab)
 
 
@@ -479,6 +481,8 @@ cdef class _FrozenIterator:
         return (<object>k, <object>v)
 
     def __length_hint__(self):
+        if not isinstance(self, _FrozenIterator):
+            fk_wrong_self(self, _FrozenIterator)
         if self.snap is None:
             return 0
         return max(self.snap.tab.nentries - self.pos, 0)   # snapshots have no holes
@@ -517,6 +521,8 @@ cdef class _FrozenReverseIterator:
         return (<object>k, <object>v)
 
     def __length_hint__(self):
+        if not isinstance(self, _FrozenReverseIterator):
+            fk_wrong_self(self, _FrozenReverseIterator)
         if self.snap is None:
             return 0
         return self.pos          # no holes in a snapshot (at most this many)
@@ -699,6 +705,8 @@ cdef class FrozenTable:
     def put(self, key, value):
         """Store ``value`` under ``key``: copies the table (O(n)) and swaps
         the new snapshot in atomically. Returns None."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef Py_hash_t h = table_hash(key)
         cdef _Snapshot old
         cdef _Snapshot new = _snapshot_new()
@@ -715,6 +723,8 @@ cdef class FrozenTable:
     def delete(self, key):
         """Remove ``key``; True if it was there. O(n) copy when it was, O(1)
         when it was not (nothing is published then)."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef Py_hash_t h = table_hash(key)
         cdef _Snapshot old
         cdef _Snapshot new
@@ -740,6 +750,8 @@ cdef class FrozenTable:
         one snapshot: readers see all of them or none. The argument is a
         mapping or an iterable of pairs, read completely before the table is
         touched (a bad argument changes nothing)."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         self._update(_stage(mapping_or_pairs, None))
 
     # --- readers -------------------------------------------------------------
@@ -753,6 +765,8 @@ cdef class FrozenTable:
 
     def get(self, key, default=None, /):
         """The value for ``key``, else ``default``. O(1), never blocks."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         return _lookup(self, key, default)
 
     def __contains__(self, key):
@@ -771,6 +785,8 @@ cdef class FrozenTable:
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read from one snapshot.
         O(len(keys)), never blocks."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef _Snapshot snap = self._snap     # held: slow lookups may run Python
         cdef object seq = PySequence_Fast(keys, "get_many() argument must be iterable")
         cdef Py_ssize_t n = _seq_size(seq)
@@ -783,6 +799,8 @@ cdef class FrozenTable:
 
     def to_dict(self):
         """A new ``dict`` with the current snapshot's items. O(n) copy."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef _Snapshot snap = self._snap
         cdef dict d = {}
         cdef Py_ssize_t pos = 0
@@ -797,23 +815,29 @@ cdef class FrozenTable:
         snapshot current when iteration starts (as ``iter``). O(1) to start;
         never raises "changed size"."""
         if not isinstance(self, FrozenTable):
-            _frozen_wrong_self(self)
+            fk_wrong_self(self, FrozenTable)
         return _iterate_reversed(self._snap, ITER_KEYS)
 
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
         iteration walks a snapshot taken when it starts (O(1) to start)."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         return _FrozenValuesView(self)
 
     def items(self):
         """A live, set-like view of the ``(key, value)`` pairs
         (``collections.abc.ItemsView``); each iteration walks a snapshot taken
         when it starts (O(1) to start)."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         return _FrozenItemsView(self)
 
     # --- the rest of the shared API -------------------------------------------
@@ -821,17 +845,25 @@ cdef class FrozenTable:
     def copy(self):
         """An independent ``FrozenTable`` (never a subclass, as dict.copy)
         with the same items. O(1): it shares the immutable snapshot."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
         t._snap = self._snap
         return t
 
     def close(self):
         """Nothing to stop: a no-op, the table stays usable. Idempotent."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
 
     def __enter__(self):
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         return self
 
     def __exit__(self, *exc_info):
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         self.close()
         return None
 
@@ -857,6 +889,8 @@ cdef class FrozenTable:
         """Bytes of the table's own structure: the object, its writer lock
         once a write made one, and its current snapshot's hash table (not the
         keys and values)."""
+        if not isinstance(self, FrozenTable):
+            fk_wrong_self(self, FrozenTable)
         cdef Py_ssize_t size = object.__sizeof__(self)
         if self._wlock != NULL:
             size += _LOCK_SIZE
@@ -866,7 +900,7 @@ cdef class FrozenTable:
 
     def __reduce__(self):
         if not isinstance(self, FrozenTable):
-            _frozen_wrong_self(self)
+            fk_wrong_self(self, FrozenTable)
         state = getattr(self, "__dict__", None)
         return (type(self), (self.to_dict(),), state or None)
 
@@ -926,13 +960,6 @@ cdef class FrozenTable:
 
 
 from sys import getsizeof as _sys_getsizeof
-
-
-cdef int _frozen_wrong_self(object self) except -1:
-    raise TypeError(
-        f"FrozenTable methods need a fastkv._core.FrozenTable, not a "
-        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
-        "from the class and called on another object)")
 
 
 cdef int _parse_key_default(PyObject** args, Py_ssize_t nargs, PyObject* kwnames,

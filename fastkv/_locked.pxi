@@ -271,13 +271,6 @@ class _LockedItemsView(_FrozenItemsView):
         return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
 
 
-cdef int _lt_wrong_self(object self) except -1:
-    raise TypeError(
-        f"LockedTable methods need a fastkv._core.LockedTable, not a "
-        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
-        "from the class and called on another object)")
-
-
 # --- the table -------------------------------------------------------------------
 
 @cython.trashcan(True)
@@ -608,21 +601,24 @@ cdef class LockedTable:
         snapshot taken atomically when iteration starts (as ``iter``); never
         raises "changed size"."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return _iterate_reversed(self._snapshot(), ITER_KEYS)
 
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, read atomically under one
         lock hold. ``keys`` is read completely before the lock is taken."""
-        cdef tuple seq = PySequence_Tuple(keys)
-        cdef Py_ssize_t n = len(seq), i, ix
-        cdef list result = PyList_New(n)
+        cdef tuple seq
+        cdef Py_ssize_t n, i, ix
+        cdef list result
         cdef Py_hash_t* hashes
         cdef PyObject* k
         cdef PyObject* v
         cdef PyObject* d = <PyObject*>default
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
+        seq = PySequence_Tuple(keys)
+        n = len(seq)
+        result = PyList_New(n)
         if n == 0:
             return result
         hashes = <Py_hash_t*>PyMem_Malloc(<size_t>n * sizeof(Py_hash_t))
@@ -653,7 +649,7 @@ cdef class LockedTable:
         cdef PyObject* k
         cdef PyObject* v
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         snap = self._snapshot()
         while table_next(&snap.tab, &pos, &k, &v):
             d[<object>k] = <object>v
@@ -663,14 +659,14 @@ cdef class LockedTable:
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
         iteration walks a snapshot taken when it starts (O(n) copy)."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return _LockedValuesView(self)
 
     def items(self):
@@ -678,7 +674,7 @@ cdef class LockedTable:
         (``collections.abc.ItemsView``); each iteration walks a snapshot taken
         when it starts (O(n) copy)."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return _LockedItemsView(self)
 
     def __sizeof__(self):
@@ -686,7 +682,7 @@ cdef class LockedTable:
         (not the keys and values)."""
         cdef Py_ssize_t n
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._acquire()
         n = table_sizeof(&self._tab) + table_sizeof(&self._flights)
         self._release()
@@ -697,7 +693,7 @@ cdef class LockedTable:
         with the same items. O(n)."""
         cdef LockedTable new = LockedTable.__new__(LockedTable)
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._acquire()
         try:
             if self._tab.used:
@@ -712,7 +708,7 @@ cdef class LockedTable:
         O(n)."""
         cdef LockedTable new
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         if type(self) is LockedTable:
             return self.copy()
         new = type(self)(self)
@@ -727,7 +723,7 @@ cdef class LockedTable:
         cdef _Snapshot snap
         cdef FrozenTable frozen = FrozenTable.__new__(FrozenTable)
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         snap = self._snapshot()
         if snap.tab.used:
             frozen._snap = snap
@@ -744,7 +740,7 @@ cdef class LockedTable:
         cdef PyObject* k
         cdef PyObject* v
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         snap = self._snapshot()
         while table_next(&snap.tab, &pos, &k, &v):   # snap is private: stable
             key = <object>k
@@ -757,7 +753,7 @@ cdef class LockedTable:
         """``{"size": number of keys, "memory": bytes of the table's own
         structure (not counting the keys and values it refers to)}``."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return {"size": self._len(), "memory": _sys_getsizeof(self)}
 
     # --- writes --------------------------------------------------------------------
@@ -766,7 +762,7 @@ cdef class LockedTable:
         """Store ``value`` under ``key`` (``t[key] = value``). O(1), atomic;
         a replaced value is released after the lock."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._put(key, value)
 
     def __setitem__(self, key, value):
@@ -777,7 +773,7 @@ cdef class LockedTable:
     def delete(self, key):
         """Remove ``key``; True if it was there. O(1), atomic."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return self._delete(key) == 1
 
     def __delitem__(self, key):
@@ -791,13 +787,13 @@ cdef class LockedTable:
         completely before the lock is taken, so a bad argument changes
         nothing. O(m)."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._put_many(_locked_stage(mapping_or_pairs, None))
 
     def update(self, other=(), /, **kwargs):
         """``dict.update``: like ``put_many(dict(other, **kwargs))``, atomic."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._put_many(_locked_stage(other, kwargs))
 
     def insert_new(self, key, value):
@@ -806,7 +802,7 @@ cdef class LockedTable:
         cdef PyObject* k = <PyObject*>key
         cdef Py_hash_t h = table_hash(key)
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._acquire()
         try:
             if _lt_find(&self._tab, k, h) >= 0:
@@ -823,7 +819,7 @@ cdef class LockedTable:
         cdef Py_hash_t h = table_hash(key)
         cdef Py_ssize_t ix
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._acquire()
         try:
             ix = _lt_find(&self._tab, k, h)
@@ -848,7 +844,7 @@ cdef class LockedTable:
         cdef object new = None
         cdef object current = None
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         if not _is_long(<PyObject*>incr):
             raise TypeError(
                 f"update_counter increment must be an int, not {type(incr).__name__}")
@@ -883,14 +879,14 @@ cdef class LockedTable:
         return ``default``, or raise ``KeyError(key)`` when none is given.
         O(1), atomic."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return self._take(key, default)
 
     def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. O(1), atomic."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return self._take(key, default)
 
     def popitem(self):
@@ -900,7 +896,7 @@ cdef class LockedTable:
         cdef PyObject* v
         cdef int r
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._acquire()
         r = table_popitem(&self._tab, &k, &v)
         self._release()
@@ -912,7 +908,7 @@ cdef class LockedTable:
         """Remove every item, atomically. O(1) under the lock: the old
         contents are released after it."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self._clear()
 
     def fetch(self, key, loader):
@@ -931,7 +927,7 @@ cdef class LockedTable:
         cdef _Flight flight = None
         cdef bint leader = False
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         value = _MISSING
         while True:
             self._acquire()
@@ -1009,18 +1005,18 @@ cdef class LockedTable:
     def close(self):
         """Nothing to stop: a no-op, the table stays usable. Idempotent."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
 
     def __enter__(self):
         """``with table:`` returns the table itself."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         self.close()
         return None
 
@@ -1046,7 +1042,7 @@ cdef class LockedTable:
 
     def __reduce__(self):
         if not isinstance(self, LockedTable):
-            _lt_wrong_self(self)
+            fk_wrong_self(self, LockedTable)
         state = getattr(self, "__dict__", None)
         return (type(self), (self.to_dict(),), state or None)
 

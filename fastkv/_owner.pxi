@@ -381,6 +381,8 @@ cdef class _Owner:
     def _run(self):
         """The owner thread's loop (the thread's target): take every queued
         request, serve them with the GIL, complete the calls without it."""
+        if not isinstance(self, _Owner):
+            fk_wrong_self(self, _Owner)
         cdef fk_req *batch
         cdef fk_req *tail
         cdef fk_req *r
@@ -810,11 +812,15 @@ cdef class Agent:
 
     def get(self, fn, /, *args):
         """Return ``fn(state, *args)``, run on the owner. A call."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         return self._eng.call(FK_OP_CALL, fn, args, None)
 
     def update(self, fn, /, *args):
         """``state = fn(state, *args)`` on the owner; waits until it is done.
         Returns None. If ``fn`` raises, the caller gets it, state unchanged."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         self._eng.call(FK_OP_UPDATE, fn, args, None)
 
     def get_and_update(self, fn, /, *args):
@@ -822,17 +828,23 @@ cdef class Agent:
         becomes ``new_state`` and ``reply`` is returned. A call; if ``fn``
         raises or does not return a pair, the caller gets the error and the
         state is unchanged."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         return self._eng.call(FK_OP_GET_AND_UPDATE, fn, args, None)
 
     def cast(self, fn, /, *args):
         """Queue ``state = fn(state, *args)``; the caller does not wait. An
         exception is logged on the ``fastkv`` logger and counted in
         ``info()["errors"]``; the state stays as it was."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         self._eng.cast(FK_OP_UPDATE, fn, args, None)
 
     def sync(self):
         """Wait until every request queued before this one has been applied.
         A no-op on the owner thread itself."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         self._eng.sync()
 
     def close(self, timeout=None):
@@ -840,21 +852,29 @@ cdef class Agent:
         queued, then stop it. Waits up to ``timeout`` seconds (None: until
         done); True if the owner finished in time. Idempotent; afterwards
         every method raises ``ClosedError``."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         return self._eng.close(timeout)
 
     def info(self):
         """``{"queue": requests waiting, "served": requests served,
         "errors": casts that raised}``. Read without a round trip."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         self._eng.check_open()
         return self._eng.counters()
 
     def __enter__(self):
         """``with agent:`` returns the agent itself."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         """Leaving the ``with`` block calls ``close()`` (queued casts are
         applied first); exceptions propagate."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
         self.close()
         return None
 
@@ -869,7 +889,7 @@ cdef class Agent:
         one call to the owner): loading starts a new Agent with its own owner
         thread. ``ClosedError`` once closed."""
         if not isinstance(self, Agent):
-            fk_wrong_self(self, "Agent")
+            fk_wrong_self(self, Agent)
         state = getattr(self, "__dict__", None)
         return (type(self), (self._eng.call(FK_OP_CALL, _fk_identity, (), None),), state or None)
 
@@ -993,6 +1013,8 @@ cdef class OwnerTable:
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. A call; a direct O(1) read
         under ``access="protected"``."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return self._get(key, default)   # replaced by fk_owner_get_fastcall
 
     cdef object _get(self, object key, object default):
@@ -1026,7 +1048,7 @@ cdef class OwnerTable:
         snapshot taken (by the owner, or directly under
         ``access="protected"``) when iteration starts, as ``iter``. O(n) copy."""
         if not isinstance(self, OwnerTable):
-            fk_wrong_self(self, "OwnerTable")
+            fk_wrong_self(self, OwnerTable)
         return _iterate_reversed(self._snapshot(), ITER_KEYS)
 
     cdef _Snapshot _snapshot(self):
@@ -1039,6 +1061,8 @@ cdef class OwnerTable:
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read in one request (one
         round trip). Keys are hashed before it is queued."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         keys = list(keys)
         for key in keys:
             fk_hash(key)
@@ -1048,6 +1072,8 @@ cdef class OwnerTable:
 
     def to_dict(self):
         """A new ``dict`` with the items. One call (round trip), O(n) copy."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         if self._direct():
             return self._storage.to_dict()
         return self._call(FK_OP_TO_DICT, None, None, None)
@@ -1055,23 +1081,31 @@ cdef class OwnerTable:
     def copy(self):
         """An independent ``OwnerTable`` (never a subclass) with the same items
         and access level, and its own owner thread. O(n)."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         access = "protected" if self._protected else "private"
         return OwnerTable(self.to_dict(), access=access)
 
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
         each iteration walks a snapshot taken when it starts."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return _TableKeysView(self)
 
     def values(self):
         """A live view of the values (``collections.abc.ValuesView``); each
         iteration walks a snapshot taken when it starts (O(n) copy)."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return _OwnerValuesView(self)
 
     def items(self):
         """A live, set-like view of the ``(key, value)`` pairs
         (``collections.abc.ItemsView``); each iteration walks a snapshot taken
         when it starts (O(n) copy)."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return _OwnerItemsView(self)
 
     def __eq__(self, other):
@@ -1110,6 +1144,8 @@ cdef class OwnerTable:
     def put(self, key, value):
         """Store ``value`` under ``key`` (``t[key] = value``): a cast, queued
         for the owner; the caller does not wait. ``key`` is hashed first."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         fk_hash(key)
         self._eng.cast(FK_OP_PUT, None, key, value)
 
@@ -1122,15 +1158,21 @@ cdef class OwnerTable:
     def put_many(self, mapping_or_pairs):
         """Store many items in one cast, applied atomically by the owner. The
         argument is read (and every key hashed) before it is queued."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         staged = _locked_stage(mapping_or_pairs, None)
         self._eng.cast(FK_OP_PUT_MANY, None, staged, None)
 
     def update(self, other=(), /, **kwargs):
         """``dict.update`` as one cast (see ``put_many``)."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         self._eng.cast(FK_OP_PUT_MANY, None, _locked_stage(other, kwargs), None)
 
     def clear(self):
         """Remove every item: a cast."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         self._eng.cast(FK_OP_CLEAR, None, None, None)
 
     def delete(self, key):
@@ -1138,6 +1180,8 @@ cdef class OwnerTable:
         wait, so it cannot learn whether the key was there and gets None
         (``pop(key, None)`` and ``del t[key]`` are calls that tell). ``key``
         is hashed first."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         fk_hash(key)
         self._eng.cast(FK_OP_DELETE, None, key, None)
 
@@ -1151,17 +1195,23 @@ cdef class OwnerTable:
     def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. A call."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         fk_hash(key)
         return self._call(FK_OP_TAKE, None, key, default)
 
     def popitem(self):
         """Remove and return the last inserted ``(key, value)`` pair;
         ``KeyError`` when empty. A call."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return self._call(FK_OP_POPITEM, None, None, None)
 
     def setdefault(self, key, default=None):
         """The value for ``key``; if absent, store ``default`` and return it.
         A call."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         fk_hash(key)
         return self._call(FK_OP_SETDEFAULT, None, key, default)
 
@@ -1173,11 +1223,15 @@ cdef class OwnerTable:
         ``LockedTable`` holding the data. An exception reaches the caller and
         the owner keeps serving (whatever ``fn`` changed before raising stays
         changed)."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return self._call(FK_OP_CALL, fn, args, None)
 
     def sync(self):
         """Wait until every request queued before this one has been applied.
         A no-op on the owner thread itself."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         if fk_storage_held(self._storage):
             self._call(FK_OP_SYNC, None, None, None)  # raises RuntimeError
         self._eng.sync()
@@ -1187,12 +1241,16 @@ cdef class OwnerTable:
         queued, then stop it. Waits up to ``timeout`` seconds (None: until
         done); True if the owner finished in time. Idempotent; afterwards
         every method raises ``ClosedError``."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return self._eng.close(timeout)
 
     def info(self):
         """``{"size": keys, "queue": requests waiting, "served": requests
         served, "errors": casts that raised, "access": "private" or
         "protected"}``. Read without a round trip."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         self._eng.check_open()
         info = {"size": self._storage._len()}
         info.update(self._eng.counters())
@@ -1201,10 +1259,14 @@ cdef class OwnerTable:
 
     def __enter__(self):
         """``with table:`` returns the table itself."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         """Leaving the ``with`` block calls ``close()``; exceptions propagate."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
         self.close()
         return None
 
@@ -1213,7 +1275,7 @@ cdef class OwnerTable:
         access level (one call to the owner): loading starts a new
         OwnerTable with its own owner thread. ``ClosedError`` once closed."""
         if not isinstance(self, OwnerTable):
-            fk_wrong_self(self, "OwnerTable")
+            fk_wrong_self(self, OwnerTable)
         access = "protected" if self._protected else "private"
         state = getattr(self, "__dict__", None)
         return (type(self), (self.to_dict(), access), state or None)
@@ -1269,13 +1331,6 @@ cdef OwnerTable fk_owner_adopt(_Snapshot snap, bint protected):
     new._protected = protected
     new._storage._put_many(snap)        # no request can be queued yet
     return new
-
-
-cdef int fk_wrong_self(object self, str name) except -1:
-    raise TypeError(
-        f"{name} methods need a fastkv._core.{name}, not a "
-        f"{type(self).__module__}.{type(self).__qualname__} (a method taken "
-        "from the class and called on another object)")
 
 
 cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs,

@@ -575,24 +575,3 @@ def test_refcounts(kind, make_key):
     del t, r, results, other
     gc.collect()
     assert refcounts(*keys, *values, other_value) == before
-
-
-# -- the compiled classes refuse a foreign self -------------------------------------
-
-
-@pytest.mark.parametrize("name", ["FrozenTable", "LockedTable", "OwnerTable", "Agent"])
-def test_compiled_methods_called_on_a_foreign_object_raise(name):
-    # Cython does not check ``self`` when a method is taken from the class
-    cls = getattr(fastkv._core, name)
-    names = ["__reduce__"]
-    if name != "Agent":
-        names += ["__reversed__", "__or__", "__ror__", "__ior__"]
-    for method_name in names:
-        method = getattr(cls, method_name)
-        for foreign in ({}, getattr(fastkv.reference, name)(), object()):
-            try:
-                with pytest.raises(TypeError):
-                    method(foreign, *([{}] if method_name.endswith("or__") else []))
-            finally:
-                if hasattr(foreign, "close"):
-                    foreign.close()

@@ -5,8 +5,8 @@ other threads want the lock; waiters never deadlock and never get in), exact
 counts under 4-thread stress, memory, and the cyclic GC.
 
 Behaviour is shared with the reference through ``impl``; checks of the
-compiled object's own promises (__sizeof__ vs tracemalloc, a method called on
-a foreign object) use ``fastkv._core`` directly.
+compiled object's own promises (__sizeof__ vs tracemalloc) use
+``fastkv._core`` directly (a method called on a foreign object: test_foreign_self).
 """
 
 import gc
@@ -514,24 +514,6 @@ def test_subclass_instance_cycle_is_collected(impl):
     del t, o
     gc.collect()
     assert r() is None
-
-
-ARGS = {"get": ("k",), "get_many": (["k"],), "put": ("k", 1), "delete": ("k",), "put_many": ({"k": 1},),
-        "update": ({"k": 1},), "insert_new": ("k", 1), "setdefault": ("k",), "update_counter": ("k",),
-        "take": ("k",), "pop": ("k",), "fetch": ("k", len), "select": (bool,), "__exit__": (None, None, None)}
-
-
-def test_method_called_on_a_foreign_object_raises():
-    # Cython does not check ``self`` when a method is taken from the class
-    cls = fastkv._core.LockedTable
-    # (fromkeys is a classmethod: bound to the class, it has no self to check)
-    names = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n)) and n != "fromkeys"]
-    names += ["__sizeof__", "__copy__", "__reduce__", "__enter__", "__exit__", "__reversed__"]
-    for name in names:
-        method = getattr(cls, name)
-        for foreign in ({}, fastkv.reference.LockedTable(), object()):
-            with pytest.raises(TypeError):
-                method(foreign, *ARGS.get(name, ()))
 
 
 def test_snapshot_is_the_compiled_frozen_table_and_independent():
