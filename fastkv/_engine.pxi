@@ -144,7 +144,25 @@ cdef extern from *:
     #else
     #define FASTKV_PREFETCH(p) ((void)0)
     #endif
+    /* Install def (with func as its C function) as a method of type: the
+       hand-written METH_FASTCALL methods (FrozenTable.get, LockedTable.get,
+       OwnerTable.get) become method descriptors, which check self. 0 / -1. */
+    static int fastkv_install_method(PyObject *type, PyMethodDef *def, void *func) {
+        PyObject *descr;
+        int r;
+        def->ml_meth = (PyCFunction)(void (*)(void))func;
+        descr = PyDescr_NewMethod((PyTypeObject *)type, def);
+        if (descr == NULL)
+            return -1;
+        r = PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, def->ml_name, descr);
+        Py_DECREF(descr);
+        PyType_Modified((PyTypeObject *)type);
+        return r;
+    }
     """
+    ctypedef struct PyMethodDef:
+        pass
+    int fastkv_install_method(object type, PyMethodDef* d, void* func) except -1
     void FASTKV_PREFETCH(const void* p) noexcept nogil
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept

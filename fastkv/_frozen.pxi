@@ -62,24 +62,8 @@ cdef extern from *:
         "get", NULL, METH_FASTCALL | METH_KEYWORDS,
         "get($self, key, default=None)\\n--\\n\\n"
         "The value for ``key``, else ``default``. O(1), never blocks."};
-
-    static int fastkv_install_method(PyObject *type, PyMethodDef *def, void *func) {
-        PyObject *descr;
-        int r;
-        def->ml_meth = (PyCFunction)(void (*)(void))func;
-        descr = PyDescr_NewMethod((PyTypeObject *)type, def);
-        if (descr == NULL)
-            return -1;
-        r = PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, def->ml_name, descr);
-        Py_DECREF(descr);
-        PyType_Modified((PyTypeObject *)type);
-        return r;
-    }
     """
-    ctypedef struct PyMethodDef:
-        pass
     PyMethodDef fastkv_frozen_get_def
-    int fastkv_install_method(object type, PyMethodDef* d, void* func) except -1
     Py_ssize_t _tuple_size "PyTuple_GET_SIZE"(PyObject* t) noexcept
     PyObject* _tuple_item "PyTuple_GET_ITEM"(PyObject* t, Py_ssize_t i) noexcept
 

@@ -509,17 +509,4 @@ static PyMethodDef fk_owner_get_def = {
     "The value for ``key``, else ``default``. A call; a direct O(1) read\n"
     "under ``access=\"protected\"``."};
 
-/* Install def (with func as its C function) as a method of type. 0 / -1. */
-static int fk_install_method(PyObject *type, PyMethodDef *def, void *func) {
-    PyObject *descr;
-    int r;
-    def->ml_meth = (PyCFunction)(void (*)(void))func;
-    descr = PyDescr_NewMethod((PyTypeObject *)type, def);
-    if (descr == NULL) return -1;
-    r = PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, def->ml_name, descr);
-    Py_DECREF(descr);
-    PyType_Modified((PyTypeObject *)type);
-    return r;
-}
-
 #endif /* FASTKV_OWNER_H */

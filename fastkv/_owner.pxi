@@ -194,10 +194,7 @@ cdef extern from "_owner.h" nogil:
     int FK_PENDING
 
 cdef extern from "_owner.h":
-    ctypedef struct fk_method_def "PyMethodDef":
-        pass
-    fk_method_def fk_owner_get_def
-    int fk_install_method(object type, fk_method_def *d, void *func) except? -1
+    PyMethodDef fk_owner_get_def     # installed by the engine's fastkv_install_method
 
 
 # ---- requests: a GIL-protected free list -------------------------------------
@@ -1370,7 +1367,6 @@ cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs
     return t._get(<object>key, <object>default)
 
 
-if fk_install_method(OwnerTable, &fk_owner_get_def, <void *>fk_owner_get_fastcall) != 0:
-    raise ImportError("fastkv: cannot install OwnerTable.get")
+fastkv_install_method(OwnerTable, &fk_owner_get_def, <void *>fk_owner_get_fastcall)
 
 _fk_abc.MutableMapping.register(OwnerTable)
