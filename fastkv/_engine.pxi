@@ -223,6 +223,27 @@ cdef int fk_wrong_self(object self, type cls) except -1:
         "from the class and called on another object)")
 
 
+cdef tuple fk_reduce_state(object self, object data):
+    """The state every ``__reduce__`` hands pickle and ``copy``: ``(data,
+    attrs)``, ``data`` being the items (a table) or the state (an Agent) and
+    ``attrs`` a subclass instance's ``__dict__`` (None when absent or empty).
+    The object itself is rebuilt empty by the reduce's constructor call, then
+    memoized, then given this state by ``__setstate__``: as for a dict, items
+    that refer back to it find it in the memo. Never fails but for memory."""
+    return (data, getattr(self, "__dict__", None) or None)
+
+
+cdef object fk_setstate_attrs(object self, object state):
+    """The first half of every ``__setstate__``: unpack a ``(data, attrs)``
+    state (see fk_reduce_state), update ``self.__dict__`` with ``attrs``, and
+    return ``data`` for the caller to store. A state of another shape
+    raises TypeError or ValueError."""
+    data, attrs = state
+    if attrs:
+        self.__dict__.update(attrs)
+    return data
+
+
 cdef enum:
     IX_EMPTY = -1        # index slot: no entry; lookup result: key absent
     IX_DUMMY = -2        # index slot: a deleted entry

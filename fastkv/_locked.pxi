@@ -1041,10 +1041,25 @@ cdef class LockedTable:
         return _snapshot_repr(self, self._snapshot())
 
     def __reduce__(self):
+        """Pickle (and ``copy.deepcopy``) as a dict is: ``type(t)()`` made
+        empty first, then filled by ``__setstate__`` from the state
+        ``(items, attrs)`` (``attrs``: a subclass instance's ``__dict__``),
+        so an item that refers back to the table -- the table itself
+        included -- loads as the new table. O(n)."""
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self.to_dict(),), state or None)
+        return (type(self), (), fk_reduce_state(self, self.to_dict()))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
+        subclass instance's ``__dict__``, then the items in one ``put_many``
+        (one lock hold), never a subclass's override. On a table already in
+        use it only adds: keys the state does not name are kept."""
+        if not isinstance(self, LockedTable):
+            fk_wrong_self(self, LockedTable)
+        items = fk_setstate_attrs(self, state)
+        if items:
+            self._put_many(_locked_stage(items, None))
 
     # --- dict's operators and fromkeys -------------------------------------------
 

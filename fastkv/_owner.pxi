@@ -779,6 +779,10 @@ def _fk_identity(x):
     return x
 
 
+def _fk_replaced(state, new):
+    return new
+
+
 cdef class Agent:
     """Any state, changed only by functions run on its owner thread (Elixir's
     ``Agent``: a GenServer holding a value).
@@ -884,11 +888,23 @@ cdef class Agent:
     def __reduce__(self):
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as the state (read by
         one call to the owner): loading starts a new Agent with its own owner
-        thread. ``ClosedError`` once closed."""
+        thread, then gives it the state (``__setstate__``), so a state that
+        refers back to the agent loads referring to the new one. ``ClosedError``
+        once closed."""
         if not isinstance(self, Agent):
             fk_wrong_self(self, Agent)
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self._eng.call(FK_OP_CALL, _fk_identity, (), None),), state or None)
+        state = self._eng.call(FK_OP_CALL, _fk_identity, (), None)
+        return (type(self), (), fk_reduce_state(self, state))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(state, attrs)`` state: ``attrs`` into a
+        subclass instance's ``__dict__``, then the agent's state becomes
+        ``state`` (one update, waited for: it replaces whatever the agent
+        held)."""
+        if not isinstance(self, Agent):
+            fk_wrong_self(self, Agent)
+        value = fk_setstate_attrs(self, state)
+        self._eng.call(FK_OP_UPDATE, _fk_replaced, (value,), None)
 
     __class_getitem__ = classmethod(_fk_GenericAlias)
 
@@ -1268,14 +1284,29 @@ cdef class OwnerTable:
         return None
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
-        access level (one call to the owner): loading starts a new
-        OwnerTable with its own owner thread. ``ClosedError`` once closed."""
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the access level
+        and the items (one call to the owner): loading starts a new, empty
+        OwnerTable with its own owner thread, then fills it
+        (``__setstate__``), so an item that refers back to the table -- the
+        table itself included -- loads as the new table, as in a dict.
+        ``ClosedError`` once closed."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
         access = "protected" if self._protected else "private"
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self.to_dict(), access), state or None)
+        return (type(self), ((), access), fk_reduce_state(self, self.to_dict()))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
+        subclass instance's ``__dict__``, then the items in one ``put_many``
+        cast, never a subclass's override, waited for (the table holds them
+        when this returns, under either access). On a table already in use
+        it only adds: keys the state does not name are kept."""
+        if not isinstance(self, OwnerTable):
+            fk_wrong_self(self, OwnerTable)
+        items = fk_setstate_attrs(self, state)
+        if items:
+            OwnerTable.put_many(self, items)
+            OwnerTable.sync(self)
 
     # -- dict's operators and fromkeys ---------------------------------------
 

@@ -343,6 +343,8 @@ class ModuleTable(_TableAPI):
             self._write_lock.release()
         del old
 
+    _load_items = put_many  # __setstate__'s one rebuild
+
 
 def _unregister(name, module):
     """Remove ``module`` from ``sys.modules`` (and its parent) if it is still

@@ -157,10 +157,22 @@ class _TableAPI:
     # -- pickle, copy.copy, copy.deepcopy -------------------------------------------
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as ``type(t)(items)``
-        plus a subclass's instance ``__dict__``, as for a dict subclass."""
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self.to_dict(),), state or None)
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is:
+        ``type(t)()`` made empty first, then filled by ``__setstate__`` from
+        the state ``(items, attrs)`` (``attrs``: a subclass instance's
+        ``__dict__``), so an item that refers back to the table -- the table
+        itself included -- loads as the new table. O(n)."""
+        return (type(self), (), _reduce_state(self, self.to_dict()))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
+        subclass instance's ``__dict__``, then the items in one ``put_many``
+        of the table's fastkv class (``_load_items``), never a subclass's
+        override. On a table already in use it only adds: keys the state
+        does not name are kept."""
+        items = _setstate_attrs(self, state)
+        if items:
+            self._load_items(items)
 
     # -- dict's operators and fromkeys -----------------------------------------------
     # Each table says how a new table of its own fastkv class adopts a dict
@@ -193,6 +205,27 @@ class _TableAPI:
         ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
         same object for all). O(n)."""
         return cls(dict.fromkeys(iterable, value))
+
+
+def _reduce_state(obj, data):
+    """The state every ``__reduce__`` hands pickle and ``copy``: ``(data,
+    attrs)``, ``data`` being the items (a table) or the state (an Agent) and
+    ``attrs`` a subclass instance's ``__dict__`` (None when absent or empty).
+    The object itself is rebuilt empty by the reduce's constructor call, then
+    memoized, then given this state by ``__setstate__``: as for a dict, items
+    that refer back to it find it in the memo."""
+    return (data, getattr(obj, "__dict__", None) or None)
+
+
+def _setstate_attrs(obj, state):
+    """The first half of every ``__setstate__``: unpack a ``(data, attrs)``
+    state (see _reduce_state), update ``obj.__dict__`` with ``attrs``, and
+    return ``data`` for the caller to store. A state of another shape raises
+    TypeError or ValueError."""
+    data, attrs = state
+    if attrs:
+        obj.__dict__.update(attrs)
+    return data
 
 
 def _collect(data, kwargs):
@@ -391,6 +424,8 @@ class FrozenTable(_TableAPI):
         finally:
             self._write_lock.release()
         del old
+
+    _load_items = put_many  # __setstate__'s one snapshot swap
 
 
 def _frozen_from_dict(snap):
@@ -640,6 +675,8 @@ class LockedTable(_TableAPI):
         finally:
             self._lock.release()
         del old
+
+    _load_items = put_many  # __setstate__'s one lock hold
 
     def update(self, other=(), /, **kwargs):
         """``dict.update``: like ``put_many(dict(other, **kwargs))``, atomic."""
@@ -1115,12 +1152,20 @@ class OwnerTable(_TableAPI):
         return OwnerTable(self.to_dict(), access=access)
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
-        access level (one call to the owner): loading starts a new
-        OwnerTable with its own owner thread. ``ClosedError`` once closed."""
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the access level
+        and the items (one call to the owner): loading starts a new, empty
+        OwnerTable with its own owner thread, then fills it
+        (``__setstate__``), so an item that refers back to the table -- the
+        table itself included -- loads as the new table, as in a dict.
+        ``ClosedError`` once closed."""
         access = "protected" if self._protected else "private"
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self.to_dict(), access), state or None)
+        return (type(self), ((), access), _reduce_state(self, self.to_dict()))
+
+    def _load_items(self, items):
+        """``__setstate__``'s store: one ``put_many`` cast, waited for (the
+        table holds the items when it returns, under either access)."""
+        OwnerTable.put_many(self, items)
+        OwnerTable.sync(self)
 
     def _adopt(self, items):
         return OwnerTable(items, access="protected" if self._protected else "private")
@@ -1244,6 +1289,10 @@ def _identity(x):
     return x
 
 
+def _replaced(state, new):
+    return new
+
+
 # ---------------------------------------------------------------------------
 # Agent
 # ---------------------------------------------------------------------------
@@ -1365,9 +1414,19 @@ class Agent:
     def __reduce__(self):
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as the state (read by
         one call to the owner): loading starts a new Agent with its own owner
-        thread. ``ClosedError`` once closed."""
-        state = getattr(self, "__dict__", None)
-        return (type(self), (self._core.call(_agent_get, (self._box, _identity, ())),), state or None)
+        thread, then gives it the state (``__setstate__``), so a state that
+        refers back to the agent loads referring to the new one. ``ClosedError``
+        once closed."""
+        state = self._core.call(_agent_get, (self._box, _identity, ()))
+        return (type(self), (), _reduce_state(self, state))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(state, attrs)`` state: ``attrs`` into a
+        subclass instance's ``__dict__``, then the agent's state becomes
+        ``state`` (one update, waited for: it replaces whatever the agent
+        held)."""
+        value = _setstate_attrs(self, state)
+        self._core.call(_agent_update, (self._box, _replaced, (value,)))
 
 
 Mapping.register(FrozenTable)

@@ -15,7 +15,11 @@ Decisions pinned here (dict's rules, where a fastkv table differs from a dict):
 - ``fromkeys`` returns ``cls(...)``: a subclass gets its own class.
 - pickle and ``copy`` keep the class (a subclass's instance ``__dict__`` too);
   an OwnerTable/Agent loads as a new one with its own owner thread; a
-  ModuleTable loads under a new default name.
+  ModuleTable loads under a new default name. A table (or an Agent's state)
+  that holds itself, or sits in any cycle, loads holding the new one, as a
+  dict does: made empty, memoized, then filled by ``__setstate__``.
+- ``__setstate__`` (not an API) on a table already in use only adds: it is
+  one ``put_many`` of the fastkv class; on an Agent it replaces the state.
 """
 
 import collections.abc as cabc
@@ -24,6 +28,7 @@ import gc
 import operator
 import pickle
 import sys
+import weakref
 
 import pytest
 
@@ -474,15 +479,91 @@ def test_deepcopy_shares_what_the_memo_shares(kind):
     assert holder["t"]["a"] is holder["v"]
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="tables pickle as type(t)(items) (the compiled FrozenTable's __reduce__): "
-                          "a table holding itself recurses, where a dict round-trips")
-def test_pickle_of_a_table_holding_itself(kind):
-    t = kind.make()
-    t.put("self", t)
+# A table holding itself: as ``d = {}; d["me"] = d``, which round-trips with
+# ``d2["me"] is d2``. Tables reduce as ``(type(t), ctor args without the items,
+# (items, attrs))``: pickle and deepcopy make the table empty, memoize it, then
+# __setstate__ fills it, so items referring back find the new table. (They
+# reduced as ``type(t)(items)`` before: RecursionError on every kind.)
+
+LOADERS = {f"pickle-{proto}": (lambda x, proto=proto: pickle.loads(pickle.dumps(x, proto)))
+           for proto in PROTOCOLS}
+LOADERS["deepcopy"] = copy.deepcopy
+
+
+@pytest.mark.parametrize("how", LOADERS)
+def test_pickle_of_a_table_holding_itself(kind, how):
+    t = kind.make({"a": [1]})
+    t.put("me", t)
+    t.put("b", 2)
     kind.settle(t)
-    u = made(kind, pickle.loads(pickle.dumps(t)))
-    assert u["self"] is u
+    u = made(kind, LOADERS[how](t))
+    # no settle: the loaded table holds its items when loads/deepcopy returns
+    assert type(u) is kind.cls and u is not t
+    assert u["me"] is u
+    assert list(u) == ["a", "me", "b"] and u["a"] == [1] and u["a"] is not t["a"] and u["b"] == 2
+    if kind.owner:
+        assert u.info()["access"] == kind.access
+    assert repr(u) == f"{kind.cls.__name__}({{'a': [1], 'me': ..., 'b': 2}})"
+    check_independent(kind, t, u)
+    assert t["me"] is t
+
+
+@pytest.mark.parametrize("how", LOADERS)
+def test_pickle_of_tables_in_a_cycle(kind, how):
+    # the cycle runs through another table, a list and a subclass's __dict__
+    Sub = subclass_of(kind)
+    t, other = kind.make_as(Sub), kind.make()
+    t.extra = [t, other]
+    t.put_many({"other": other, "list": [t]})
+    other.put("back", t)
+    kind.settle(t)
+    kind.settle(other)
+    u = made(kind, LOADERS[how](t))
+    assert type(u) is Sub
+    v = made(kind, u["other"])
+    assert type(v) is kind.cls and v is not other
+    assert u["list"][0] is u and v["back"] is u
+    assert u.extra[0] is u and u.extra[1] is v
+
+
+def test_copy_of_a_table_holding_itself_refers_to_the_original(kind):
+    # shallow, as copy.copy of such a dict: the new table's item is the old one
+    t = kind.make()
+    t.put("me", t)
+    kind.settle(t)
+    u = made(kind, copy.copy(t))
+    assert u is not t and u["me"] is t and t["me"] is t
+
+
+def test_setstate_on_a_table_in_use_only_adds(kind):
+    # not an API (dict has no __setstate__): chosen to be put_many, never a clear
+    Sub = subclass_of(kind)
+    t = kind.make_as(Sub, {"a": 1, "b": 2})
+    t.keep = 1
+    t.__setstate__(({"b": 20, "c": 3}, {"extra": 4}))
+    kind.settle(t)
+    assert_same(t, {"a": 1, "b": 20, "c": 3})
+    assert t.keep == 1 and t.extra == 4
+    t.__setstate__(({}, None))
+    kind.settle(t)
+    assert_same(t, {"a": 1, "b": 20, "c": 3})
+
+
+@pytest.mark.parametrize("state,error", [(None, TypeError), (({}, None, 1), ValueError), ((5, None), TypeError),
+                                         ((["ab", ("a",)], None), ValueError)], ids=repr)
+def test_setstate_of_another_shape_changes_nothing(kind, state, error):
+    t = kind.make({"a": 1})
+    with pytest.raises(error):
+        t.__setstate__(state)
+    kind.settle(t)
+    assert_same(t, {"a": 1})
+
+
+def test_setstate_of_closed_owner_table_raises_closed_error(owner_kind):
+    t = owner_kind.make()
+    t.close()
+    with pytest.raises(fastkv.ClosedError):
+        t.__setstate__(({"a": 1}, None))
 
 
 def test_pickle_of_closed_owner_table_raises_closed_error(owner_kind):
@@ -536,6 +617,29 @@ def test_agent_subclass_pickle_keeps_class_and_dict(impl):
             assert type(b) is Sub and b.extra == "state" and b.get(lambda s: s) == 5
 
 
+@pytest.mark.parametrize("how", LOADERS)
+def test_agent_holding_itself(impl, how):
+    with impl.Agent() as a:
+        a.update(lambda s: {"me": a, "n": [1]})
+        with LOADERS[how](a) as b:
+            assert b is not a
+            assert b.get(lambda s: s["me"]) is b  # no sync: set when loads returns
+            assert b.get(lambda s: s["n"]) == [1]
+            assert a.get(lambda s: s["me"]) is a
+
+
+def test_agent_setstate_replaces_the_state(impl):
+    Sub = SUBCLASSES["reference" if impl is fastkv.reference else "compiled", "Agent"]
+    with Sub({"old": 1}) as a:
+        a.__setstate__(([2], {"extra": 3}))
+        assert a.get(lambda s: s) == [2] and a.extra == 3
+        with pytest.raises(ValueError):
+            a.__setstate__((1, 2, 3))
+        assert a.get(lambda s: s) == [2]
+    with pytest.raises(fastkv.ClosedError):
+        a.__setstate__((1, None))
+
+
 def test_agent_pickle_of_closed_agent_raises_closed_error(impl):
     a = impl.Agent(1)
     a.close()
@@ -575,3 +679,33 @@ def test_refcounts(kind, make_key):
     del t, r, results, other
     gc.collect()
     assert refcounts(*keys, *values, other_value) == before
+
+
+@pytest.mark.parametrize("make_key", [lambda i: f"k{i}", lambda i: Key(f"k{i}")], ids=["str", "pykey"])
+def test_refcounts_of_tables_holding_themselves(kind, make_key):
+    # every loaded cycle is collected once closed, and holds no key or value
+    keys = [make_key(i) for i in range(6)]
+    values = [object() for _ in keys]
+    before = refcounts(*keys, *values)
+    t = kind.cls(zip(keys, values), **kind.extra_kwargs())  # not tracked: closed below
+    t.put("me", t)
+    kind.settle(t)
+    loaded = [pickle.loads(pickle.dumps(t, proto)) for proto in PROTOCOLS]
+    loaded.append(copy.deepcopy(t))
+    for u in loaded:
+        assert u["me"] is u and list(u) == [*keys, "me"]
+    shallow = copy.copy(t)  # shares the keys and values
+    assert shallow["me"] is t and shallow.to_dict() == {**dict(zip(keys, values)), "me": t}
+    loaded.append(shallow)
+    refs = [weakref.ref(x) for x in (t, *loaded)]
+    for x in (t, *loaded):
+        if kind.name == "module":
+            # a ModuleTable holding itself is held by its module in sys.modules
+            # (module -> state() -> data -> table) until the item goes, loaded or not
+            x.delete("me")
+        x.close()
+    del t, u, x, loaded, shallow
+    gc.collect()
+    gc.collect()  # a ModuleTable's __del__ unregisters its module: garbage only then
+    assert [r() for r in refs] == [None] * len(refs)
+    assert refcounts(*keys, *values) == before
