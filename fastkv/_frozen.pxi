@@ -19,9 +19,8 @@
 # is taken; the old snapshot is released after the lock is, so destructors
 # never run under the lock.
 #
-# For the other tables: ``frozen_from_table(&table)`` (end of this file)
-# returns a new FrozenTable holding an exact-size copy of an engine Table;
-# the copy runs no Python code (LockedTable.snapshot calls it under its lock).
+# LockedTable.snapshot() wraps the _Snapshot its lock-held copy produced in a
+# FrozenTable directly (no second copy).
 
 cimport cython
 from cpython.pythread cimport (
@@ -1008,21 +1007,3 @@ cdef object _frozen_get_fastcall(object self, PyObject** args, Py_ssize_t nargs,
 fastkv_install_method(FrozenTable, &fastkv_frozen_get_def, <void*>_frozen_get_fastcall)
 
 Mapping.register(FrozenTable)
-
-
-cdef FrozenTable frozen_from_table(const Table* src):
-    """A new FrozenTable holding a copy of ``src`` (sized exactly, compacted).
-
-    For the tables built on the engine (LockedTable.snapshot): both objects are
-    allocated first (an allocation may run the cyclic GC, hence finalizers);
-    the copy itself only INCREFs, so ``src`` is read in one piece. Raises
-    MemoryError.
-    """
-    cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
-    cdef _Snapshot snap
-    if src.used == 0:
-        return t
-    snap = _snapshot_new()
-    table_copy(&snap.tab, src, src.used, -1)
-    t._snap = snap
-    return t
