@@ -88,6 +88,12 @@ static __forceinline int fk_int_cas(int *p, int *expected, int desired) {
 }
 static __forceinline int64_t fk_i64_load_relaxed(int64_t *p) { return *(volatile int64_t *)p; }
 static __forceinline void fk_i64_store_relaxed(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
+static __forceinline int64_t fk_i64_load(int64_t *p) {
+    return (int64_t)InterlockedCompareExchange64((volatile LONG64 *)p, 0, 0);
+}
+static __forceinline void fk_i64_add(int64_t *p, int64_t d) {
+    InterlockedExchangeAdd64((volatile LONG64 *)p, (LONG64)d);
+}
 #  define FK_RELAX() YieldProcessor()
 #elif defined(__GNUC__) || defined(__clang__)
 static FK_INLINE uintptr_t fk_ptr_load(uintptr_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
@@ -111,6 +117,10 @@ static FK_INLINE int fk_int_cas(int *p, int *expected, int desired) {
 static FK_INLINE int64_t fk_i64_load_relaxed(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static FK_INLINE void fk_i64_store_relaxed(int64_t *p, int64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+static FK_INLINE int64_t fk_i64_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static FK_INLINE void fk_i64_add(int64_t *p, int64_t d) {
+    (void)__atomic_fetch_add(p, d, __ATOMIC_SEQ_CST);
 }
 #  if defined(__x86_64__) || defined(__i386__)
 #    define FK_RELAX()          __builtin_ia32_pause()
@@ -252,6 +262,7 @@ typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
     int pending;               /* 1: casts wait in the engine's unpushed chain */
     int caller_cpu;            /* CPU of the last pusher onto an empty queue */
+    int64_t calls_in;          /* calls pushed (counted after the push), atomic */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
     int owner_cpu;             /* CPU the owner waits on, relaxed atomic */
@@ -309,6 +320,38 @@ static FK_INLINE int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last) {
 /* Push one request: 0 = queued, -1 = closed. */
 static FK_INLINE int fk_push(fk_queue *q, fk_req *r) {
     return fk_push_chain(q, r, r);
+}
+
+/* Test hook, FASTKV_DEBUG builds only (compiled out otherwise): sleep
+ * between a caller's GIL release and its push, to make that window wide. */
+#if defined(FASTKV_DEBUG) && !defined(_WIN32)
+#  include <unistd.h>
+static int fk_debug_push_delay_us = 0;
+#  define FK_DEBUG_PUSH_DELAY() do { \
+        int fk_us_ = fk_int_load_relaxed(&fk_debug_push_delay_us); \
+        if (fk_us_ > 0) usleep((useconds_t)fk_us_); } while (0)
+static int fk_debug_set_push_delay(int us) {
+    fk_int_store(&fk_debug_push_delay_us, us);
+    return 0;
+}
+#else
+#  define FK_DEBUG_PUSH_DELAY() ((void)0)
+static int fk_debug_set_push_delay(int us) { (void)us; return -1; }
+#endif
+
+/* Push a call (no GIL needed) and count it once it is queued: a call counted
+ * in calls_in is in the queue (or served), so close() will serve it; a
+ * refused push is never counted. 0 = queued, -1 = closed. */
+static FK_INLINE int fk_push_call(fk_queue *q, fk_req *r) {
+    FK_DEBUG_PUSH_DELAY();
+    if (fk_push_chain(q, r, r) != 0) return -1;
+    fk_i64_add(&q->calls_in, 1);       /* same line as head: already ours */
+    return 0;
+}
+
+/* Calls pushed so far (with the GIL, for info()). */
+static FK_INLINE int64_t fk_calls_in(fk_queue *q) {
+    return fk_i64_load(&q->calls_in);
 }
 
 /* The first cast of a new unpushed chain (with the GIL): tell the owner, and

@@ -93,8 +93,13 @@
 # filled until the owner has served it (the owner drops them, with the GIL);
 # a call's result or exception is owned by the request until the caller takes
 # it; a cast's request is freed by the owner once applied. Queue counters
-# (info()["queue"]) are plain integers under the GIL: a call is counted before
-# its GIL-free push, uncounted if the push fails.
+# (info()["queue"]): casts are counted with a plain integer under the GIL when
+# linked into the chain; a call is counted by an atomic add just after its
+# GIL-free push succeeds (in the queue's head line, which the push's CAS has
+# just made ours), so a call info() counts is really queued, and close()
+# serves it -- counting before the push, a caller preempted between the two
+# was counted as queued and then refused by a close(). info()["queue"] may
+# briefly lag (a call served before its caller counted it), never lead.
 #
 # Faults and lifecycle:
 #
@@ -179,6 +184,9 @@ cdef extern from "_owner.h" nogil:
     int fk_queue_init(fk_queue *q)
     void fk_queue_free(fk_queue *q)
     int fk_push(fk_queue *q, fk_req *r)
+    int fk_push_call(fk_queue *q, fk_req *r)
+    int fk_debug_set_push_delay(int us)
+    int64_t fk_calls_in(fk_queue *q)
     int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last)
     void fk_pending_start(fk_queue *q)
     void fk_pending_clear(fk_queue *q)
@@ -335,7 +343,7 @@ cdef class _Owner:
     cdef object kind
     cdef Py_ssize_t served      # requests served by the owner loop
     cdef Py_ssize_t errors      # casts that raised
-    cdef Py_ssize_t pushed      # requests queued (GIL: counted before the push)
+    cdef Py_ssize_t pushed      # casts queued (GIL); calls: q.calls_in
     cdef Py_ssize_t taken       # queued requests served or dropped
     cdef LockedTable table      # an OwnerTable's storage (the state), else None
     cdef fk_req *pend_head      # casts not pushed yet, newest first (GIL)
@@ -646,13 +654,11 @@ cdef class _Owner:
                 raise
         if self.pend_head is not NULL:
             self._flush()           # this caller's casts go first (FIFO)
-        self.pushed += 1            # counted while we hold the GIL
         with nogil:
-            pushed = fk_push(&self.q, r)
+            pushed = fk_push_call(&self.q, r)   # counted once queued
             if pushed == 0:
                 waited = fk_wait(&self.q, r)
         if pushed != 0:
-            self.pushed -= 1
             fk_req_release(r)
             raise self.closed_error()
         while waited:
@@ -726,7 +732,8 @@ cdef class _Owner:
         return not thread.is_alive()
 
     cdef dict counters(self):
-        return {"queue": max(self.pushed - self.taken, 0), "served": self.served,
+        cdef Py_ssize_t queued = self.pushed + <Py_ssize_t>fk_calls_in(&self.q)
+        return {"queue": max(queued - self.taken, 0), "served": self.served,
                 "errors": self.errors}
 
 
@@ -767,6 +774,13 @@ def _fk_close_at_exit():
             if eng.served == served:
                 break   # stuck for 5 s: give up, the thread is a daemon
             served = eng.served
+
+
+def _owner_debug_push_delay(int us):
+    """Test hook: make every call sleep ``us`` microseconds between releasing
+    the GIL and pushing its request (0: off). True on a FASTKV_DEBUG build,
+    False (and no effect) otherwise."""
+    return fk_debug_set_push_delay(us) == 0
 
 
 _fk_os.register_at_fork(after_in_child=_fk_after_fork_in_child)

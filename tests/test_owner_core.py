@@ -432,7 +432,21 @@ def test_a_cast_is_applied_without_a_call_after_it():
 # -- close ---------------------------------------------------------------------
 
 
-def test_close_while_callers_wait_serves_them_then_refuses():
+@pytest.fixture(params=[False, True], ids=["plain", "push-window-widened"])
+def push_window(request):
+    """Whether calls sleep between releasing the GIL and pushing (a
+    FASTKV_DEBUG build's hook; elsewhere the window stays as narrow as it is,
+    and the test runs the same)."""
+    if request.param:
+        _core._owner_debug_push_delay(20000)
+    yield
+    _core._owner_debug_push_delay(0)
+
+
+def test_close_while_callers_wait_serves_them_then_refuses(push_window):
+    # info()["queue"] counts a call once it is queued: waiting for it to see
+    # the six callers means close() finds them queued (it used to count before
+    # the push, and a caller preempted between the two got ClosedError).
     a = _core.Agent(0)
     gate = threading.Event()
     a.cast(lambda s: (gate.wait(), s)[1])  # the owner is busy
