@@ -98,8 +98,10 @@
 # GIL-free push succeeds (in the queue's head line, which the push's CAS has
 # just made ours), so a call info() counts is really queued, and close()
 # serves it -- counting before the push, a caller preempted between the two
-# was counted as queued and then refused by a close(). info()["queue"] may
-# briefly lag (a call served before its caller counted it), never lead.
+# was counted as queued and then refused by a close(). A request leaves the
+# count when the owner starts serving it (the one in service is not waiting,
+# as with the reference's queue.qsize()). info()["queue"] may briefly lag (a
+# call served before its caller counted it), never lead.
 #
 # Faults and lifecycle:
 #
@@ -589,6 +591,7 @@ cdef class _Owner:
         exception stored; a cast's exception is logged and counted. The
         argument references are dropped here, before the call completes."""
         cdef object out = None
+        self.taken += 1             # out of the queue: no longer waiting
         try:
             out = self._apply(r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b))
         except BaseException as exc:
@@ -598,7 +601,6 @@ cdef class _Owner:
                 out = exc
                 r.failed = 1
         self.served += 1
-        self.taken += 1
         fk_req_clear(r)
         if not r.cast:
             Py_INCREF(out)
@@ -606,12 +608,12 @@ cdef class _Owner:
 
     cdef void _serve_put(self, fk_req *r) noexcept:
         """Serve a put cast (owner thread, GIL): _serve without the dispatch."""
+        self.taken += 1
         try:
             self.table._put(fk_arg(r.a), fk_arg(r.b))   # None travels as NULL
         except BaseException:
             self._cast_failed()
         self.served += 1
-        self.taken += 1
 
     cdef void _cast_failed(self) noexcept:
         """In an except clause on the owner thread: log and count."""

@@ -104,6 +104,20 @@ def test_producers_cast_then_sync_nothing_lost(impl):
     assert agent.close() is True
 
 
+def test_info_queue_counts_waiting_requests_not_the_one_in_service(impl):
+    agent = impl.Agent(0)
+    release = block(agent)  # an update in service: dequeued, not waiting
+    assert agent.info()["queue"] == 0
+    for _ in range(3):
+        agent.cast(lambda s: s + 1)
+    assert agent.info()["queue"] == 3
+    release()
+    agent.sync()
+    assert agent.info()["queue"] == 0
+    assert agent.get(lambda s: s) == 3
+    assert agent.close() is True
+
+
 def test_close_applies_queued_casts(impl):
     agent = impl.Agent([])
     box = agent.get(lambda s: s)  # the list itself: mutated in place below

@@ -123,6 +123,21 @@ def test_producers_cast_then_sync_nothing_lost(impl):
     assert table.close() is True
 
 
+def test_info_queue_counts_waiting_requests_not_the_one_in_service(impl):
+    table = impl.OwnerTable()
+    blocker = Blocker()
+    blocker.hold(table.call)  # a call in service: dequeued, not waiting
+    assert table.info()["queue"] == 0
+    table.put("a", 1)
+    table.delete("b")
+    assert table.info()["queue"] == 2
+    blocker.release()
+    table.sync()
+    assert table.info()["queue"] == 0
+    assert table.to_dict() == {"a": 1}
+    assert table.close() is True
+
+
 def test_close_applies_queued_casts(impl):
     table = impl.OwnerTable()
     storage = table.call(lambda s: s)

@@ -444,9 +444,10 @@ def push_window(request):
 
 
 def test_close_while_callers_wait_serves_them_then_refuses(push_window):
-    # info()["queue"] counts a call once it is queued: waiting for it to see
-    # the six callers means close() finds them queued (it used to count before
-    # the push, and a caller preempted between the two got ClosedError).
+    # info()["queue"] counts a call once it is queued, and not the request in
+    # service (the blocking cast): waiting for it to see the six callers means
+    # close() finds them all queued. (It used to count a call before its push,
+    # and the cast in service: a caller preempted before its push was refused.)
     a = _core.Agent(0)
     gate = threading.Event()
     a.cast(lambda s: (gate.wait(), s)[1])  # the owner is busy
