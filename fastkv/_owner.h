@@ -88,12 +88,6 @@ static __forceinline int fk_int_cas(int *p, int *expected, int desired) {
 }
 static __forceinline int64_t fk_i64_load_relaxed(int64_t *p) { return *(volatile int64_t *)p; }
 static __forceinline void fk_i64_store_relaxed(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
-static __forceinline int64_t fk_i64_load(int64_t *p) {
-    return (int64_t)InterlockedCompareExchange64((volatile LONG64 *)p, 0, 0);
-}
-static __forceinline void fk_i64_add(int64_t *p, int64_t d) {
-    InterlockedExchangeAdd64((volatile LONG64 *)p, (LONG64)d);
-}
 #  define FK_RELAX() YieldProcessor()
 #elif defined(__GNUC__) || defined(__clang__)
 static FK_INLINE uintptr_t fk_ptr_load(uintptr_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
@@ -117,10 +111,6 @@ static FK_INLINE int fk_int_cas(int *p, int *expected, int desired) {
 static FK_INLINE int64_t fk_i64_load_relaxed(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static FK_INLINE void fk_i64_store_relaxed(int64_t *p, int64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
-}
-static FK_INLINE int64_t fk_i64_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
-static FK_INLINE void fk_i64_add(int64_t *p, int64_t d) {
-    (void)__atomic_fetch_add(p, d, __ATOMIC_SEQ_CST);
 }
 #  if defined(__x86_64__) || defined(__i386__)
 #    define FK_RELAX()          __builtin_ia32_pause()
@@ -262,7 +252,10 @@ typedef struct fk_queue {
     uintptr_t head;            /* fk_req* | FK_CLOSED_BIT, atomic */
     int pending;               /* 1: casts wait in the engine's unpushed chain */
     int caller_cpu;            /* CPU of the last pusher onto an empty queue */
-    int64_t calls_in;          /* calls pushed (counted after the push), atomic */
+    int closing;               /* 1: close() asked; the owner sets the closed
+                                  bit once it took every counted call, atomic */
+    int64_t calls_counted;     /* calls that passed the open check (callers,
+                                  with the GIL; plain stores the owner reads) */
     char pad1[64];
     int parked;                /* 1 while the owner sleeps on `wake`, atomic */
     int owner_cpu;             /* CPU the owner waits on, relaxed atomic */
@@ -270,6 +263,7 @@ typedef struct fk_queue {
     int64_t caller_budget;     /* callers' spin budget (ns), relaxed atomic */
     PyThread_type_lock wake;   /* the owner parks here; acquired while idle */
     int64_t wake_ns;           /* when a pusher woke the parked owner */
+    int64_t calls_taken;       /* calls the owner took off the queue (owner) */
     char pad2[64];
 } fk_queue;
 
@@ -339,19 +333,26 @@ static int fk_debug_set_push_delay(int us) {
 static int fk_debug_set_push_delay(int us) { (void)us; return -1; }
 #endif
 
-/* Push a call (no GIL needed) and count it once it is queued: a call counted
- * in calls_in is in the queue (or served), so close() will serve it; a
- * refused push is never counted. 0 = queued, -1 = closed. */
-static FK_INLINE int fk_push_call(fk_queue *q, fk_req *r) {
-    FK_DEBUG_PUSH_DELAY();
-    if (fk_push_chain(q, r, r) != 0) return -1;
-    fk_i64_add(&q->calls_in, 1);       /* same line as head: already ours */
-    return 0;
+/* A caller, with the GIL, after the engine's open check and before it lets
+ * go of the GIL to push: count the call. close() (with the GIL) cannot come
+ * between the check and the count, and the owner closes the queue only once
+ * it has taken as many calls as were counted: a call that passed the check
+ * is served, whenever its push lands. A plain store (the GIL serializes the
+ * callers), in the line the push's CAS takes next anyway. */
+static FK_INLINE void fk_count_call(fk_queue *q) {
+    fk_i64_store_relaxed(&q->calls_counted, q->calls_counted + 1);
 }
 
-/* Calls pushed so far (with the GIL, for info()). */
+/* Push a counted call (no GIL needed). 0 = queued, -1 = closed (only once
+ * the owner loop died: see fk_close_if_drained). */
+static FK_INLINE int fk_push_call(fk_queue *q, fk_req *r) {
+    FK_DEBUG_PUSH_DELAY();
+    return fk_push_chain(q, r, r);
+}
+
+/* Calls counted so far (with the GIL, for info()). */
 static FK_INLINE int64_t fk_calls_in(fk_queue *q) {
-    return fk_i64_load(&q->calls_in);
+    return fk_i64_load_relaxed(&q->calls_counted);
 }
 
 /* The first cast of a new unpushed chain (with the GIL): tell the owner, and
@@ -367,8 +368,16 @@ static FK_INLINE void fk_pending_clear(fk_queue *q) {
     fk_int_store_relaxed(&q->pending, 0);
 }
 
+/* close() asked and every counted call has been taken: time to set the
+ * closed bit (owner). */
+static FK_INLINE int fk_close_due(fk_queue *q) {
+    return fk_int_load_acquire(&q->closing)     /* then the final count */
+        && q->calls_taken == fk_i64_load_relaxed(&q->calls_counted);
+}
+
 static FK_INLINE int fk_has_work(fk_queue *q) {
-    return fk_ptr_load_relaxed(&q->head) != 0 || fk_int_load_relaxed(&q->pending);
+    return fk_ptr_load_relaxed(&q->head) != 0 || fk_int_load_relaxed(&q->pending)
+        || fk_close_due(q);
 }
 
 /* Close the queue: no push succeeds afterwards; the owner drains what is in it
@@ -386,6 +395,22 @@ static FK_INLINE int fk_is_closed(fk_queue *q) {
     return (fk_ptr_load_relaxed(&q->head) & FK_CLOSED_BIT) != 0;
 }
 
+/* close(), with the GIL, after the engine stopped counting calls (its status
+ * is closed): ask the owner to close the queue once it has taken every call
+ * counted before, and wake it. A call that passed the open check is served
+ * even if its push lands after this. (The sequentially consistent store
+ * pairs with the owner's announce-then-recheck, as a push does.) */
+static FK_INLINE void fk_begin_close(fk_queue *q) {
+    fk_int_store(&q->closing, 1);
+    fk_wake_owner(q);
+}
+
+/* The owner: set the closed bit if close() asked and no counted call is still
+ * on its way. */
+static FK_INLINE void fk_close_if_due(fk_queue *q) {
+    if (fk_close_due(q)) fk_close(q);
+}
+
 /* Take every queued request and append them, in arrival order, to the list
  * *head..*tail, prefetching each one's arguments (the pusher's CPU wrote
  * them); *closed = 1 once the queue is closed, after which nothing more will
@@ -400,7 +425,10 @@ static int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed) 
         nxt = r->next;
         fk_prefetch_w(r->a);
         fk_prefetch_w(r->b);
-        if (!r->cast) has_call = 1;
+        if (!r->cast) {
+            has_call = 1;
+            q->calls_taken++;          /* owner only */
+        }
         if (last == NULL) last = r;
         r->next = fifo;
         fifo = r;
@@ -433,7 +461,9 @@ static void fk_wait_requests(fk_queue *q) {
     }
     /* park: announce, re-check, sleep */
     fk_int_store(&q->parked, 1);
-    if (fk_ptr_load(&q->head) != 0 || fk_int_load(&q->pending)) {
+    if (fk_ptr_load(&q->head) != 0 || fk_int_load(&q->pending)
+            || (fk_int_load(&q->closing)
+                && q->calls_taken == fk_i64_load_relaxed(&q->calls_counted))) {
         if (fk_int_xchg(&q->parked, 0) == 1) {       /* cancelled our own park */
             q->owner_budget = fk_budget_after_spin(budget, t - t0);
             return;
@@ -474,6 +504,7 @@ static void fk_take_batch(fk_queue *q, fk_req **head, fk_req **tail, int *closed
     int k, same;
     *head = *tail = NULL;
     fk_wait_requests(q);
+    fk_close_if_due(q);
     if (fk_grab_into(q, head, tail, closed) || *closed) return;
     same = fk_cpu() == fk_int_load_relaxed(&q->caller_cpu);
     t0 = last = fk_now_ns();

@@ -16,7 +16,9 @@
 # and reverses it, so every wake-up drains every queued request, in arrival
 # order. Bit 0 of the head is the closed bit: once set, no push succeeds, so
 # what the owner finds in the queue after it sees the bit is all there will
-# ever be -- close() needs no lock and cannot strand a request.
+# ever be -- closing needs no lock and cannot strand a request. The owner
+# sets it itself, when close() asked and no counted call is still on its way
+# (see close below).
 #
 # Who holds the GIL when, who waits where, what wakes whom:
 #
@@ -94,14 +96,14 @@
 # a call's result or exception is owned by the request until the caller takes
 # it; a cast's request is freed by the owner once applied. Queue counters
 # (info()["queue"]): casts are counted with a plain integer under the GIL when
-# linked into the chain; a call is counted by an atomic add just after its
-# GIL-free push succeeds (in the queue's head line, which the push's CAS has
-# just made ours), so a call info() counts is really queued, and close()
-# serves it -- counting before the push, a caller preempted between the two
-# was counted as queued and then refused by a close(). A request leaves the
-# count when the owner starts serving it (the one in service is not waiting,
-# as with the reference's queue.qsize()). info()["queue"] may briefly lag (a
-# call served before its caller counted it), never lead.
+# linked into the chain; a call with a plain store (calls_counted, in the head
+# line the push's CAS takes next) under the GIL, right after the open check
+# and before the GIL-free push. The owner counts the calls it takes off the
+# queue (calls_taken, owner only). A request leaves the count when the owner
+# starts serving it (the one in service is not waiting, as with the
+# reference's queue.qsize()). No atomic instruction is added to a round trip:
+# an atomic add after the push, on any line, cost 10-60% of a two-CPU round
+# trip (same run).
 #
 # Faults and lifecycle:
 #
@@ -111,10 +113,15 @@
 #   key's __eq__...) is served inline, never queued: no self-deadlock; sync()
 #   there is a no-op. A cast made there is queued behind the running request
 #   (FIFO, as GenServer.cast to self).
-# - close(timeout) pushes the unpushed casts, sets the closed bit (callers
-#   racing with it get ClosedError from the failed push, nothing is lost),
-#   wakes the owner, which serves everything already queued and exits; close
-#   joins the thread up to timeout.
+# - close(timeout), with the GIL, marks the engine closed (a call or cast
+#   that starts after it raises ClosedError at its call site), pushes the
+#   unpushed casts and raises the queue's `closing` flag (waking the owner).
+#   The owner sets the closed bit itself, once it has taken as many calls as
+#   were counted: a call that passed the open check before close() is served
+#   even if its push lands after close() (a caller preempted between count
+#   and push), so every call either raises ClosedError at once or is served.
+#   The owner then serves everything queued and exits; close joins the thread
+#   up to timeout.
 #   Callers already waiting get their answers. Dropping the last reference to
 #   a table/agent closes it without waiting (the owner thread holds only the
 #   engine object, never the table or agent).
@@ -186,7 +193,9 @@ cdef extern from "_owner.h" nogil:
     int fk_queue_init(fk_queue *q)
     void fk_queue_free(fk_queue *q)
     int fk_push(fk_queue *q, fk_req *r)
+    void fk_count_call(fk_queue *q)
     int fk_push_call(fk_queue *q, fk_req *r)
+    void fk_begin_close(fk_queue *q)
     int fk_debug_set_push_delay(int us)
     int64_t fk_calls_in(fk_queue *q)
     int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last)
@@ -345,7 +354,7 @@ cdef class _Owner:
     cdef object kind
     cdef Py_ssize_t served      # requests served by the owner loop
     cdef Py_ssize_t errors      # casts that raised
-    cdef Py_ssize_t pushed      # casts queued (GIL); calls: q.calls_in
+    cdef Py_ssize_t pushed      # casts queued (GIL); calls: q.calls_counted
     cdef Py_ssize_t taken       # queued requests served or dropped
     cdef LockedTable table      # an OwnerTable's storage (the state), else None
     cdef fk_req *pend_head      # casts not pushed yet, newest first (GIL)
@@ -656,8 +665,12 @@ cdef class _Owner:
                 raise
         if self.pend_head is not NULL:
             self._flush()           # this caller's casts go first (FIFO)
+        if self.status != FK_OPEN:  # (nothing above runs Python code; cheap to be sure)
+            fk_req_release(r)
+            raise self.closed_error()
+        fk_count_call(&self.q)      # with the GIL: from here on it will be served
         with nogil:
-            pushed = fk_push_call(&self.q, r)   # counted once queued
+            pushed = fk_push_call(&self.q, r)   # fails only if the owner loop died
             if pushed == 0:
                 waited = fk_wait(&self.q, r)
         if pushed != 0:
@@ -711,13 +724,14 @@ cdef class _Owner:
         return 0
 
     cdef int shutdown(self) noexcept:
-        """Stop accepting requests; the owner drains the queue and exits (no
+        """Stop accepting requests; the owner serves every call that passed
+        the open check and everything queued, closes the queue and exits (no
         wait). 1 if this call closed it."""
         if self.status != FK_OPEN:
             return 0
-        self.status = FK_CLOSED
+        self.status = FK_CLOSED     # no call or cast passes the check any more
         self._flush()
-        fk_close(&self.q)
+        fk_begin_close(&self.q)     # the owner sets the closed bit when due
         return 1
 
     cdef object close(self, object timeout):

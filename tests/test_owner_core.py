@@ -444,10 +444,10 @@ def push_window(request):
 
 
 def test_close_while_callers_wait_serves_them_then_refuses(push_window):
-    # info()["queue"] counts a call once it is queued, and not the request in
-    # service (the blocking cast): waiting for it to see the six callers means
-    # close() finds them all queued. (It used to count a call before its push,
-    # and the cast in service: a caller preempted before its push was refused.)
+    # info()["queue"] counts a call once it passed the open check (and not the
+    # request in service, the blocking cast), and close() serves every call
+    # counted, even one whose push lands after it. (A caller preempted between
+    # its count and its push used to be refused by the close.)
     a = _core.Agent(0)
     gate = threading.Event()
     a.cast(lambda s: (gate.wait(), s)[1])  # the owner is busy
@@ -744,3 +744,25 @@ def test_exit_while_an_owner_is_parked_does_not_hang():
         import time; time.sleep(0.1)  # both owners parked
     """, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_call_past_the_open_check_is_served_though_close_comes_before_its_push():
+    # the owner idle; the caller counted, then sleeping before its push (the
+    # debug build's hook) while close() runs: the owner waits for that push,
+    # serves it, and only then closes the queue and stops
+    if not _core._owner_debug_push_delay(0):
+        pytest.skip("needs the FASTKV_DEBUG build's push-window hook (the CI's debug run)")
+    a = _core.Agent(0)
+    results = []
+    _core._owner_debug_push_delay(50000)
+    try:
+        caller = threading.Thread(target=lambda: results.append(a.get(lambda s: "served")))
+        caller.start()
+        wait_until(lambda: a.info()["queue"] >= 1)   # counted, not pushed yet
+        assert a.close(timeout=10) is True
+    finally:
+        _core._owner_debug_push_delay(0)
+    caller.join(10)
+    assert results == ["served"]
+    with pytest.raises(fastkv.ClosedError):
+        a.get(lambda s: s)
