@@ -64,7 +64,20 @@
 typedef struct {
     uintptr_t holder;   /* 0: free; else fastkv_thread_id() of the holder */
     int waiters;        /* threads inside fastkv_lock_wait for this lock */
+    unsigned gen;       /* fastkv_fork_gen when it was taken (see below) */
 } fastkv_lock;
+
+/* Fork: a lock held by another thread when the process forked (only possible
+   while a key's __eq__/__hash__ runs Python under it) is held, in the child,
+   by a thread that does not exist there: nobody would ever release it. The
+   child's handler counts forks (fastkv_fork_gen) and notes the thread that
+   forked, the only one the child has; a lock taken before the last fork by
+   another thread is orphaned, and a thread that finds it held takes it over
+   (fastkv_lock_orphaned / fastkv_lock_reset, with the GIL). The table is
+   whole at such a point: the holder was inside a key's Python method, where
+   no operation is half-applied. */
+static unsigned fastkv_fork_gen = 0;
+static uintptr_t fastkv_fork_thread = 0;
 
 /* --- atomics -------------------------------------------------------------- */
 
@@ -175,9 +188,14 @@ static void fastkv_buckets_reset(void) {
         pthread_cond_init(&fastkv_buckets[i].c, NULL);
     }
 }
+static void fastkv_after_fork_child(void) {
+    fastkv_buckets_reset();
+    fastkv_fork_gen++;
+    fastkv_fork_thread = fastkv_thread_id();
+}
 static int fastkv_lock_module_init(void) {
     fastkv_buckets_reset();
-    return pthread_atfork(NULL, NULL, fastkv_buckets_reset) == 0 ? 0 : -1;
+    return pthread_atfork(NULL, NULL, fastkv_after_fork_child) == 0 ? 0 : -1;
 }
 #  define FASTKV_BUCKET_LOCK(b) pthread_mutex_lock(&(b)->m)
 #  define FASTKV_BUCKET_UNLOCK(b) pthread_mutex_unlock(&(b)->m)
@@ -203,7 +221,8 @@ static inline fastkv_bucket *fastkv_bucket_of(fastkv_lock *l) {
 /* Take the lock if it is free: 1 (now held by ``me``) or 0. */
 static inline int fastkv_lock_try(fastkv_lock *l, uintptr_t me) {
 #if FASTKV_LOCK_CAS
-    return fastkv_cas_acquire(&l->holder, me);
+    if (!fastkv_cas_acquire(&l->holder, me))
+        return 0;
 #else
     /* GIL build: only the GIL holder ever writes ``holder`` and nothing here
        releases the GIL, so the test-and-set cannot interleave (the GIL's own
@@ -212,8 +231,21 @@ static inline int fastkv_lock_try(fastkv_lock *l, uintptr_t me) {
     if (fastkv_load_relaxed(&l->holder) != 0)
         return 0;
     fastkv_store_relaxed(&l->holder, me);
-    return 1;
 #endif
+    l->gen = fastkv_fork_gen;   /* the holder's line; read only after a fork */
+    return 1;
+}
+
+/* Held by a thread of the parent process (see fastkv_fork_gen). GIL. */
+static inline int fastkv_lock_orphaned(fastkv_lock *l) {
+    uintptr_t h = fastkv_load_relaxed(&l->holder);
+    return h != 0 && l->gen != fastkv_fork_gen && h != fastkv_fork_thread;
+}
+
+/* Free an orphaned lock; its waiters were threads of the parent too. GIL. */
+static inline void fastkv_lock_reset(fastkv_lock *l) {
+    l->waiters = 0;
+    fastkv_store_release(&l->holder, 0);
 }
 
 /* The holder's id, 0 if free (a hint, except that it equals fastkv_thread_id()

@@ -112,6 +112,8 @@ cdef extern from "_locked.h":
     uintptr_t fastkv_thread_id() noexcept nogil
     bint fastkv_lock_try(fastkv_lock* l, uintptr_t me) noexcept     # GIL held
     uintptr_t fastkv_lock_holder(fastkv_lock* l) noexcept nogil
+    bint fastkv_lock_orphaned(fastkv_lock* l) noexcept              # GIL held
+    void fastkv_lock_reset(fastkv_lock* l) noexcept                 # GIL held
     void fastkv_lock_release(fastkv_lock* l) noexcept               # GIL held
     void fastkv_lock_wait(fastkv_lock* l) noexcept nogil
     int fastkv_lock_module_init() noexcept
@@ -322,6 +324,11 @@ cdef class LockedTable:
     @cython.final
     cdef int _acquire_slow(self, uintptr_t me) except -1:
         while True:
+            if fastkv_lock_orphaned(&self._lk):
+                fastkv_lock_reset(&self._lk)    # its holder is in the parent process
+                if fastkv_lock_try(&self._lk, me):
+                    return 0
+                continue
             if fastkv_lock_holder(&self._lk) == me:
                 raise RuntimeError(
                     f"re-entrant use of a {type(self).__name__} from the thread "

@@ -237,28 +237,58 @@ def _collect(data, kwargs):
     return dict(data)
 
 
+class _Forks:
+    """Forks this process descends from (counted in each child) and the
+    thread that made the last one: the only thread a child has."""
+
+    gen = 0
+    thread = 0
+
+
+def _count_fork_in_child():
+    _Forks.gen += 1
+    _Forks.thread = _get_ident()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork_in_child)
+
+
 class _HolderLock:
     """A non re-entrant lock that records the thread holding it, so that the
     holder taking it again raises ``RuntimeError`` instead of deadlocking (a
     key's ``__eq__``/``__hash__`` or a destructor using a table while that
     table's lock is held). ``reentry`` is the error message, with ``{name}``
-    standing for the table's type name."""
+    standing for the table's type name.
 
-    __slots__ = ("_lock", "_holder", "_reentry")
+    A lock that another thread held when the process forked (it was inside
+    a key's ``__eq__``) is held, in the child, by a thread that does not
+    exist there: the first thread that wants it takes it over (a fresh lock),
+    as the compiled LockedTable does."""
+
+    __slots__ = ("_lock", "_holder", "_gen", "_reentry")
 
     def __init__(self, reentry):
         self._lock = threading.Lock()
         self._holder = 0  # ident of the thread holding _lock, 0 if none
+        self._gen = 0  # _Forks.gen when it was taken
         self._reentry = reentry
 
     def acquire(self, table):
         """Take the lock, waiting for another holder; ``RuntimeError`` naming
         ``type(table)`` if the calling thread holds it already."""
         me = _get_ident()
-        if self._holder == me:
-            raise RuntimeError(self._reentry.format(name=type(table).__name__))
-        self._lock.acquire()
+        if not self._lock.acquire(blocking=False):
+            holder = self._holder
+            if holder and self._gen != _Forks.gen and holder != _Forks.thread:
+                self._lock = threading.Lock()  # its holder is in the parent process
+                self._lock.acquire()
+            elif holder == me:
+                raise RuntimeError(self._reentry.format(name=type(table).__name__))
+            else:
+                self._lock.acquire()
         self._holder = me
+        self._gen = _Forks.gen
 
     def release(self):
         self._holder = 0

@@ -5,13 +5,14 @@ or corrupt it (a RuntimeError is acceptable). Deadlocks are detected with a
 thread joined with a timeout."""
 
 import gc
+import os
 import sys
 import threading
 import time
 
 import pytest
 
-from _support import assert_same
+from _support import assert_same, run_python
 
 JOIN_TIMEOUT = 20  # seconds: only reached when something deadlocked
 
@@ -621,3 +622,47 @@ def test_reentrant_key_locked_operations(impl, op, action):
     # the table still works normally from any thread
     t["after"] = 1
     assert t.get("after") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("module", ["fastkv", "fastkv.reference"])
+def test_fork_while_another_thread_holds_the_lock(module):
+    # thread A is inside an operation (a key's __eq__, run under the table's
+    # lock) when the main thread forks: in the child A does not exist, and
+    # the table must still be usable -- the child takes the orphaned lock over
+    # instead of waiting forever for A
+    proc = run_python(f"""
+        import os, sys, threading, warnings
+        import {module} as m
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
+
+        inside, go = threading.Event(), threading.Event()
+
+        class Slow:
+            def __hash__(self):
+                return hash("k")
+            def __eq__(self, other):
+                inside.set()
+                go.wait()
+                return False
+
+        t = m.LockedTable(k=1)
+        a = threading.Thread(target=lambda: t.get(Slow()))
+        a.start()
+        inside.wait()            # A holds the table's lock, in __eq__
+        pid = os.fork()
+        if pid == 0:
+            try:
+                t.put("child", 2)
+                ok = t.to_dict() == {{"k": 1, "child": 2}} and t.get("k") == 1
+                os._exit(0 if ok else 3)
+            except BaseException:
+                os._exit(4)
+        go.set()
+        a.join()
+        _, status = os.waitpid(pid, 0)
+        t.put("parent", 3)
+        print(os.waitstatus_to_exitcode(status), sorted(t.to_dict()))
+    """, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0 ['k', 'parent']", proc.stdout
