@@ -23,6 +23,9 @@
 # FrozenTable directly (no second copy).
 
 cimport cython
+cdef extern from "_locked.h":
+    unsigned fastkv_fork_gen            # forks this process descends from
+    unsigned long fastkv_fork_ident     # the thread that made the last one
 from cpython.pythread cimport (
     PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
     PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
@@ -628,6 +631,7 @@ cdef class FrozenTable:
     cdef _Snapshot _snap
     cdef PyThread_type_lock _wlock      # writers' lock, allocated on first write
     cdef unsigned long _writer          # thread holding _wlock, 0 if none
+    cdef unsigned _wgen                 # fastkv_fork_gen when it was taken
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -657,9 +661,20 @@ cdef class FrozenTable:
                 f"{type(self).__name__} write re-entered from within a write to "
                 "the same table (a key's __eq__ or __hash__ wrote to it)")
         if not PyThread_acquire_lock(self._wlock, NOWAIT_LOCK):
-            with nogil:
+            if (self._writer != 0 and self._wgen != fastkv_fork_gen
+                    and self._writer != fastkv_fork_ident):
+                # held when the process forked by a thread that does not exist
+                # in this child (it was inside a key's __eq__): take it over
+                PyThread_free_lock(self._wlock)
+                self._wlock = PyThread_allocate_lock()
+                if self._wlock == NULL:
+                    raise MemoryError()
                 PyThread_acquire_lock(self._wlock, WAIT_LOCK)
+            else:
+                with nogil:
+                    PyThread_acquire_lock(self._wlock, WAIT_LOCK)
         self._writer = me
+        self._wgen = fastkv_fork_gen
         return 0
 
     cdef void _unlock(self) noexcept:

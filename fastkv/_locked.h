@@ -77,7 +77,9 @@ typedef struct {
    whole at such a point: the holder was inside a key's Python method, where
    no operation is half-applied. */
 static unsigned fastkv_fork_gen = 0;
-static uintptr_t fastkv_fork_thread = 0;
+static uintptr_t fastkv_fork_thread = 0;      /* its fastkv_thread_id() */
+static unsigned long fastkv_fork_ident = 0;   /* its PyThread_get_thread_ident()
+                                                 (FrozenTable's writer lock) */
 
 /* --- atomics -------------------------------------------------------------- */
 
@@ -192,6 +194,7 @@ static void fastkv_after_fork_child(void) {
     fastkv_buckets_reset();
     fastkv_fork_gen++;
     fastkv_fork_thread = fastkv_thread_id();
+    fastkv_fork_ident = PyThread_get_thread_ident();
 }
 static int fastkv_lock_module_init(void) {
     fastkv_buckets_reset();
