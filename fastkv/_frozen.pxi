@@ -658,8 +658,9 @@ cdef class FrozenTable:
                 raise MemoryError()
         elif self._writer == me:
             raise RuntimeError(
-                f"{type(self).__name__} write re-entered from within a write to "
-                "the same table (a key's __eq__ or __hash__ wrote to it)")
+                f"re-entrant write to a {type(self).__name__} from the thread that "
+                "is writing it (a key's __eq__/__hash__ or a destructor wrote to "
+                "the table during a write)")
         if not PyThread_acquire_lock(self._wlock, NOWAIT_LOCK):
             if (self._writer != 0 and self._wgen != fastkv_fork_gen
                     and self._writer != fastkv_fork_ident):

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+import fastkv
 import fastkv.reference
 from _support import assert_same
 
@@ -342,3 +343,26 @@ def test_agent_exception_reaches_caller_state_unchanged(impl):
             a.get_and_update(boom)
         assert a.get(lambda s: s) == [1]
         assert a.info()["errors"] == 0
+
+
+@pytest.mark.parametrize("name", ["FrozenTable", "LockedTable"])
+def test_reentrant_write_message_is_the_same_in_both_implementations(name):
+    # a key whose __eq__ writes to the table it is being compared in
+    messages = []
+    for module in (fastkv, fastkv.reference):
+        t = getattr(module, name)()
+
+        class Meddler:
+            def __hash__(self):
+                return 1
+
+            def __eq__(self, other):
+                t.put("meddle", 1)
+                return False
+
+        t.put(1, "one")
+        with pytest.raises(RuntimeError) as info:
+            t.put(Meddler(), "x")
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("re-entrant ") and name in messages[0]
