@@ -13,6 +13,7 @@
   fastkv as the test process (fork and interpreter-exit tests).
 """
 
+import collections.abc as cabc
 import contextlib
 import os
 import subprocess
@@ -249,3 +250,19 @@ def run_python(code, timeout=60, flags=()):
         text=True,
         timeout=timeout,
     )
+
+
+class PlainMapping(cabc.Mapping):
+    """A Mapping that is no dict and has no ``|`` of its own."""
+
+    def __init__(self, data=()):
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)

@@ -36,26 +36,10 @@ import fastkv
 import fastkv._core
 import fastkv.module
 import fastkv.reference
-from _support import IMPLS, Key, assert_same
+from _support import IMPLS, Key, PlainMapping, assert_same
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 DATA = {"x": 1, 2: "two", "a": [3], (1, 2): None}
-
-
-class PlainMapping(cabc.Mapping):
-    """A Mapping that is no dict and has no ``|`` of its own."""
-
-    def __init__(self, data=()):
-        self._data = dict(data)
-
-    def __getitem__(self, key):
-        return self._data[key]
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self):
-        return len(self._data)
 
 
 # Subclasses picklable by name: one per class of each implementation.

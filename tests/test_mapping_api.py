@@ -12,8 +12,7 @@ import pytest
 
 import fastkv
 import fastkv._core
-from _support import assert_same
-
+from _support import PlainMapping, assert_same
 
 
 def check_delete_result(kind, result, expected):
@@ -366,20 +365,6 @@ def test_copy_of_owner_table_keeps_access(owner_kind):
 
 
 # -- == and hash ------------------------------------------------------------
-
-
-class PlainMapping(cabc.Mapping):
-    def __init__(self, data):
-        self._data = dict(data)
-
-    def __getitem__(self, key):
-        return self._data[key]
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self):
-        return len(self._data)
 
 
 def test_equality_with_mappings(kind):

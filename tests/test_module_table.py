@@ -296,20 +296,3 @@ def test_subclass():
     assert t.label("fr") == "fr: France"
     assert repr(t) == "Countries({'fr': 'France'})"
     assert type(t.copy()) is ModuleTable
-
-
-def test_reentrant_write_from_a_key_raises_runtime_error():
-    t = ModuleTable()
-
-    class Meddler:
-        def __hash__(self):
-            return 1
-
-        def __eq__(self, other):
-            t.put("meddle", 1)
-            return False
-
-    t.put(1, "one")
-    with pytest.raises(RuntimeError):
-        t.put(Meddler(), "x")  # compares with the key 1 while writing
-    assert t.to_dict() == {1: "one"}
