@@ -266,3 +266,30 @@ class PlainMapping(cabc.Mapping):
 
     def __len__(self):
         return len(self._data)
+
+
+JOIN_TIMEOUT = 60  # seconds: only reached when something deadlocked
+
+
+def run_threads(target, n, args=()):
+    """Run ``target(i, *args)`` in ``n`` threads started together (a barrier);
+    re-raise the first exception a thread raised; fail on a deadlock (a
+    thread still alive after JOIN_TIMEOUT)."""
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def run(i):
+        try:
+            barrier.wait(JOIN_TIMEOUT)
+            target(i, *args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads), "threads deadlocked"
+    if errors:
+        raise errors[0]

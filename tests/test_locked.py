@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from _support import assert_same, run_python
+from _support import JOIN_TIMEOUT, assert_same, run_python
 
-JOIN_TIMEOUT = 20  # seconds: only reached when something deadlocked
 
 
 def run_in_thread(fn, *args, timeout=JOIN_TIMEOUT, on_deadlock=None):

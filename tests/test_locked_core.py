@@ -20,9 +20,8 @@ import pytest
 
 import fastkv
 import fastkv._core
-from _support import Key
+from _support import JOIN_TIMEOUT, Key, run_threads
 
-JOIN_TIMEOUT = 30  # seconds: reached only when something deadlocked
 
 
 class Boom(Exception):
@@ -39,29 +38,6 @@ KEY_MAKERS = {
     "pykey": lambda i: Key(f"k{i}"),
     "collide": lambda i: Key(f"k{i}", h=7),
 }
-
-
-def run_threads(target, n, *args):
-    """Run target(i, *args) in n threads; re-raise the first error; fail on a
-    deadlock (a thread still alive after JOIN_TIMEOUT)."""
-    errors = []
-    barrier = threading.Barrier(n)
-
-    def run(i):
-        try:
-            barrier.wait()
-            target(i, *args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads), "deadlock"
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture

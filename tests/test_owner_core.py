@@ -19,7 +19,7 @@ import time
 import pytest
 
 import fastkv
-from _support import run_python
+from _support import run_python, run_threads
 from fastkv import _core
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -293,31 +293,22 @@ def test_many_threads_calls_and_casts_nothing_lost():
     a = _core.Agent(0)
     nthreads, per = 8, 1500
     seen = []
-    errors = []
 
     def worker(i):
-        try:
-            last = -1
-            for j in range(per):
-                if j % 3 == 0:
-                    v = a.get(lambda s: s)
-                    assert v >= last  # the counter only grows
-                    last = v
-                elif j % 3 == 1:
-                    a.cast(lambda s: s + 1)
-                else:
-                    a.update(lambda s: s + 1)
-            a.sync()
-            seen.append(last)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        last = -1
+        for j in range(per):
+            if j % 3 == 0:
+                v = a.get(lambda s: s)
+                assert v >= last  # the counter only grows
+                last = v
+            elif j % 3 == 1:
+                a.cast(lambda s: s + 1)
+            else:
+                a.update(lambda s: s + 1)
+        a.sync()
+        seen.append(last)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(worker, nthreads)
     incs = nthreads * sum(1 for j in range(per) if j % 3)
     assert a.get(lambda s: s) == incs
     info = a.info()
@@ -352,27 +343,18 @@ def test_many_threads_on_an_owner_table_nothing_lost():
     for access in ("private", "protected"):
         t = _core.OwnerTable(access=access)
         nthreads, per = 6, 800
-        errors = []
 
         def worker(tid):
-            try:
-                for i in range(per):
-                    t.put((tid, i), i)
-                    if i % 4 == 0:
-                        t.call(lambda s: s.update_counter("n"))
-                    if i % 7 == 0:
-                        t.sync()
-                        assert t[(tid, i)] == i  # its own write, read back
-                    t.get((tid, i - 1))
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for i in range(per):
+                t.put((tid, i), i)
+                if i % 4 == 0:
+                    t.call(lambda s: s.update_counter("n"))
+                if i % 7 == 0:
+                    t.sync()
+                    assert t[(tid, i)] == i  # its own write, read back
+                t.get((tid, i - 1))
 
-        threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(nthreads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors
+        run_threads(worker, nthreads)
         t.sync()
         assert len(t) == nthreads * per + 1
         assert t["n"] == nthreads * len(range(0, per, 4))
@@ -385,23 +367,14 @@ def test_casts_keep_each_threads_order_among_other_threads_calls():
     # every thread's casts still arrive in its own order, before its calls
     a = _core.Agent([])
     nthreads, per = 6, 700
-    errors = []
 
     def worker(tid):
-        try:
-            for i in range(per):
-                a.cast(lambda s, x: (s.append(x), s)[1], (tid, i))
-                if i % 97 == 0:
-                    assert a.get(lambda s, x: x in s, (tid, i))  # its own cast first
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(per):
+            a.cast(lambda s, x: (s.append(x), s)[1], (tid, i))
+            if i % 97 == 0:
+                assert a.get(lambda s, x: x in s, (tid, i))  # its own cast first
 
-    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(nthreads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    run_threads(worker, nthreads)
     state = a.get(list)
     assert len(state) == nthreads * per
     for tid in range(nthreads):

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-JOIN_TIMEOUT = 60  # seconds: only reached when something deadlocked
+from _support import JOIN_TIMEOUT, run_threads
+
 N_THREADS = 4
 
 
@@ -20,29 +21,6 @@ def fast_switching():
     sys.setswitchinterval(1e-5)
     yield
     sys.setswitchinterval(old)
-
-
-def run_threads(target, n=N_THREADS, args=()):
-    """Run target(i, *args) in n threads started together; re-raise the first
-    exception a thread raised; fail on a deadlock."""
-    barrier = threading.Barrier(n)
-    errors = []
-
-    def wrapper(i):
-        try:
-            barrier.wait(JOIN_TIMEOUT)
-            target(i, *args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapper, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads), "threads deadlocked"
-    if errors:
-        raise errors[0]
 
 
 # -- LockedTable ----------------------------------------------------------------
@@ -58,7 +36,7 @@ def test_update_counter_exact_totals(impl):
             t.update_counter("total", 2)
             t.update_counter("down", -1, default=1000)
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     assert t["total"] == 2 * N_THREADS * rounds
     assert t["down"] == 1000 - N_THREADS * rounds
     assert [t[k] for k in range(n_keys)] == [N_THREADS * rounds // n_keys] * n_keys
@@ -75,7 +53,7 @@ def test_insert_new_one_winner_per_key(impl):
             if t.insert_new(k, i):
                 wins[i].append(k)
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     all_wins = sorted(k for w in wins for k in w)
     assert all_wins == list(range(n_keys))  # exactly one winner per key
     for i, won in enumerate(wins):
@@ -99,7 +77,7 @@ def test_setdefault_and_pop_are_atomic(impl):
             if v is not None:
                 got[i].append(k)
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     # setdefault stored each key once (whoever stored it got its own value back;
     # another thread with the same value may also see it: only count unique keys)
     assert sorted(first) == list(range(n_keys))
@@ -155,7 +133,7 @@ def test_put_delete_iterate_never_torn(impl):
                 assert len(list(t)) <= 20 + 17
                 reads[i] += 1
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     check(t.items())
     assert min(reads[2:]) > 0
 
@@ -174,7 +152,7 @@ def test_fetch_many_threads_many_keys(impl):
         for k in range(200):
             assert t.fetch(k, loader) == k * 10
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     assert sorted(calls) == list(range(200))  # one load per key across all threads
 
 
@@ -222,7 +200,7 @@ def test_frozen_readers_see_complete_snapshots(impl):
                 check([snapshot[k] for k in snapshot])
                 reads[i] += 1
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     assert list(t.values()) == [last[0]] * n
     assert min(reads[1:]) > 0
 
@@ -237,7 +215,7 @@ def test_frozen_concurrent_writers_lose_nothing(impl):
         for k in range(0, 150, 3):
             t.delete((i, k))
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     expected = {}
     for i in range(N_THREADS):
         expected.update(((i, k), k) for k in range(150) if k % 3)
@@ -265,7 +243,7 @@ def test_owner_producers_lose_nothing(impl, access):
             assert t.get((i, n - 1)) == n - 1
             assert t.get((i, "many", 49)) == -49
 
-        run_threads(producer)
+        run_threads(producer, N_THREADS)
         t.sync()
         assert len(t) == N_THREADS * (n + 1 + 50)
         for i in range(N_THREADS):
@@ -287,7 +265,7 @@ def test_owner_calls_from_many_threads(impl):
                 t.call(lambda table, k: table.put(k, table.get(k, 0) + 1), ("per", i))
                 assert t[("per", i)] >= 1
 
-        run_threads(worker)
+        run_threads(worker, N_THREADS)
         assert t["n"] == N_THREADS * rounds
         assert [t[("per", i)] for i in range(N_THREADS)] == [rounds] * N_THREADS
     finally:
@@ -313,7 +291,7 @@ def test_owner_close_while_producers_cast(impl):
                 return
             accepted[i].append(k)
 
-    run_threads(worker)
+    run_threads(worker, N_THREADS)
     for i in range(1, N_THREADS):
         for k in accepted[i]:
             assert inner[(i, k)] == k
