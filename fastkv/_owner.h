@@ -6,7 +6,7 @@
  * wait on Linux). Python objects are only carried as pointers; references are
  * taken and dropped by the Cython code, with the GIL.
  *
- * Return conventions: fk_push 0 = queued, -1 = queue closed; fk_take returns the
+ * Return conventions: fk_push_call 0 = queued, -1 = queue closed; fk_take returns the
  * batch (FIFO, may be NULL) and sets *closed; fk_complete 0 = completed, 1 =
  * the caller abandoned the request (the owner must free it); fk_wait 0 = done,
  * 1 = the park was interrupted by a signal (check signals, then wait again or
@@ -311,11 +311,6 @@ static FK_INLINE int fk_push_chain(fk_queue *q, fk_req *first, fk_req *last) {
     return 0;
 }
 
-/* Push one request: 0 = queued, -1 = closed. */
-static FK_INLINE int fk_push(fk_queue *q, fk_req *r) {
-    return fk_push_chain(q, r, r);
-}
-
 /* Test hook, FASTKV_DEBUG builds only (compiled out otherwise): sleep
  * between a caller's GIL release and its push, to make that window wide. */
 #if defined(FASTKV_DEBUG) && !defined(_WIN32)
@@ -389,10 +384,6 @@ static FK_INLINE int fk_close(fk_queue *q) {
     } while (!fk_ptr_cas(&q->head, &old, old | FK_CLOSED_BIT));
     fk_wake_owner(q);
     return 1;
-}
-
-static FK_INLINE int fk_is_closed(fk_queue *q) {
-    return (fk_ptr_load_relaxed(&q->head) & FK_CLOSED_BIT) != 0;
 }
 
 /* close(), with the GIL, after the engine stopped counting calls (its status

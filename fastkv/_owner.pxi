@@ -192,7 +192,6 @@ cdef extern from "_owner.h" nogil:
 
     int fk_queue_init(fk_queue *q)
     void fk_queue_free(fk_queue *q)
-    int fk_push(fk_queue *q, fk_req *r)
     void fk_count_call(fk_queue *q)
     int fk_push_call(fk_queue *q, fk_req *r)
     void fk_begin_close(fk_queue *q)
@@ -202,7 +201,6 @@ cdef extern from "_owner.h" nogil:
     void fk_pending_start(fk_queue *q)
     void fk_pending_clear(fk_queue *q)
     int fk_close(fk_queue *q)
-    int fk_is_closed(fk_queue *q)
     fk_req *fk_take(fk_queue *q, int *closed)
     void fk_take_batch(fk_queue *q, fk_req **head, fk_req **tail, int *closed)
     int fk_grab_into(fk_queue *q, fk_req **head, fk_req **tail, int *closed)
