@@ -33,10 +33,10 @@ else:
 
 ext = Extension(
     "fastkv._core",
-    ["fastkv/_core.pyx"],
+    ["src/fastkv/_core.pyx"],
     define_macros=macros,
     extra_compile_args=cflags,
-    depends=sorted(glob.glob("fastkv/*.pxi") + glob.glob("fastkv/*.pxd") + glob.glob("fastkv/*.h")),
+    depends=sorted(glob.glob("src/fastkv/*.pxi") + glob.glob("src/fastkv/*.pxd") + glob.glob("src/fastkv/*.h")),
 )
 
 # The generated C depends on the directives (linetrace in debug): regenerate it

@@ -14,7 +14,7 @@ import fastkv._core
 import fastkv.reference
 
 TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent")
-STUB = pathlib.Path(__file__).resolve().parent.parent / "fastkv" / "_core.pyi"
+STUB = pathlib.Path(fastkv.__file__).resolve().parent / "_core.pyi"  # the installed stub
 
 # the protocol each class must implement (dunders are not "public methods")
 PROTOCOL = {

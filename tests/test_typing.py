@@ -5,6 +5,7 @@ at run time, as their stubs claim."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,12 +17,27 @@ import fastkv.reference
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TYPING = ROOT / "tests" / "typing"
-STUB = ROOT / "fastkv" / "_core.pyi"
+PACKAGE = pathlib.Path(fastkv.__file__).resolve().parent  # the installed package
+STUB = PACKAGE / "_core.pyi"
 
 
-def run_mypy(*files):
-    # cwd = the repository root: mypy resolves ``fastkv`` there (the stubs beside
-    # the sources); no cache, so every run checks the current files
+@pytest.fixture(scope="module")
+def typed_copy(tmp_path_factory):
+    """A copy of the installed package's Python sources and stubs in a fresh
+    directory, so that mypy checks exactly what users install (mypy refuses to
+    check files inside site-packages by path) and nothing from a checkout."""
+    root = tmp_path_factory.mktemp("typed")
+    dest = root / "fastkv"
+    dest.mkdir()
+    for path in PACKAGE.iterdir():
+        if path.suffix in (".py", ".pyi") or path.name == "py.typed":
+            shutil.copy(path, dest / path.name)
+    return root
+
+
+def run_mypy(cwd, *files):
+    # cwd = the typed copy: mypy resolves ``fastkv`` there (the installed stubs
+    # beside the installed sources); no cache, so every run checks the current files
     cmd = [
         sys.executable, "-m", "mypy",
         "--config-file", str(TYPING / "mypy.ini"),
@@ -32,16 +48,16 @@ def run_mypy(*files):
     ]
     env = dict(os.environ)
     env.pop("MYPYPATH", None)
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_stub_is_shipped():
     assert STUB.is_file()
-    assert (ROOT / "fastkv" / "py.typed").is_file()
+    assert (PACKAGE / "py.typed").is_file()
 
 
-def test_mypy_strict_accepts_usage():
-    result = run_mypy(TYPING / "usage.py", STUB)
+def test_mypy_strict_accepts_usage(typed_copy):
+    result = run_mypy(typed_copy, TYPING / "usage.py", typed_copy / "fastkv" / "_core.pyi")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -75,11 +91,11 @@ reversed(agent)  # E: an Agent is no mapping
 '''
 
 
-def test_mypy_rejects_misuses(tmp_path):
+def test_mypy_rejects_misuses(tmp_path, typed_copy):
     source = textwrap.dedent(MISUSES).lstrip()
     path = tmp_path / "misuses.py"
     path.write_text(source)
-    result = run_mypy(path)
+    result = run_mypy(typed_copy, path)
     expected = {n for n, line in enumerate(source.splitlines(), 1) if "# E:" in line}
     reported = set()
     for line in result.stdout.splitlines():
