@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
 # distutils: language = c
 """fastkv._core: the compiled engine and tables of fastkv.
 
@@ -31,6 +31,15 @@ allows), apply the change, and swap the pointer; the old snapshot is released
 after the lock. A read of an exact str/int key runs no Python code, so under
 the GIL it needs no reference to the snapshot; any other read holds one for
 its duration, as iterators and views do.
+
+Free-threaded CPython (``Py_GIL_DISABLED``): the module declares
+``freethreading_compatible``, so importing it leaves the GIL off. What the GIL
+used to serialize is protected explicitly there, and nothing of it is
+compiled on a GIL build (``_ft.h``: empty macros): LockedTable's lock word is
+a compare-and-swap; the owner engine's free list, cast chain, status and call
+count take a PyMutex; FrozenTable readers look at a snapshot inside a read
+section and writers release an old snapshot only after every section open at
+the swap has closed (the scheme is in ``_ft.h`` and ``_frozen.pxi``).
 
 Each part documents its own design at the top of its file:
 

@@ -6,11 +6,23 @@
 # ``:persistent_term`` cost model) and swap the pointer. A reader in flight
 # keeps the snapshot it started with:
 #
-# - for an exact str/int key the lookup runs no Python code, so under the GIL
-#   nothing can swap (and free) the snapshot during it: no reference is taken;
+# - for an exact str/int key the lookup runs no Python code and takes no
+#   reference to the snapshot (a refcount written by every reader would be one
+#   cache line shared by all of them). Under the GIL nothing can swap (and
+#   free) the snapshot during it. On a free-threaded build the look-up is a
+#   read section (``_ft.h``): the thread's own counter goes odd, a fence, the
+#   snapshot pointer is loaded (acquire), the value INCREF'd, the counter goes
+#   even. A writer publishes a new snapshot with an atomic exchange, then
+#   waits (``fk_rd_synchronize``) until every section that was open has
+#   closed, and only then drops the old snapshot: no reader can hold freed
+#   memory, and the old snapshot and its values are released as promptly as
+#   on a GIL build. Readers write nothing shared; only writers pay;
 # - any other lookup (a key's ``__eq__`` may run Python, may even write to
 #   this table) holds its own reference to the snapshot for its duration;
-# - iterators, views and get_many hold theirs.
+# - iterators, views and get_many hold theirs; every reference to the
+#   current snapshot is taken inside a read section (``_snap_ref``), every
+#   swap goes through ``_snap_swap``. The writers' lock is allocated once even
+#   when two first writers race (a critical section on the table).
 #
 # Writers serialize on a per-table lock (allocated on the first write, waited
 # for without the GIL), so no write is lost. A write that re-enters the same
@@ -55,6 +67,31 @@ cdef extern from *:
          ((PyTypeObject *)(type))->tp_clear = (inquiry)(clear))
     """
     void fastkv_set_gc_hooks(object type, void* trav, void* clear)
+
+cdef extern from "_ft.h":
+    # free-threaded build: read sections and deferred release of snapshots
+    # (the design note at the top of this file); all empty on a GIL build
+    void fk_rd_enter() noexcept nogil
+    void fk_rd_exit() noexcept nogil
+    void fk_rd_synchronize() noexcept nogil
+    int fk_rd_init() except -1
+    bint FASTKV_FREE_THREADED
+
+cdef extern from *:
+    """
+    /* FrozenTable's snapshot field as a C slot, and its current snapshot's
+       engine table read in C, with no reference taken (inside a read
+       section on a free-threaded build). */
+    #define FK_FROZEN_SNAPP(o) \
+        (&((struct __pyx_obj_6fastkv_5_core_FrozenTable *)(o))->_snap)
+    #define FK_FROZEN_TAB(o) (&FK_LOAD_PTR(FK_FROZEN_SNAPP(o))->tab)
+    #define FK_FROZEN_LOAD(o) ((PyObject *)FK_LOAD_PTR(FK_FROZEN_SNAPP(o)))
+    #define FK_FROZEN_SWAP(o, p) ((PyObject *)FK_SWAP_PTR(FK_FROZEN_SNAPP(o), \
+        (struct __pyx_obj_6fastkv_5_core__Snapshot *)(p)))
+    """
+    PyObject* FK_FROZEN_LOAD(object o) noexcept
+    PyObject* FK_FROZEN_SWAP(object o, PyObject* p) noexcept
+    Table* FK_FROZEN_TAB(object o) noexcept
 
 cdef extern from *:
     """
@@ -122,6 +159,32 @@ cdef inline _Snapshot _snapshot_new():
     return _Snapshot.__new__(_Snapshot)
 
 
+fk_rd_init()
+
+
+cdef inline _Snapshot _snap_ref(FrozenTable self):
+    """The table's current snapshot as a new reference: what a reader that
+    may run Python (or keeps it: iterators, views) holds. No Python."""
+    cdef _Snapshot snap
+    fk_rd_enter()
+    snap = <_Snapshot>FK_FROZEN_LOAD(self)
+    fk_rd_exit()
+    return snap
+
+
+cdef _Snapshot _snap_swap(FrozenTable self, _Snapshot new):
+    """Publish ``new`` (writers' lock held, or a table nobody else can see)
+    and return the snapshot it replaced, once no read section can still be
+    inside it: the caller drops it after its lock. No Python."""
+    cdef PyObject* old
+    _incref(<PyObject*>new)
+    old = FK_FROZEN_SWAP(self, <PyObject*>new)
+    fk_rd_synchronize()
+    cdef _Snapshot res = <_Snapshot>old
+    _decref(old)            # the reference the slot held is now res's
+    return res
+
+
 cdef int _stage_pair(_Snapshot st, object item, Py_ssize_t n) except -1:
     cdef object pair
     try:
@@ -180,7 +243,7 @@ cdef _Snapshot _stage(object data, dict kwargs):
         if bulk:
             _reindex(&st.tab)
     elif isinstance(data, FrozenTable):
-        src = (<FrozenTable>data)._snap
+        src = _snap_ref(<FrozenTable>data)
         table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
     elif hasattr(data, "keys"):
         table_init(&st.tab, PyObject_LengthHint(data, 0) + extra)
@@ -239,7 +302,7 @@ cdef object _lookup_slow(FrozenTable self, object key, object missing):
     cdef _Snapshot snap
     cdef Py_hash_t h = table_hash(key)     # may run Python
     cdef Py_ssize_t ix
-    snap = self._snap                       # held for the whole lookup
+    snap = _snap_ref(self)                  # held for the whole lookup
     ix = table_lookup(&snap.tab, <PyObject*>key, h)
     if ix >= 0:
         return <object>table_entry(&snap.tab, ix).value
@@ -260,10 +323,14 @@ cdef inline object _lookup(FrozenTable self, object key, object missing):
         h = _object_hash(k)
     else:
         return _lookup_slow(self, key, missing)
-    t = &self._snap.tab                  # no Python runs until we return
+    fk_rd_enter()
+    t = FK_FROZEN_TAB(self)              # no Python runs until we return
     ix = table_lookup_fast(t, k, h)
     if ix >= 0:
-        return <object>table_entry(t, ix).value
+        value = <object>table_entry(t, ix).value
+        fk_rd_exit()
+        return value
+    fk_rd_exit()
     if ix == IX_EMPTY:
         return missing
     return _lookup_slow(self, key, missing)
@@ -272,7 +339,7 @@ cdef inline object _lookup(FrozenTable self, object key, object missing):
 cdef int _contains_slow(FrozenTable self, object key) except -1:
     cdef _Snapshot snap
     cdef Py_hash_t h = table_hash(key)     # may run Python
-    snap = self._snap                       # held for the whole lookup
+    snap = _snap_ref(self)                  # held for the whole lookup
     return table_lookup(&snap.tab, <PyObject*>key, h) >= 0
 
 
@@ -289,7 +356,9 @@ cdef inline int _contains(FrozenTable self, object key) except -1:
         h = _object_hash(k)
     else:
         return _contains_slow(self, key)
-    ix = table_lookup_fast(&self._snap.tab, k, h)
+    fk_rd_enter()
+    ix = table_lookup_fast(FK_FROZEN_TAB(self), k, h)
+    fk_rd_exit()
     if ix == IX_SLOW:
         return _contains_slow(self, key)
     return ix >= 0
@@ -536,10 +605,10 @@ class _FrozenValuesView(ValuesView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<FrozenTable?>self._mapping)._snap, ITER_VALUES)
+        return _iterate(_snap_ref(<FrozenTable?>self._mapping), ITER_VALUES)
 
     def __reversed__(self):
-        return _iterate_reversed((<FrozenTable?>self._mapping)._snap, ITER_VALUES)
+        return _iterate_reversed(_snap_ref(<FrozenTable?>self._mapping), ITER_VALUES)
 
     def __contains__(self, value):
         for v in self:
@@ -553,10 +622,10 @@ class _FrozenItemsView(ItemsView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
+        return _iterate(_snap_ref(<FrozenTable?>self._mapping), ITER_ITEMS)
 
     def __reversed__(self):
-        return _iterate_reversed((<FrozenTable?>self._mapping)._snap, ITER_ITEMS)
+        return _iterate_reversed(_snap_ref(<FrozenTable?>self._mapping), ITER_ITEMS)
 
 
 cdef object _snapshot_repr(object table, _Snapshot snap):
@@ -652,10 +721,15 @@ cdef class FrozenTable:
 
     cdef int _lock(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
+        cdef PyThread_type_lock lk
         if self._wlock == NULL:
-            self._wlock = PyThread_allocate_lock()
-            if self._wlock == NULL:
-                raise MemoryError()
+            # two first writers racing (free-threaded build) make one lock
+            with cython.critical_section(self):
+                if self._wlock == NULL:
+                    lk = PyThread_allocate_lock()
+                    if lk == NULL:
+                        raise MemoryError()
+                    self._wlock = lk
         elif self._writer == me:
             raise RuntimeError(
                 f"re-entrant write to a {type(self).__name__} from the thread that "
@@ -690,13 +764,13 @@ cdef class FrozenTable:
             # from this check to the swap no Python code runs.
             table_trim(&staged.tab)
             if staged.tab.used:
-                self._snap = staged
+                _snap_swap(self, staged)
             return 0
         self._lock()
         try:
-            old = self._snap
+            old = self._snap                # writers' lock: nobody else swaps
             new = _merge(old, staged)
-            self._snap = new
+            old = _snap_swap(self, new)
         finally:
             self._unlock()
         return 0          # old is released after the lock
@@ -715,7 +789,7 @@ cdef class FrozenTable:
             table_copy(&new.tab, &old.tab, old.tab.used + 1, -1)
             if table_insert(&new.tab, <PyObject*>key, h, <PyObject*>value) == 0:
                 table_trim(&new.tab)
-            self._snap = new
+            old = _snap_swap(self, new)
         finally:
             self._unlock()
 
@@ -739,7 +813,7 @@ cdef class FrozenTable:
             else:
                 new = _snapshot_new()
                 table_copy(&new.tab, &old.tab, old.tab.used - 1, ix)
-            self._snap = new
+            old = _snap_swap(self, new)
             return True
         finally:
             self._unlock()
@@ -774,19 +848,23 @@ cdef class FrozenTable:
 
     def __len__(self):
         """Number of keys in the current snapshot. O(1)."""
-        return self._snap.tab.used
+        cdef Py_ssize_t n
+        fk_rd_enter()
+        n = FK_FROZEN_TAB(self).used
+        fk_rd_exit()
+        return n
 
     def __iter__(self):
         """Iterate the keys of the snapshot current when iteration starts
         (insertion order). O(1) to start; never raises "changed size"."""
-        return _iterate(self._snap, ITER_KEYS)
+        return _iterate(_snap_ref(self), ITER_KEYS)
 
     def get_many(self, keys, default=None):
         """``[t.get(k, default) for k in keys]``, all read from one snapshot.
         O(len(keys)), never blocks."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
-        cdef _Snapshot snap = self._snap     # held: slow lookups may run Python
+        cdef _Snapshot snap = _snap_ref(self)   # held: slow lookups may run Python
         cdef object seq = PySequence_Fast(keys, "get_many() argument must be iterable")
         cdef Py_ssize_t n = _seq_size(seq)
         cdef list result = PyList_New(n)
@@ -800,7 +878,7 @@ cdef class FrozenTable:
         """A new ``dict`` with the current snapshot's items. O(n) copy."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
-        cdef _Snapshot snap = self._snap
+        cdef _Snapshot snap = _snap_ref(self)
         cdef dict d = {}
         cdef Py_ssize_t pos = 0
         cdef PyObject* k
@@ -815,7 +893,7 @@ cdef class FrozenTable:
         never raises "changed size"."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
-        return _iterate_reversed(self._snap, ITER_KEYS)
+        return _iterate_reversed(_snap_ref(self), ITER_KEYS)
 
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
@@ -847,7 +925,7 @@ cdef class FrozenTable:
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
         cdef FrozenTable t = FrozenTable.__new__(FrozenTable)
-        t._snap = self._snap
+        t._snap = _snap_ref(self)
         return t
 
     def close(self):
@@ -871,7 +949,7 @@ cdef class FrozenTable:
         compares; ``NotImplemented`` for anything else. O(n)."""
         if not isinstance(other, (FrozenTable, dict, Mapping)):
             return NotImplemented
-        return _equals(self._snap, other)
+        return _equals(_snap_ref(self), other)
 
     def __ne__(self, other):
         cdef object eq = self.__eq__(other)
@@ -882,7 +960,7 @@ cdef class FrozenTable:
     __hash__ = None
 
     def __repr__(self):
-        return _snapshot_repr(self, self._snap)
+        return _snapshot_repr(self, _snap_ref(self))
 
     def __sizeof__(self):
         """Bytes of the table's own structure: the object, its writer lock
@@ -891,10 +969,11 @@ cdef class FrozenTable:
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
         cdef Py_ssize_t size = object.__sizeof__(self)
+        cdef _Snapshot snap = _snap_ref(self)
         if self._wlock != NULL:
             size += _LOCK_SIZE
-        if self._snap is not _EMPTY_SNAPSHOT:
-            size += _sys_getsizeof(self._snap)
+        if snap is not _EMPTY_SNAPSHOT:
+            size += _sys_getsizeof(snap)
         return size
 
     def __reduce__(self):
@@ -930,7 +1009,7 @@ cdef class FrozenTable:
         cdef FrozenTable new
         if not isinstance(other, (dict, FrozenTable, Mapping)):
             return NotImplemented
-        mine = self._snap                   # held: merging may run Python
+        mine = _snap_ref(self)              # held: merging may run Python
         staged = _stage(other, None)
         new = FrozenTable.__new__(FrozenTable)
         new._snap = _merge(mine, staged)
@@ -946,7 +1025,7 @@ cdef class FrozenTable:
         if not isinstance(other, (dict, FrozenTable, Mapping)):
             return NotImplemented
         staged = _stage(other, None)
-        mine = self._snap
+        mine = _snap_ref(self)
         new = FrozenTable.__new__(FrozenTable)
         if staged.tab.used == 0:
             new._snap = mine                # immutable: shared, as copy()

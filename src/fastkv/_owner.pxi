@@ -7,9 +7,9 @@
 # One owner thread per OwnerTable/Agent performs every request in arrival
 # order. A request is a C struct (fk_req, _owner.h): an op code, owned
 # references to up to three arguments, and for a call a result slot, a state
-# word and a lock to park on. Requests come from a free list (GIL-protected, a
-# stack of pointers: taking one does not touch the request, whose cache line
-# the owner's CPU most likely holds).
+# word and a lock to park on. Requests come from a free list (GIL-protected,
+# a PyMutex on a free-threaded build; a stack of pointers: taking one does not
+# touch the request, whose cache line the owner's CPU most likely holds).
 #
 # The queue (fk_queue) is a lock-free Treiber stack: a caller pushes with one
 # CAS, with or without the GIL; the owner takes the whole stack with one CAS
@@ -141,9 +141,17 @@
 #   applies every queued cast, and waits for each while it makes progress (it
 #   gives up on one that served nothing for 5 s, rather than hang).
 #
-# Not free-threading safe: the free list, the chain of unpushed casts, the
-# counters and the status flag rely on the GIL (the queue and the hand-off do
-# not).
+# Free-threaded build (no GIL): the queue and the hand-off never relied on
+# the GIL (atomics). What did -- the request free list, and per engine the
+# status flag, the chain of unpushed casts with its counters, and counting a
+# call after its open check -- is guarded by a PyMutex there (``_ft.h``: the
+# global ``_fk_free_mu``, the engine's ``mu``), held only around pointer and
+# counter updates (never while Python code runs, so re-entry cannot deadlock;
+# a contended PyMutex parks detached, so it cannot block a stop-the-world).
+# Status set and call counted under one ``mu`` keep close()'s rule: a call
+# that was counted is served. The owner-only counters (served, taken, errors)
+# have one writer; info() reads them without a lock. On a GIL build the
+# mutex macros are empty: the figures there are unchanged.
 
 cimport cython
 from libc.stdint cimport int64_t, uintptr_t
@@ -210,6 +218,13 @@ cdef extern from "_owner.h" nogil:
     int fk_abandon(fk_req *r)
     int FK_PENDING
 
+cdef extern from "_ft.h":
+    # where the GIL serialized the engine's own state, a free-threaded build
+    # takes a PyMutex (parks detached); on a GIL build these are empty
+    ctypedef int fk_mutex
+    void FK_MUTEX_LOCK(fk_mutex *m) noexcept nogil
+    void FK_MUTEX_UNLOCK(fk_mutex *m) noexcept nogil
+
 cdef extern from "_owner.h":
     PyMethodDef fk_owner_get_def     # installed by the engine's fastkv_install_method
 
@@ -251,15 +266,20 @@ cdef enum:
 cdef fk_req *_fk_free_reqs[FK_FREE_MAX]   # a stack of pointers: popping one
 cdef int _fk_nfree = 0                    # does not read the request (its line
                                           # is likely in the owner's cache)
+cdef fk_mutex _fk_free_mu                 # free-threaded build: guards the two
 
 
 cdef fk_req *fk_req_new() except NULL:
     """A clean request (from the free list or new). GIL. NULL + MemoryError."""
     global _fk_nfree
-    cdef fk_req *r
+    cdef fk_req *r = NULL
+    FK_MUTEX_LOCK(&_fk_free_mu)
     if _fk_nfree:
         _fk_nfree -= 1
-        return _fk_free_reqs[_fk_nfree]
+        r = _fk_free_reqs[_fk_nfree]
+    FK_MUTEX_UNLOCK(&_fk_free_mu)
+    if r is not NULL:
+        return r
     r = <fk_req *>fk_raw_calloc(1, sizeof(fk_req))
     if r is NULL:
         raise MemoryError()
@@ -300,10 +320,13 @@ cdef void fk_req_release(fk_req *r) noexcept:
     r.failed = 0
     r.state = FK_PENDING
     r.hash = 0
+    FK_MUTEX_LOCK(&_fk_free_mu)
     if _fk_nfree < FK_FREE_MAX:
         _fk_free_reqs[_fk_nfree] = r
         _fk_nfree += 1
-    else:
+        r = NULL
+    FK_MUTEX_UNLOCK(&_fk_free_mu)
+    if r is not NULL:
         if r.lock is not NULL:
             fk_lock_release(r.lock)
             fk_lock_free(r.lock)
@@ -358,6 +381,8 @@ cdef class _Owner:
     cdef fk_req *pend_head      # casts not pushed yet, newest first (GIL)
     cdef fk_req *pend_tail      # ... the oldest of them
     cdef int npend
+    cdef fk_mutex mu            # free-threaded build: guards status, the chain
+                                # and its counters, and counting a call
     cdef object __weakref__
 
     def __cinit__(self):
@@ -412,8 +437,10 @@ cdef class _Owner:
                     fk_take_batch(&self.q, &batch, &tail, &closed)
                 if self.pend_head is not NULL:
                     # casts not pushed yet: after everything pushed so far
+                    FK_MUTEX_LOCK(&self.mu)
                     fk_grab_into(&self.q, &batch, &tail, &closed)
                     self._take_pending(&batch, &tail)
+                    FK_MUTEX_UNLOCK(&self.mu)
                 done = NULL
                 dtail = &done
                 r = batch
@@ -435,7 +462,9 @@ cdef class _Owner:
                         dtail = &r.next
                     r = nxt
                 if self.pend_head is not NULL:
+                    FK_MUTEX_LOCK(&self.mu)
                     self._flush()           # casts made meanwhile: next batch
+                    FK_MUTEX_UNLOCK(&self.mu)
                 orphans = NULL
                 with nogil:
                     r = done
@@ -459,8 +488,9 @@ cdef class _Owner:
                     pass            # interpreter teardown: the registry is gone
 
     cdef void _flush(self) noexcept:
-        """Push the chain of unpushed casts with one CAS (GIL). The queue is
-        still open: everything that closes it flushes first."""
+        """Push the chain of unpushed casts with one CAS (GIL; self.mu on a
+        free-threaded build). The queue is still open: everything that
+        closes it flushes first."""
         cdef fk_req *first = self.pend_head
         cdef fk_req *last = self.pend_tail
         cdef fk_req *nxt
@@ -476,8 +506,8 @@ cdef class _Owner:
                 first = nxt
 
     cdef void _take_pending(self, fk_req **head, fk_req **tail) noexcept:
-        """The owner, with the GIL: append the unpushed casts, oldest first,
-        to the batch head..tail."""
+        """The owner, with the GIL (and self.mu): append the unpushed casts,
+        oldest first, to the batch head..tail."""
         cdef fk_req *r = self.pend_head
         cdef fk_req *fifo = NULL
         cdef fk_req *last = NULL
@@ -507,9 +537,11 @@ cdef class _Owner:
         cdef fk_req *nxt
         cdef int closed = 0
         cdef object err
+        FK_MUTEX_LOCK(&self.mu)
         self.status = FK_CLOSED
         self._flush()
         fk_close(&self.q)
+        FK_MUTEX_UNLOCK(&self.mu)
         r = fk_take(&self.q, &closed)
         while r is not NULL:
             nxt = r.next
@@ -661,12 +693,15 @@ cdef class _Owner:
             except MemoryError:
                 fk_req_release(r)
                 raise
+        FK_MUTEX_LOCK(&self.mu)
         if self.pend_head is not NULL:
             self._flush()           # this caller's casts go first (FIFO)
         if self.status != FK_OPEN:  # (nothing above runs Python code; cheap to be sure)
+            FK_MUTEX_UNLOCK(&self.mu)
             fk_req_release(r)
             raise self.closed_error()
         fk_count_call(&self.q)      # with the GIL: from here on it will be served
+        FK_MUTEX_UNLOCK(&self.mu)
         with nogil:
             pushed = fk_push_call(&self.q, r)   # fails only if the owner loop died
             if pushed == 0:
@@ -702,6 +737,11 @@ cdef class _Owner:
             raise self.closed_error()
         r = fk_req_make(op, fn, a, b)
         r.cast = 1
+        FK_MUTEX_LOCK(&self.mu)
+        if self.status != FK_OPEN:  # closed meanwhile (free-threaded build)
+            FK_MUTEX_UNLOCK(&self.mu)
+            fk_req_release(r)
+            raise self.closed_error()
         r.next = self.pend_head     # the unpushed chain: no atomic per cast
         self.pend_head = r
         if self.pend_tail is NULL:
@@ -712,6 +752,7 @@ cdef class _Owner:
             fk_pending_start(&self.q)   # the owner may take it (with the GIL)
         elif self.npend >= FK_CHAIN_MAX:
             self._flush()
+        FK_MUTEX_UNLOCK(&self.mu)
         return 0
 
     cdef int sync(self) except -1:
@@ -725,11 +766,14 @@ cdef class _Owner:
         """Stop accepting requests; the owner serves every call that passed
         the open check and everything queued, closes the queue and exits (no
         wait). 1 if this call closed it."""
+        FK_MUTEX_LOCK(&self.mu)
         if self.status != FK_OPEN:
+            FK_MUTEX_UNLOCK(&self.mu)
             return 0
         self.status = FK_CLOSED     # no call or cast passes the check any more
         self._flush()
         fk_begin_close(&self.q)     # the owner sets the closed bit when due
+        FK_MUTEX_UNLOCK(&self.mu)
         return 1
 
     cdef object close(self, object timeout):
