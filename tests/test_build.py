@@ -15,7 +15,7 @@ def test_core_is_a_compiled_extension():
 
 
 def test_compiled_marker_is_consistent():
-    tables = {"FrozenTable", "LockedTable", "OwnerTable", "Agent"}
+    tables = {"FrozenTable", "LockedTable", "OwnerTable", "Agent", "SharedTable"}
     assert set(fastkv.COMPILED) | set(fastkv.NOT_COMPILED) == tables
     assert not set(fastkv.COMPILED) & set(fastkv.NOT_COMPILED)
     for name in fastkv.COMPILED:

@@ -13,7 +13,7 @@ import fastkv
 import fastkv._core
 import fastkv.reference
 
-TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent")
+TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent", "SharedTable")
 STUB = pathlib.Path(fastkv.__file__).resolve().parent / "_core.pyi"  # the installed stub
 
 # the protocol each class must implement (dunders are not "public methods")
@@ -24,6 +24,7 @@ PROTOCOL = {
 }
 PROTOCOL["LockedTable"] = PROTOCOL["FrozenTable"] | {"__setitem__", "__delitem__"}
 PROTOCOL["OwnerTable"] = PROTOCOL["LockedTable"]
+PROTOCOL["SharedTable"] = PROTOCOL["FrozenTable"]
 
 
 def public_methods(cls):
@@ -140,6 +141,11 @@ def test_same_signature(request, name, method):
         assert [_kind_default(p) for p in params] == [_kind_default(p) for p in ref_params], (
             f"{name}.{method}: compiled {sig} != reference {ref_sig}")
         return
+    if isinstance(inspect.getattr_static(getattr(fastkv.reference, name), method), staticmethod):
+        assert isinstance(inspect.getattr_static(cls, method), staticmethod), f"{name}.{method}"
+        assert [_kind_default(p) for p in params] == [_kind_default(p) for p in ref_params], (
+            f"{name}.{method}: compiled {sig} != reference {ref_sig}")
+        return
     # self is compared by name only: a C method (e.g. a hand-written FASTCALL
     # get, as dict.get) shows it positional-only, which no caller can observe
     assert params[0].name == ref_params[0].name == "self"
@@ -196,7 +202,9 @@ def test_stub_names_every_public_method(name):
         runtime |= set(public_methods(cls))
     missing = runtime - in_stub
     assert not missing, f"{name}: not in _core.pyi: {sorted(missing)}"
-    invented = {m for m in in_stub if not m.startswith("_")} - runtime
+    ref = getattr(fastkv.reference, name)
+    properties = {m for m in dir(ref) if isinstance(inspect.getattr_static(ref, m), property)}
+    invented = {m for m in in_stub if not m.startswith("_")} - runtime - properties
     assert not invented, f"{name}: in _core.pyi but not at run time: {sorted(invented)}"
     for dunder in PROTOCOL[name] - {"__repr__"}:
         assert dunder in in_stub, f"{name}.{dunder} not in _core.pyi"

@@ -15,18 +15,19 @@ from fastkv import _core  # a missing build must fail here, loudly
 from fastkv import reference as _reference
 from fastkv._errors import ClosedError
 
-_TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent")
+_TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent", "SharedTable")
 
 COMPILED = tuple(name for name in _TABLES if hasattr(_core, name))
 NOT_COMPILED = tuple(name for name in _TABLES if name not in COMPILED)
 
 if TYPE_CHECKING:  # the stubs in _core.pyi describe the public classes
-    from fastkv._core import Agent, FrozenTable, LockedTable, OwnerTable
+    from fastkv._core import Agent, FrozenTable, LockedTable, OwnerTable, SharedTable
 else:
     FrozenTable = getattr(_core, "FrozenTable", None) or _reference.FrozenTable
     LockedTable = getattr(_core, "LockedTable", None) or _reference.LockedTable
     OwnerTable = getattr(_core, "OwnerTable", None) or _reference.OwnerTable
     Agent = getattr(_core, "Agent", None) or _reference.Agent
+    SharedTable = getattr(_core, "SharedTable", None) or _reference.SharedTable
 
 from fastkv.module import ModuleTable  # noqa: E402  (built on the names above)
 from fastkv import persistent  # noqa: E402
@@ -42,5 +43,6 @@ __all__ = [
     "ModuleTable",
     "NOT_COMPILED",
     "OwnerTable",
+    "SharedTable",
     "persistent",
 ]

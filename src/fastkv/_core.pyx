@@ -47,6 +47,8 @@ Each part documents its own design at the top of its file:
 - ``_frozen.pxi``  FrozenTable: immutable snapshots of the engine, swapped whole.
 - ``_locked.pxi``  LockedTable: one engine table behind one lock.
 - ``_owner.pxi``   the owner-thread engine, OwnerTable and Agent.
+- ``_shared.pxi``  SharedTable: one snapshot file in shared memory for every
+  process (its file protocol is Python, in ``_shm.py``).
 
 The parts are textually included into this one extension module, so the C
 helpers inline across them and ``fastkv._core`` is a single shared object.
@@ -58,3 +60,4 @@ include "_engine.pxi"
 include "_frozen.pxi"
 include "_locked.pxi"
 include "_owner.pxi"
+include "_shared.pxi"

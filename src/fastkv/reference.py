@@ -39,7 +39,7 @@ from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, Values
 
 from fastkv._errors import ClosedError
 
-__all__ = ["Agent", "ClosedError", "FrozenTable", "LockedTable", "OwnerTable"]
+__all__ = ["Agent", "ClosedError", "FrozenTable", "LockedTable", "OwnerTable", "SharedTable"]
 
 _logger = logging.getLogger("fastkv")
 _get_ident = threading.get_ident
@@ -1462,3 +1462,657 @@ class Agent:
 Mapping.register(FrozenTable)
 MutableMapping.register(LockedTable)
 MutableMapping.register(OwnerTable)
+
+
+# ---------------------------------------------------------------------------
+# SharedTable: one snapshot file in shared memory for every process. The file
+# protocol (control file, locks, publish, reclamation) is fastkv._shm, shared
+# with the compiled table; here is the format's Python side, mirroring
+# _shared.pxi: the same hash, checksum, encoding and bounds-checked decoding.
+# ---------------------------------------------------------------------------
+
+import mmap as _mmap
+import pickle as _pickle
+import struct as _struct
+import weakref as _weakref
+
+from fastkv import _shm
+
+_M64 = 2**64 - 1
+_K1 = 0x9E3779B97F4A7C15
+_K2 = 0xC2B2AE3D27D4EB4F
+_SH_MAX_DEPTH = 100
+(_T_NONE, _T_FALSE, _T_TRUE, _T_INT, _T_BIGINT, _T_FLOAT, _T_ASCII, _T_UTF8, _T_BYTES,
+ _T_LIST, _T_TUPLE, _T_DICT, _T_PICKLE) = range(13)
+_U64 = _struct.Struct("<Q")
+_F64 = _struct.Struct("<d")
+
+
+def _sh_hash(seed, kb):
+    """fastkv's seeded 64-bit hash of canonical key bytes (fk_sh_hash)."""
+    n = len(kb)
+    h = (seed ^ (n * _K1)) & _M64
+    if n % 8:
+        kb = bytes(kb) + b"\0" * (8 - n % 8)
+    for (w,) in _struct.iter_unpack("<Q", kb):
+        h = ((h ^ w) * _K2) & _M64
+        h ^= h >> 31
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _M64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & _M64
+    h ^= h >> 33
+    return h
+
+
+def _sh_corrupt(what):
+    raise ValueError("corrupt SharedTable snapshot: " + what)
+
+
+def _sh_varint(out, v):
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _sh_lenbytes(out, tag, raw):
+    out.append(tag)
+    _sh_varint(out, len(raw))
+    out += raw
+
+
+def _sh_encode_str(out, s):
+    if s.isascii():
+        _sh_lenbytes(out, _T_ASCII, str.encode(s, "ascii"))
+    else:
+        _sh_lenbytes(out, _T_UTF8, str.encode(s, "utf-8", "surrogatepass"))
+
+
+def _sh_encode_int(out, x):
+    x = int(x)
+    if -(2**63) <= x < 2**63:
+        out.append(_T_INT)
+        _sh_varint(out, ((x << 1) ^ (x >> 63)) & _M64)
+    else:
+        _sh_lenbytes(out, _T_BIGINT, x.to_bytes((x.bit_length() + 8) // 8, "little", signed=True))
+
+
+def _sh_encode_key(out, k, strict, depth):
+    """Append ``k``'s canonical bytes: False done, True not a possible key
+    (``strict``: TypeError instead)."""
+    if isinstance(k, str):
+        _sh_encode_str(out, k)
+        return False
+    if isinstance(k, int):
+        _sh_encode_int(out, k)
+        return False
+    if isinstance(k, bytes):
+        _sh_lenbytes(out, _T_BYTES, bytes(k))
+        return False
+    if isinstance(k, tuple):
+        if depth >= _SH_MAX_DEPTH:
+            raise ValueError(f"SharedTable: key nested deeper than {_SH_MAX_DEPTH}")
+        out.append(_T_TUPLE)
+        _sh_varint(out, len(k))
+        return any(_sh_encode_key(out, item, strict, depth + 1) for item in tuple.__iter__(k))
+    if isinstance(k, float) and not strict:
+        if k == k and k - k == 0 and k == int(k):
+            _sh_encode_int(out, int(k))
+            return False
+        return True
+    if strict:
+        raise TypeError(f"SharedTable keys are str, bytes, int or tuples of them, not {type(k).__name__!r}")
+    hash(k)
+    return True
+
+
+def _sh_encode_value(out, v, allow_pickle, depth):
+    t = type(v)
+    if v is None:
+        out.append(_T_NONE)
+    elif v is True:
+        out.append(_T_TRUE)
+    elif v is False:
+        out.append(_T_FALSE)
+    elif t is int:
+        _sh_encode_int(out, v)
+    elif t is str:
+        _sh_encode_str(out, v)
+    elif t is float:
+        out.append(_T_FLOAT)
+        out += _F64.pack(v)
+    elif t is bytes:
+        _sh_lenbytes(out, _T_BYTES, v)
+    elif t is list or t is tuple or t is dict:
+        if depth >= _SH_MAX_DEPTH:
+            raise ValueError(f"SharedTable: value nested deeper than {_SH_MAX_DEPTH} (or cyclic)")
+        if t is dict:
+            out.append(_T_DICT)
+            _sh_varint(out, len(v))
+            for key, item in v.items():
+                _sh_encode_value(out, key, allow_pickle, depth + 1)
+                _sh_encode_value(out, item, allow_pickle, depth + 1)
+        else:
+            out.append(_T_LIST if t is list else _T_TUPLE)
+            _sh_varint(out, len(v))
+            for item in v:
+                _sh_encode_value(out, item, allow_pickle, depth + 1)
+    elif allow_pickle:
+        _sh_lenbytes(out, _T_PICKLE, _pickle.dumps(v, protocol=_pickle.HIGHEST_PROTOCOL))
+    else:
+        raise TypeError(
+            f"SharedTable values are None, bool, int, float, str, bytes and lists, tuples, "
+            f"dicts of them, not {type(v).__name__!r} (create the table with pickle=True to pickle others)")
+
+
+def _sh_key_bytes(key):
+    out = bytearray()
+    _sh_encode_key(out, key, True, 0)
+    return bytes(out)
+
+
+def _sh_value_bytes(value, allow_pickle):
+    out = bytearray()
+    _sh_encode_value(out, value, allow_pickle, 0)
+    return bytes(out)
+
+
+def _sh_read_varint(buf, p, end):
+    v = shift = 0
+    while True:
+        if p >= end:
+            _sh_corrupt("truncated length")
+        c = buf[p]
+        p += 1
+        if shift == 63 and c > 1:
+            _sh_corrupt("length overflows 64 bits")
+        v |= (c & 0x7F) << shift
+        if c < 0x80:
+            return v, p
+        shift += 7
+        if shift > 63:
+            _sh_corrupt("length overflows 64 bits")
+
+
+def _sh_decode(buf, p, end, allow_pickle, depth):
+    """(item, position after it) decoded from buf[p:end], never reading at or
+    past ``end``; ValueError for anything malformed."""
+    if p >= end:
+        _sh_corrupt("truncated item")
+    tag = buf[p]
+    p += 1
+    if tag == _T_NONE:
+        return None, p
+    if tag == _T_TRUE:
+        return True, p
+    if tag == _T_FALSE:
+        return False, p
+    if tag == _T_INT:
+        z, p = _sh_read_varint(buf, p, end)
+        return (z >> 1) ^ -(z & 1), p
+    if tag in (_T_ASCII, _T_UTF8, _T_BYTES, _T_BIGINT, _T_PICKLE):
+        n, p = _sh_read_varint(buf, p, end)
+        if n > end - p:
+            _sh_corrupt("an item runs past its entry")
+        raw = bytes(buf[p:p + n])
+        p += n
+        if tag == _T_ASCII:
+            try:
+                return raw.decode("ascii"), p
+            except UnicodeDecodeError:
+                _sh_corrupt("non-ASCII bytes in an ASCII string")
+        if tag == _T_UTF8:
+            try:
+                return raw.decode("utf-8", "surrogatepass"), p
+            except UnicodeDecodeError:
+                _sh_corrupt("invalid UTF-8")
+        if tag == _T_BYTES:
+            return raw, p
+        if tag == _T_BIGINT:
+            return int.from_bytes(raw, "little", signed=True), p
+        if not allow_pickle:
+            _sh_corrupt("a pickled value in a table opened without pickle=True")
+        return _pickle.loads(raw), p
+    if tag == _T_FLOAT:
+        if 8 > end - p:
+            _sh_corrupt("an item runs past its entry")
+        return _F64.unpack_from(buf, p)[0], p + 8
+    if tag in (_T_LIST, _T_TUPLE, _T_DICT):
+        if depth >= _SH_MAX_DEPTH:
+            _sh_corrupt("nesting too deep")
+        n, p = _sh_read_varint(buf, p, end)
+        if (n * 2 if tag == _T_DICT else n) > end - p:
+            _sh_corrupt("an item runs past its entry")
+        if tag == _T_DICT:
+            out = {}
+            for _ in range(n):
+                k, p = _sh_decode(buf, p, end, allow_pickle, depth + 1)
+                v, p = _sh_decode(buf, p, end, allow_pickle, depth + 1)
+                try:
+                    out[k] = v
+                except TypeError:
+                    _sh_corrupt("an unhashable dict key")
+            return out, p
+        items = []
+        for _ in range(n):
+            v, p = _sh_decode(buf, p, end, allow_pickle, depth + 1)
+            items.append(v)
+        return (items if tag == _T_LIST else tuple(items)), p
+    _sh_corrupt(f"unknown tag {tag}")
+
+
+class _SharedMap:
+    """One mapped snapshot file, its header validated."""
+
+    __slots__ = ("mm", "hdr", "gen", "allow_pickle", "data_len")
+
+    def __init__(self, mm, gen, allow_pickle, verify):
+        hdr = _shm.Header(mm, len(mm), _sh_checksum)
+        if verify and _sh_checksum(mm[_shm.HEADER_SIZE:]) != hdr.body_sum:
+            raise ValueError("corrupt SharedTable snapshot: body checksum mismatch")
+        if hdr.flags & _shm.FLAG_PICKLE and not allow_pickle:
+            raise ValueError(
+                "this SharedTable was created with pickle=True: open it with pickle=True "
+                "(unpickling executes code from whoever can write the file)")
+        self.mm, self.hdr, self.gen, self.allow_pickle = mm, hdr, gen, allow_pickle
+        self.data_len = hdr.size - hdr.data_off
+
+    def entry(self, idx):
+        """(absolute data offset, key length, value length) of entry idx, bounds-checked."""
+        _, off, kl, vl = _shm.ENTRY.unpack_from(self.mm, self.hdr.entries_off + _shm.ENTRY_SIZE * idx)
+        if off > self.data_len or kl + vl > self.data_len - off:
+            _sh_corrupt("an entry points outside the data")
+        return self.hdr.data_off + off, kl, vl
+
+    def probe(self, kb, h):
+        hdr = self.hdr
+        if hdr.count == 0:
+            return -1
+        mask = hdr.nslots - 1
+        i = h & mask
+        for _ in range(hdr.nslots):
+            (s,) = _shm.SLOT.unpack_from(self.mm, _shm.HEADER_SIZE + 4 * i)
+            if s == 0:
+                return -1
+            if s > hdr.count:
+                _sh_corrupt("a slot points past the entries")
+            eh, _, kl, _ = _shm.ENTRY.unpack_from(self.mm, hdr.entries_off + _shm.ENTRY_SIZE * (s - 1))
+            if eh == h and kl == len(kb):
+                off, kl, _ = self.entry(s - 1)
+                if self.mm[off:off + kl] == kb:
+                    return s - 1
+            i = (i + 1) & mask
+        return -1
+
+    def find(self, key):
+        out = bytearray()
+        if _sh_encode_key(out, key, False, 0):
+            return -1
+        return self.probe(bytes(out), _sh_hash(self.hdr.seed, out))
+
+    def value_at(self, idx):
+        off, kl, vl = self.entry(idx)
+        v, p = _sh_decode(self.mm, off + kl, off + kl + vl, self.allow_pickle, 0)
+        if p != off + kl + vl:
+            _sh_corrupt("trailing bytes after a value")
+        return v
+
+    def key_at(self, idx):
+        off, kl, _ = self.entry(idx)
+        k, p = _sh_decode(self.mm, off, off + kl, False, 0)
+        if p != off + kl:
+            _sh_corrupt("trailing bytes after a key")
+        return k
+
+
+def _sh_checksum(data):
+    return _shm.checksum(data)
+
+
+def _sh_lookup(m, kb, h):
+    return m.probe(kb, h)
+
+
+def _sh_rebuild_slots(mv, nslots, entries_off, count):
+    mask = nslots - 1
+    if count >= nslots or entries_off + _shm.ENTRY_SIZE * count > len(mv) or _shm.HEADER_SIZE + 4 * nslots > entries_off:
+        raise ValueError("SharedTable: slots do not fit")
+    mv[_shm.HEADER_SIZE:_shm.HEADER_SIZE + 4 * nslots] = bytes(4 * nslots)
+    for j in range(count):
+        (h,) = _U64.unpack_from(mv, entries_off + _shm.ENTRY_SIZE * j)
+        i = h & mask
+        while _shm.SLOT.unpack_from(mv, _shm.HEADER_SIZE + 4 * i)[0]:
+            i = (i + 1) & mask
+        _shm.SLOT.pack_into(mv, _shm.HEADER_SIZE + 4 * i, j + 1)
+
+
+def _sh_compact(mv, entries_off, count, old, old_data_off, data_off):
+    old_len, room, cursor = len(old) - old_data_off, len(mv) - data_off, 0
+    for j in range(count):
+        at = entries_off + _shm.ENTRY_SIZE * j
+        h, o, kl, vl = _shm.ENTRY.unpack_from(mv, at)
+        n = kl + vl
+        if o > old_len or n > old_len - o or n > room - cursor:
+            _sh_corrupt("an entry points outside the data")
+        mv[data_off + cursor:data_off + cursor + n] = old[old_data_off + o:old_data_off + o + n]
+        _shm.ENTRY.pack_into(mv, at, h, cursor, kl, vl)
+        cursor += n
+    return cursor
+
+
+_SH_CODEC = types.SimpleNamespace(
+    hash=_sh_hash, checksum=_sh_checksum, lookup=_sh_lookup,
+    rebuild_slots=_sh_rebuild_slots, compact=_sh_compact)
+
+_SH_OPEN_SEGMENTS = _weakref.WeakSet()
+
+
+@atexit.register
+def _sh_close_all_at_exit():
+    for seg in list(_SH_OPEN_SEGMENTS):
+        try:
+            seg.close()
+        except Exception:
+            pass
+
+
+def _sh_changes(data, kwargs, allow_pickle):
+    out = {}
+    if isinstance(data, (dict, Mapping)) or hasattr(data, "keys"):
+        for key in data.keys():
+            out[_sh_key_bytes(key)] = _sh_value_bytes(data[key], allow_pickle)
+    else:
+        for n, item in enumerate(data):
+            try:
+                pair = tuple(item)
+            except TypeError:
+                raise TypeError(f"cannot convert update sequence element #{n} to a sequence") from None
+            if len(pair) != 2:
+                raise ValueError(f"update sequence element #{n} has length {len(pair)}; 2 is required")
+            out[_sh_key_bytes(pair[0])] = _sh_value_bytes(pair[1], allow_pickle)
+    for key, value in kwargs.items():
+        out[_sh_key_bytes(key)] = _sh_value_bytes(value, allow_pickle)
+    return out
+
+
+def _sh_reopen(path, pickle, cache_size):
+    return SharedTable.open(path, pickle=pickle, cache_size=cache_size)
+
+
+class SharedTable:
+    """A read-mostly table shared by every process on the machine: its
+    snapshot is an immutable file in shared memory (``/dev/shm`` by default),
+    mapped read-only by each process that opens it.
+
+    Made with ``SharedTable.create(name, data)`` and opened elsewhere with
+    ``SharedTable.open(name)``. Reads (``t[k]``, ``get``, ``in``, ``len``,
+    iteration, ``keys/values/items``, ``get_many``, ``to_dict``) never block
+    and see one complete snapshot; a read notices a newer snapshot with one
+    shared-memory load. ``put``, ``delete`` and ``put_many`` publish a new
+    snapshot file (O(n) copy, as FrozenTable's writes) under a cross-process
+    file lock: writers from any process serialize and lose nothing.
+
+    Keys: str, bytes, int (bool and integral floats are the int) and tuples of
+    them. Values: None, bool, int, float, str, bytes and lists, tuples, dicts
+    of these; anything else is a TypeError, unless the table was created with
+    ``pickle=True``, which pickles it: opening such a table executes code from
+    whoever can write its file. Values come back as new objects per process,
+    and stay the same object while cached (treat them as read-only).
+
+    Each process keeps a bounded cache of decoded values (``cache_size``
+    entries, cleared when a new snapshot arrives). The last process to close
+    the table removes its files. Files are created with mode 0600 unless
+    ``mode`` says otherwise.
+    """
+
+    __slots__ = ("_seg", "_gen", "_map", "_cache", "_cache_max", "_pickle", "_verify", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use SharedTable.create(name, data) or SharedTable.open(name)")
+
+    @classmethod
+    def create(cls, name, data=(), *, pickle=False, mode=0o600, cache_size=65536):
+        """Create the table ``name`` (a bare name lives in /dev/shm; a path is
+        used as given) holding ``data`` (a mapping or pairs). FileExistsError
+        if a table of this name is open somewhere; the files of one whose
+        users all exited without closing are swept first."""
+        changes = _sh_changes(data, {}, pickle)
+        flags = _shm.FLAG_PICKLE if pickle else 0
+
+        def write_first(path):
+            _shm.write_snapshot(path, mode, _SH_CODEC, None, changes, flags)
+
+        seg = _shm.Segment.create(name, mode, write_first)
+        return _sh_attach(cls, seg, pickle, False, cache_size)
+
+    @classmethod
+    def open(cls, name, *, pickle=False, verify=False, cache_size=65536):
+        """Open the table ``name`` created by any process. ``verify=True``
+        also checks the whole file's checksum (O(size)); the header is always
+        checked, and every read is bounds-checked. ValueError for a corrupt or
+        foreign file, FileNotFoundError if there is no such table."""
+        seg = _shm.Segment.open(name)
+        return _sh_attach(cls, seg, pickle, verify, cache_size)
+
+    @staticmethod
+    def unlink(name):
+        """Remove the files of table ``name`` if no process has it open
+        (after all its users were killed). True if nothing is left."""
+        return _shm.sweep_if_dead(_shm.control_path(name))
+
+    # -- the read path ---------------------------------------------------------
+
+    def _generation(self):
+        return _U64.unpack_from(self._seg.ctl, _shm.GEN_OFFSET)[0]
+
+    def _refresh(self):
+        if self._seg is None:
+            raise ClosedError("SharedTable is closed")
+        gen, mm = self._seg.load(self._generation)
+        self._map = _SharedMap(mm, gen, self._pickle, self._verify)
+        self._gen = gen
+        self._cache.clear()
+
+    def _current(self):
+        if self._seg is None or self._generation() != self._gen:
+            self._refresh()
+        return self._map
+
+    def _lookup(self, key, default, raise_missing):
+        m = self._current()
+        t = type(key)
+        cacheable = t is str or t is int or t is bytes or t is tuple
+        if cacheable:
+            try:
+                return self._cache[key]
+            except KeyError:
+                pass
+        idx = m.find(key)
+        if idx < 0:
+            if raise_missing:
+                raise KeyError(key)
+            return default
+        value = m.value_at(idx)
+        if cacheable and self._map is m:
+            if len(self._cache) >= self._cache_max:
+                self._cache.clear()
+            if self._cache_max:
+                self._cache[key] = value
+        return value
+
+    def __getitem__(self, key):
+        return self._lookup(key, None, True)
+
+    def get(self, key, default=None):
+        """The value for ``key``, else ``default``. O(1); never blocks."""
+        return self._lookup(key, default, False)
+
+    def __contains__(self, key):
+        m = self._current()
+        if type(key) in (str, int, bytes) and key in self._cache:
+            return True
+        return m.find(key) >= 0
+
+    def __len__(self):
+        return self._current().hdr.count
+
+    def __iter__(self):
+        return self._iter_snapshot(0)
+
+    def _iter_snapshot(self, what):
+        m = self._current()
+        return _sh_iterate(m, what)
+
+    def keys(self):
+        """A view of the keys (iteration walks one snapshot)."""
+        return _shm.SharedKeysView(self)
+
+    def values(self):
+        """A view of the values (iteration walks one snapshot)."""
+        return _shm.SharedValuesView(self)
+
+    def items(self):
+        """A view of the (key, value) pairs (iteration walks one snapshot)."""
+        return _shm.SharedItemsView(self)
+
+    def get_many(self, keys, default=None):
+        """[self.get(k, default) for k in keys], all from one snapshot."""
+        m = self._current()
+        out = []
+        for key in keys:
+            idx = m.find(key)
+            out.append(default if idx < 0 else m.value_at(idx))
+        return out
+
+    def to_dict(self):
+        """A dict copy of one snapshot (O(n) decode)."""
+        m = self._current()
+        return {m.key_at(i): m.value_at(i) for i in range(m.hdr.count)}
+
+    def __eq__(self, other):
+        if isinstance(other, (SharedTable, Mapping)):
+            return self.to_dict() == (other.to_dict() if isinstance(other, SharedTable) else dict(other.items()))
+        return NotImplemented
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None
+
+    def __repr__(self):
+        if self._seg is None:
+            return "<SharedTable (closed)>"
+        m = self._map  # what this process has mapped: repr never remaps
+        return f"<SharedTable {self._seg.path!r} generation={m.gen} len={m.hdr.count}>"
+
+    @property
+    def path(self):
+        """The control file's path."""
+        if self._seg is None:
+            raise ClosedError("SharedTable is closed")
+        return self._seg.path
+
+    def info(self):
+        """{"path", "generation", "count", "file_size", "garbage", "cached"}."""
+        m = self._current()
+        return {"path": self._seg.path, "generation": m.gen, "count": m.hdr.count, "file_size": m.hdr.size,
+                "garbage": m.hdr.garbage, "cached": len(self._cache)}
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, key, value):
+        """Publish a snapshot with ``key`` set to ``value``. O(n) copy, under
+        the cross-process writers' lock."""
+        self._publish({_sh_key_bytes(key): _sh_value_bytes(value, self._pickle)})
+
+    def put_many(self, data=(), /, **kwargs):
+        """Publish one snapshot with every pair of ``data`` (a mapping or
+        pairs) and ``kwargs`` set: one copy for many keys."""
+        self._publish(_sh_changes(data, kwargs, self._pickle))
+
+    def delete(self, key):
+        """Publish a snapshot without ``key``; True if it was there."""
+        out = bytearray()
+        if _sh_encode_key(out, key, False, 0):
+            self._current()
+            return False
+        return self._publish({bytes(out): None}) > 0
+
+    def _publish(self, changes):
+        if self._seg is None:
+            raise ClosedError("SharedTable is closed")
+        seg = self._seg
+        fd = seg.lock()
+        try:
+            m = self._current()
+            if not seg.writable:
+                raise PermissionError("SharedTable opened read-only")
+            result = [0]
+
+            def write(path):
+                result[0] = _shm.write_snapshot(path, seg.mode, _SH_CODEC, m, changes, m.hdr.flags)
+                return result[0]
+
+            seg.publish(m.gen, write, self._store_gen)
+            return result[0]
+        finally:
+            os.close(fd)
+
+    def _store_gen(self, gen):
+        _U64.pack_into(self._seg.ctl, _shm.GEN_OFFSET, gen)
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self):
+        """Unmap and drop this process's hold; the last process to close
+        removes the table's files. Idempotent."""
+        seg = self._seg
+        if seg is None:
+            return
+        self._seg = None
+        self._map = None
+        self._cache = {}
+        seg.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __reduce__(self):
+        if self._seg is None:
+            raise ClosedError("SharedTable is closed")
+        return (_sh_reopen, (self._seg.path, self._pickle, self._cache_max))
+
+
+def _sh_iterate(m, what):
+    for i in range(m.hdr.count):
+        if what == 0:
+            yield m.key_at(i)
+        elif what == 1:
+            yield m.value_at(i)
+        else:
+            yield (m.key_at(i), m.value_at(i))
+
+
+def _sh_attach(cls, seg, allow_pickle, verify, cache_size):
+    if cache_size < 0:
+        seg.close()
+        raise ValueError("cache_size must be >= 0")
+    t = object.__new__(cls)
+    t._seg, t._gen, t._map, t._cache = seg, None, None, {}
+    t._cache_max, t._pickle, t._verify = cache_size, allow_pickle, verify
+    try:
+        t._refresh()
+    except BaseException:
+        t.close()
+        raise
+    _SH_OPEN_SEGMENTS.add(seg)
+    return t
+
+
+Mapping.register(SharedTable)

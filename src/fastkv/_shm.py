@@ -1,0 +1,561 @@
+"""The file protocol of SharedTable, shared by the compiled table
+(``fastkv._core``, ``_shared.pxi``) and its reference twin: pure Python over
+``os``, ``fcntl`` and ``mmap``. The file layout, the hashing and the value
+encoding are described in ``_shared.pxi``; this module owns the files.
+
+Files of a table whose control path is ``P`` (``/dev/shm/fastkv-NAME`` for a
+bare name; any path allowed), all mode 0600 unless the creator asks for more:
+
+- ``P``: the control file, 64 bytes: magic ``FKVCTRL1``, format version,
+  state (0 live, 1 dead), the generation counter (u64 at offset 16, stored
+  with release order by writers, loaded by readers on every read) and the
+  table's token (16 hex digits, random per create).
+- ``P.fkv-TOKEN-GEN``: the immutable snapshot of generation GEN.
+- ``P.fkv-lock``: writers serialize on ``flock(LOCK_EX)`` of a fresh
+  descriptor of this file (fresh per publish: threads and forked children
+  never share the lock's owner).
+- ``P.fkv-tmp-*``: a control file being created (linked into place complete).
+
+Liveness: every open table holds ``flock(LOCK_SH)`` on its descriptor of
+``P``. ``close()`` closes that descriptor, then tries ``LOCK_EX|LOCK_NB`` on a
+fresh one: success means no process has the table open any more, so it marks
+the control file dead and unlinks every file of the table. The kernel drops
+the locks of a killed process, so a SIGKILLed user never keeps a table alive;
+a table whose users all died without closing is swept by the next ``create``
+of its name (or ``SharedTable.unlink(name)``).
+
+Publish (under the writers' lock): read the generation G, write the complete
+file of G+1 (``O_TRUNC``: a leftover of a writer killed mid-publish is
+overwritten), store G+1 in the control file, unlink the files of G and G-1
+(G-1: left by a writer killed between its store and its unlink). A reader
+that loaded G before the store keeps its mapping (an unlinked file lives on
+while mapped); its next read sees G+1 and it remaps. A reader that finds the
+file of a generation gone re-reads the counter (a newer one was published).
+"""
+
+import errno
+import fcntl
+import mmap
+import os
+import re
+import struct
+from collections.abc import ItemsView, KeysView, ValuesView
+
+# -- the formats (mirrored in _shared.pxi) ---------------------------------------
+
+MAGIC = b"FASTKVSH"
+VERSION = 1
+FLAG_PICKLE = 1
+# magic, version, flags, file_size, count, nslots, seed, data_off, garbage,
+# body_sum, reserved, head_sum (over bytes 0..88)
+HEADER = struct.Struct("<8sIIQQQQQQQ16sQ")
+HEADER_SIZE = HEADER.size  # 96
+ENTRY = struct.Struct("<QQII")  # hash, data offset (relative), key length, value length
+ENTRY_SIZE = ENTRY.size  # 24
+SLOT = struct.Struct("<I")  # entry index + 1, 0 = empty
+MAX_COUNT = 2**32 - 2
+MIN_SLOTS = 8
+
+CTL_MAGIC = b"FKVCTRL1"
+CTL = struct.Struct("<8sIIQ16s")  # magic, version, state, generation, token
+CTL_SIZE = 64
+GEN_OFFSET = 16
+STATE_LIVE, STATE_DEAD = 0, 1
+
+M64 = 2**64 - 1
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}\Z")
+
+# A test hook: called (with the snapshot path) after a publish's file is
+# complete and before the generation is stored. Tests SIGKILL a writer here.
+before_publish = None
+
+
+def control_path(name):
+    """The control file path of ``name``: a bare name lives in /dev/shm."""
+    name = os.fspath(name)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if "/" in name:
+        return os.path.abspath(name)
+    if not _NAME.match(name):
+        raise ValueError(
+            f"SharedTable name must be 1-200 of [A-Za-z0-9_-] (or a path): {name!r}")
+    return "/dev/shm/fastkv-" + name
+
+
+def snapshot_path(ctl_path, token, gen):
+    return f"{ctl_path}.fkv-{token}-{gen}"
+
+
+def checksum(data, mask=M64):
+    """The format's checksum of ``data`` (Fletcher-style over LE u64 words,
+    the tail zero-padded), in Python: the reference's."""
+    data = bytes(data)
+    if len(data) % 8:
+        data += b"\0" * (8 - len(data) % 8)
+    a = b = 0
+    for (w,) in struct.iter_unpack("<Q", data):
+        a = (a + w) & mask
+        b = (b + a) & mask
+    return ((a * 0x9E3779B97F4A7C15) ^ b ^ (len(data) * 0xC2B2AE3D27D4EB4F)) & mask
+
+
+class Header:
+    """A snapshot's header, validated (every size checked against the file's)."""
+
+    __slots__ = ("flags", "size", "count", "nslots", "seed", "data_off", "garbage",
+                 "body_sum", "entries_off")
+
+    def __init__(self, buf, file_size, head_sum_fn):
+        if file_size < HEADER_SIZE:
+            raise ValueError(f"not a SharedTable snapshot: {file_size} bytes, shorter than a header")
+        (magic, version, flags, size, count, nslots, seed, data_off, garbage,
+         body_sum, _reserved, head_sum) = HEADER.unpack_from(buf, 0)
+        if magic != MAGIC:
+            raise ValueError("not a SharedTable snapshot (bad magic)")
+        if version != VERSION:
+            raise ValueError(f"SharedTable snapshot format version {version}, this fastkv reads {VERSION}")
+        if head_sum_fn(bytes(buf[0:88])) != head_sum:
+            raise ValueError("corrupt SharedTable snapshot: header checksum mismatch")
+        if flags & ~FLAG_PICKLE:
+            raise ValueError(f"corrupt SharedTable snapshot: unknown flags {flags:#x}")
+        if size != file_size:
+            raise ValueError(f"corrupt SharedTable snapshot: header says {size} bytes, file has {file_size}")
+        if nslots < MIN_SLOTS or nslots & (nslots - 1) or nslots > 2**34:
+            raise ValueError(f"corrupt SharedTable snapshot: {nslots} slots")
+        if count > MAX_COUNT or count >= nslots:
+            raise ValueError(f"corrupt SharedTable snapshot: {count} entries for {nslots} slots")
+        entries_off = HEADER_SIZE + 4 * nslots
+        if data_off != entries_off + ENTRY_SIZE * count or data_off > size:
+            raise ValueError("corrupt SharedTable snapshot: regions do not fit the file")
+        if garbage > size - data_off:
+            raise ValueError("corrupt SharedTable snapshot: garbage larger than the data")
+        self.flags, self.size, self.count, self.nslots = flags, size, count, nslots
+        self.seed, self.data_off, self.garbage, self.body_sum = seed, data_off, garbage, body_sum
+        self.entries_off = entries_off
+
+
+def pack_header(mv, flags, size, count, nslots, seed, data_off, garbage, body_sum, sum_fn):
+    HEADER.pack_into(mv, 0, MAGIC, VERSION, flags, size, count, nslots, seed, data_off,
+                     garbage, body_sum, b"\0" * 16, 0)
+    struct.pack_into("<Q", mv, 88, sum_fn(bytes(mv[0:88])))
+
+
+# -- views over one snapshot --------------------------------------------------------
+
+
+class SharedKeysView(KeysView):
+    """keys() of a SharedTable: iterates one snapshot."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._mapping._iter_snapshot(0)
+
+
+class SharedValuesView(ValuesView):
+    """values() of a SharedTable: iterates one snapshot."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._mapping._iter_snapshot(1)
+
+
+class SharedItemsView(ItemsView):
+    """items() of a SharedTable: iterates one snapshot."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return self._mapping._iter_snapshot(2)
+
+
+# -- the segment: control file, locks, publish, reclamation ---------------------------
+
+
+def _flock(fd, op):
+    while True:
+        try:
+            fcntl.flock(fd, op)
+            return
+        except InterruptedError:  # pragma: no cover (PEP 475 retries already)
+            continue
+
+
+class Segment:
+    """One process's handle on a table's files: the control descriptor (held
+    with LOCK_SH while open) and its mapping. ``gen_view`` is the control
+    mapping (its u64 at GEN_OFFSET is the generation)."""
+
+    def __init__(self, path, fd, ctl_mm, token, mode, writable):
+        self.path = path
+        self.fd = fd
+        self.ctl = ctl_mm
+        self.token = token
+        self.mode = mode
+        self.writable = writable
+        self.closed = False
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, name):
+        path = control_path(name)
+        for _ in range(1000):
+            writable = True
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                writable = False
+            try:
+                _flock(fd, fcntl.LOCK_SH)  # waits out a last user's cleanup
+                st = os.fstat(fd)
+                if st.st_size != CTL_SIZE:
+                    raise ValueError(f"not a SharedTable control file: {path} has {st.st_size} bytes")
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+                ctl = mmap.mmap(fd, CTL_SIZE, mmap.MAP_SHARED, prot)
+                magic, version, state, gen, token = CTL.unpack_from(ctl, 0)
+                if magic != CTL_MAGIC or version != VERSION or not re.fullmatch(rb"[0-9a-f]{16}", token):
+                    ctl.close()
+                    raise ValueError(f"not a SharedTable control file: {path}")
+                try:
+                    same = os.stat(path).st_ino == st.st_ino
+                except FileNotFoundError:
+                    same = False
+                if state != STATE_LIVE or not same:
+                    ctl.close()  # a last user removed it while we waited: look again
+                    os.close(fd)
+                    continue
+                return cls(path, fd, ctl, token.decode(), st.st_mode & 0o777, writable)
+            except BaseException:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                raise
+        raise FileNotFoundError(errno.ENOENT, "SharedTable kept disappearing while opened", path)
+
+    @classmethod
+    def create(cls, name, mode, write_first):
+        """Create the table's files: ``write_first(path_of_snapshot_1, seed)``
+        writes generation 1, then the control file is linked into place
+        complete. FileExistsError if a live table has this name."""
+        path = control_path(name)
+        if os.path.lexists(path):
+            if not sweep_if_dead(path):
+                raise FileExistsError(errno.EEXIST, "a SharedTable of this name is open", path)
+        token = os.urandom(8).hex()
+        snap = snapshot_path(path, token, 1)
+        tmp = f"{path}.fkv-tmp-{token}"
+        fd = -1
+        try:
+            write_first(snap)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            os.fchmod(fd, mode)  # umask must not narrow what the caller asked for
+            os.ftruncate(fd, CTL_SIZE)
+            ctl = mmap.mmap(fd, CTL_SIZE)
+            CTL.pack_into(ctl, 0, CTL_MAGIC, VERSION, STATE_LIVE, 1, token.encode())
+            _flock(fd, fcntl.LOCK_SH)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                ctl.close()
+                raise FileExistsError(errno.EEXIST, "a SharedTable of this name was created concurrently", path)
+            finally:
+                _unlink_quiet(tmp)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quiet(snap)
+            _unlink_quiet(tmp)
+            raise
+        return cls(path, fd, ctl, token, mode, True)
+
+    # -- reading ------------------------------------------------------------------
+
+    def generation(self):
+        return struct.unpack_from("<Q", self.ctl, GEN_OFFSET)[0]
+
+    def load(self, gen_fn):
+        """(gen, mmap) of the current snapshot; retries while generations move on."""
+        for _ in range(10000):
+            gen = gen_fn()
+            try:
+                fd = os.open(snapshot_path(self.path, self.token, gen), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if gen_fn() == gen:
+                    raise ValueError(
+                        f"corrupt SharedTable {self.path}: the snapshot of generation {gen} is missing") from None
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if size < HEADER_SIZE:
+                    raise ValueError(f"not a SharedTable snapshot: {size} bytes, shorter than a header")
+                return gen, mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        raise RuntimeError("SharedTable: could not catch up with concurrent publishers")
+
+    # -- writing ------------------------------------------------------------------
+
+    def lock(self):
+        if not self.writable:
+            raise PermissionError(errno.EACCES, "SharedTable opened read-only (no write permission)", self.path)
+        fd = os.open(self.path + ".fkv-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        try:
+            _flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def publish(self, gen, write, store_gen):
+        """With the lock held and ``gen`` current: ``write(path)`` writes the
+        complete snapshot of gen+1 (returning how many entries changed; 0:
+        nothing written, nothing published), then it is published and gen's
+        file unlinked."""
+        path = snapshot_path(self.path, self.token, gen + 1)
+        if not write(path):
+            return False
+        if before_publish is not None:
+            before_publish(path)
+        store_gen(gen + 1)
+        _unlink_quiet(snapshot_path(self.path, self.token, gen))
+        if gen > 1:
+            _unlink_quiet(snapshot_path(self.path, self.token, gen - 1))
+        return True
+
+    def create_file(self, path, size):
+        return create_file(path, size, self.mode)
+
+    # -- closing ------------------------------------------------------------------
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self):
+        """Drop this process's hold; the last user removes the table's files."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.ctl.close()
+        except BufferError:
+            pass  # a compiled reader still exports the buffer: unmapped with it
+        os.close(self.fd)
+        sweep_if_dead(self.path, self.token)
+
+
+def create_file(path, size, mode):
+    """A new snapshot file of ``size`` bytes, mapped writable: (fd, mmap)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)
+        raise
+    return fd, mm
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def sweep_if_dead(path, token=None):
+    """If no process holds the table at ``path`` open, remove all its files
+    and return True (also when nothing is there); False if it is live."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        st = os.fstat(fd)
+        try:
+            if os.stat(path).st_ino != st.st_ino:
+                return True  # replaced by a new table meanwhile: not ours to remove
+        except FileNotFoundError:
+            return True
+        if st.st_size == CTL_SIZE:
+            if token is None:
+                raw = os.pread(fd, CTL_SIZE, 0)
+                if raw[:8] == CTL_MAGIC:
+                    token = CTL.unpack_from(raw, 0)[4].decode("ascii", "replace")
+            os.pwrite(fd, struct.pack("<I", STATE_DEAD), 12)
+        _unlink_quiet(path)
+        _unlink_quiet(path + ".fkv-lock")
+        directory, base = os.path.split(path)
+        prefix = base + ".fkv-"
+        for entry in os.listdir(directory or "."):
+            if not entry.startswith(prefix):
+                continue
+            rest = entry[len(prefix):]
+            if rest.startswith("tmp-") or (token is not None and rest.startswith(token + "-")):
+                _unlink_quiet(os.path.join(directory, entry))
+        return True
+    finally:
+        os.close(fd)
+
+
+def table_files(name):
+    """Every file of the table ``name`` that exists (tests check for leaks)."""
+    path = control_path(name)
+    directory, base = os.path.split(path)
+    return sorted(
+        os.path.join(directory, e) for e in os.listdir(directory)
+        if e == base or e.startswith(base + ".fkv-"))
+
+
+# -- building a snapshot (the writer's side) ----------------------------------------
+
+
+def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
+    """Write the complete snapshot file at ``path``: ``old`` (a map with
+    ``hdr`` and ``mm``, or None) with ``changes`` applied, an ordered dict of
+    canonical key bytes -> encoded value bytes (None deletes). Returns the
+    number of entries changed (0: nothing to publish, no file written), or the
+    new count when ``old`` is None.
+
+    One key into a big table: the old slots, entries and data are copied as
+    three memcpys, the changed entries patched, new keys probed into the
+    copied slots. Deletions, growth and many new keys rebuild the slots from
+    the stored hashes (no key is rehashed); data is compacted once garbage
+    (replaced or deleted bytes) outweighs live data."""
+    hdr = old.hdr if old is not None else None
+    if hdr is not None:
+        seed = hdr.seed
+    elif seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    n_old = hdr.count if hdr else 0
+    ups, adds, dels = [], [], []
+    for kb, vb in changes.items():
+        h = codec.hash(seed, kb)
+        idx = codec.lookup(old, kb, h) if hdr and n_old else -1
+        if vb is None:
+            if idx >= 0:
+                dels.append(idx)
+        elif idx >= 0:
+            ups.append((idx, kb, vb))
+        else:
+            adds.append((h, kb, vb))
+    if hdr is not None and not (ups or adds or dels):
+        return 0
+    count = n_old - len(dels) + len(adds)
+    if count > MAX_COUNT:
+        raise OverflowError(f"a SharedTable holds at most {MAX_COUNT} entries")
+    nslots = hdr.nslots if hdr else MIN_SLOTS
+    while count * 3 >= nslots * 2:
+        nslots *= 2
+    old_mm = old.mm if old is not None else None
+    old_data_len = hdr.size - hdr.data_off if hdr else 0
+    freed_dels = freed_ups = 0
+    for idx in dels:
+        _, _, kl, vl = ENTRY.unpack_from(old_mm, hdr.entries_off + ENTRY_SIZE * idx)
+        freed_dels += kl + vl
+    for idx, _, _ in ups:
+        _, _, kl, vl = ENTRY.unpack_from(old_mm, hdr.entries_off + ENTRY_SIZE * idx)
+        freed_ups += kl + vl
+    old_garbage = hdr.garbage if hdr else 0
+    garbage = old_garbage + freed_dels + freed_ups
+    added = sum(len(kb) + len(vb) for _, kb, vb in ups) + sum(len(kb) + len(vb) for _, kb, vb in adds)
+    live = old_data_len - garbage + added
+    compact = garbage > live and garbage > 4096
+    entries_off = HEADER_SIZE + 4 * nslots
+    data_off = entries_off + ENTRY_SIZE * count
+    # compaction copies every kept entry's bytes (an updated one's old bytes
+    # too: they become garbage again when the entry is repointed)
+    data_len = (old_data_len - old_garbage - freed_dels if compact else old_data_len) + added
+    size = data_off + data_len
+    fd, mm = create_file(path, size, mode)
+    try:
+        mv = memoryview(mm)
+        try:
+            kept = n_old - len(dels)
+            # entries: the old ones in order, minus the deleted
+            if hdr and n_old:
+                src = hdr.entries_off
+                if not dels:
+                    mv[entries_off:entries_off + ENTRY_SIZE * n_old] = old_mm[src:src + ENTRY_SIZE * n_old]
+                else:
+                    at, prev = entries_off, 0
+                    for idx in sorted(dels) + [n_old]:
+                        chunk = ENTRY_SIZE * (idx - prev)
+                        mv[at:at + chunk] = old_mm[src + ENTRY_SIZE * prev:src + ENTRY_SIZE * idx]
+                        at += chunk
+                        prev = idx + 1
+            # data: copied whole, or only the live bytes of the kept entries
+            if compact:
+                cursor = codec.compact(mv, entries_off, kept, old_mm, hdr.data_off, data_off)
+                if cursor != old_data_len - old_garbage - freed_dels:
+                    raise ValueError(f"corrupt SharedTable snapshot: its garbage count is wrong")
+                garbage = freed_ups
+            else:
+                if old_data_len:
+                    mv[data_off:data_off + old_data_len] = old_mm[hdr.data_off:hdr.size]
+                cursor = old_data_len
+            if dels:
+                shift = sorted(dels)
+            for idx, kb, vb in ups:
+                if dels:
+                    idx -= _bisect(shift, idx)
+                at = entries_off + ENTRY_SIZE * idx
+                h = ENTRY.unpack_from(mv, at)[0]
+                ENTRY.pack_into(mv, at, h, cursor, len(kb), len(vb))
+                mv[data_off + cursor:data_off + cursor + len(kb) + len(vb)] = kb + vb
+                cursor += len(kb) + len(vb)
+            if adds:
+                blob = b"".join(kb + vb for _, kb, vb in adds)
+                mv[data_off + cursor:data_off + cursor + len(blob)] = blob
+                packed = bytearray(ENTRY_SIZE * len(adds))
+                at = 0
+                for h, kb, vb in adds:
+                    ENTRY.pack_into(packed, at, h, cursor, len(kb), len(vb))
+                    at += ENTRY_SIZE
+                    cursor += len(kb) + len(vb)
+                mv[entries_off + ENTRY_SIZE * kept:data_off] = packed
+            if cursor != data_len:
+                raise ValueError("corrupt SharedTable snapshot: entries and data disagree")
+            # slots: copied and probed into, or rebuilt from the hashes
+            if hdr and not dels and nslots == hdr.nslots and len(adds) <= 64:
+                mv[HEADER_SIZE:entries_off] = old_mm[HEADER_SIZE:HEADER_SIZE + 4 * nslots]
+                mask = nslots - 1
+                for j, (h, _, _) in enumerate(adds):
+                    i = h & mask
+                    while SLOT.unpack_from(mv, HEADER_SIZE + 4 * i)[0]:
+                        i = (i + 1) & mask
+                    SLOT.pack_into(mv, HEADER_SIZE + 4 * i, kept + j + 1)
+            else:
+                codec.rebuild_slots(mv, nslots, entries_off, count)
+            body_sum = codec.checksum(mv[HEADER_SIZE:size])
+            pack_header(mv, flags, size, count, nslots, seed, data_off, garbage, body_sum, codec.checksum)
+        finally:
+            mv.release()
+        mm.close()
+    except BaseException:
+        _unlink_quiet(path)
+        raise
+    finally:
+        os.close(fd)
+    return len(ups) + len(adds) + len(dels) if hdr else count
+
+
+def _bisect(sorted_list, x):
+    import bisect
+    return bisect.bisect_left(sorted_list, x)

@@ -1,0 +1,576 @@
+"""SharedTable, compiled and reference: the API, key and value rules, the file
+format (one format: each implementation reads the other's files, byte for
+byte the same), validation (a corrupt or hostile file is a ValueError, never
+a crash: fuzzed with hypothesis), publish/reclamation across processes (fork
+and spawn), and nothing left in /dev/shm afterwards."""
+
+import itertools
+import multiprocessing
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastkv
+import fastkv._core
+import fastkv.reference
+from fastkv import _shm
+
+IMPLS = {"compiled": fastkv._core.SharedTable, "reference": fastkv.reference.SharedTable}
+TIMEOUT = 60
+_names = itertools.count()
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def cls(request):
+    return IMPLS[request.param]
+
+
+@pytest.fixture
+def name(request):
+    """A fresh table name; the test fails if any file of it is left behind."""
+    n = f"t{os.getpid()}-{next(_names)}"
+    yield n
+    left = _shm.table_files(n)
+    _shm.sweep_if_dead(_shm.control_path(n))
+    assert not left, f"leaked: {left}"
+
+
+def other(cls):
+    return IMPLS["reference"] if cls is IMPLS["compiled"] else IMPLS["compiled"]
+
+
+# -- the API ----------------------------------------------------------------------
+
+
+def test_read_api(cls, name):
+    data = {"a": 1, "b": [1, 2.5, "x", None, True], (1, "z"): {"q": b"x"}, b"k": "é", -5: (1, (2,))}
+    with cls.create(name, data) as t:
+        assert len(t) == 5 and list(t) == list(data) and t.to_dict() == data
+        assert t["a"] == 1 and t.get("missing") is None and t.get("missing", 7) == 7
+        assert "a" in t and "zz" not in t and [] != t
+        assert list(t.keys()) == list(data) and list(t.values()) == list(data.values())
+        assert list(t.items()) == list(data.items())
+        assert t.get_many(["a", "nope", -5], 0) == [1, 0, (1, (2,))]
+        assert t == data and t != {"a": 1}
+        assert "generation=1" in repr(t) and "len=5" in repr(t)
+        with pytest.raises(KeyError) as e:
+            t["nope"]
+        assert e.value.args == ("nope",)
+        with pytest.raises(TypeError):
+            t.get([1])  # unhashable, as for dict
+        with pytest.raises(TypeError):
+            hash(t)
+        assert isinstance(t, fastkv.reference.Mapping)
+    with pytest.raises(fastkv.ClosedError):
+        t["a"]
+    with pytest.raises(fastkv.ClosedError):
+        t.put("a", 1)
+    t.close()  # idempotent
+    with pytest.raises(TypeError):
+        cls()
+
+
+def test_writes(cls, name):
+    with cls.create(name, {"a": 1}) as t, other(cls).open(name) as u:
+        t.put("b", 2)
+        t.put("a", 10)
+        assert u.to_dict() == {"a": 10, "b": 2}
+        t.put_many({"c": 3, "a": 11}, d=4)
+        t.put_many([("e", 5)])
+        assert list(u.items()) == [("a", 11), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+        assert t.delete("b") is True and t.delete("b") is False and t.delete(1.5) is False
+        assert u.to_dict() == {"a": 11, "c": 3, "d": 4, "e": 5}
+        u.put("f", 6)  # the other implementation writes the same file
+        assert t["f"] == 6 and t.info()["generation"] == u.info()["generation"]
+        with pytest.raises(ValueError):
+            t.put_many([("x",)])
+        with pytest.raises(TypeError):
+            t.put_many([1])
+
+
+def test_keys_fold_like_dict(cls, name):
+    with cls.create(name, {1: "one", (1, "a"): "t", 2**70: "big", -(2**70): "neg", "\ud800": "sur"}) as t:
+        assert t[True] == t[1.0] == t[1] == "one"
+        assert t[(True, "a")] == t[(1.0, "a")] == "t"
+        assert t[2**70] == "big" and t[-(2**70)] == "neg" and t["\ud800"] == "sur"
+        assert t.get(1.5) is None and t.get(object()) is None and t.get(b"\x01") is None
+        assert t.get("1") is None  # str and int never collide
+        t.put(True, "true")
+        assert t[1] == "true" and list(t)[0] == 1  # stored canonically: the int
+        for bad in (1.5, None, frozenset(), object()):
+            with pytest.raises(TypeError):
+                t.put(bad, 1)
+
+
+@pytest.mark.parametrize("value", [
+    None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**63, -(2**200), 1.5, float("inf"), "", "x" * 300,
+    "é\ud800", b"", b"\0" * 300, [], (), {}, [1, [2, (3, {"a": [None]})]], {1: 2, "k": (1,), (1, 2): b"v"},
+])
+def test_values_round_trip(cls, name, value):
+    with cls.create(name, {"k": value}) as t, other(cls).open(name) as u:
+        assert t["k"] == value and type(t["k"]) is type(value)
+        assert u["k"] == value
+
+
+def test_nan_value(cls, name):
+    with cls.create(name, {"k": float("nan")}) as t:
+        assert t["k"] != t["k"]
+
+
+def test_value_types_and_pickle(cls, name):
+    with cls.create(name, {}) as t:
+        for bad in (object(), {1, 2}, 1 + 2j, bytearray(b"x"), [object()], {"a": frozenset()}):
+            with pytest.raises(TypeError):
+                t.put("k", bad)
+        a = []
+        a.append(a)
+        with pytest.raises(ValueError):
+            t.put("k", a)  # cyclic: too deep
+        assert len(t) == 0
+    n2 = name + "p"
+    with cls.create(n2, {"s": {1, 2}}, pickle=True) as t:
+        assert t["s"] == {1, 2}
+        t.put("c", 1 + 2j)
+        with pytest.raises(ValueError, match="pickle=True"):
+            other(cls).open(n2)
+        with other(cls).open(n2, pickle=True) as u:
+            assert u["c"] == 1 + 2j
+    assert not _shm.table_files(n2)
+
+
+def test_modes(cls, name):
+    with cls.create(name, {"a": 1}) as t:
+        t.put("b", 2)
+        files = _shm.table_files(name)
+        assert len(files) == 3  # control, the current snapshot, the writers' lock
+        for f in files:
+            assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+    n2 = name + "m"
+    with cls.create(n2, {"a": 1}, mode=0o640) as t:
+        t.put("b", 2)
+        for f in _shm.table_files(n2):
+            assert stat.S_IMODE(os.stat(f).st_mode) == 0o640, f
+
+
+def test_create_exists_and_unlink(cls, name, tmp_path):
+    t = cls.create(name, {"a": 1})
+    with pytest.raises(FileExistsError):
+        cls.create(name, {})
+    assert cls.unlink(name) is False  # live
+    t.close()
+    assert not _shm.table_files(name)
+    with pytest.raises(FileNotFoundError):
+        cls.open(name)
+    path = str(tmp_path / "tbl")  # any path
+    with cls.create(path, {"x": 1}) as t, other(cls).open(path) as u:
+        assert u["x"] == 1 and t.path == path
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError):
+        cls.create("bad name!", {})
+
+
+def test_cache_is_bounded_and_invalidated(cls, name):
+    with cls.create(name, {i: str(i) for i in range(10)}, cache_size=3) as t, other(cls).open(name) as w:
+        for i in range(10):
+            assert t[i] == str(i)
+            assert t.info()["cached"] <= 3
+        assert t[9] is t[9]  # cached: the same object
+        w.put(9, "nine")
+        assert t[9] == "nine" and t.info()["cached"] == 1
+    with cls.create(name, {"a": 1}, cache_size=0) as t:
+        assert t["a"] == 1 and t.info()["cached"] == 0
+
+
+def test_iteration_is_one_snapshot(cls, name):
+    with cls.create(name, {i: i for i in range(50)}) as t:
+        it = iter(t.items())
+        first = [next(it) for _ in range(5)]
+        t.put_many({i: -i for i in range(100)})
+        rest = list(it)
+        assert first + rest == [(i, i) for i in range(50)]
+        assert t[7] == -7 and len(t) == 100
+
+
+def test_big_table_and_compaction(cls, name):
+    n = 3000 if cls is IMPLS["compiled"] else 400
+    with cls.create(name, {i: "v" * 20 for i in range(n)}) as t, other(cls).open(name) as u:
+        for r in range(6):
+            t.put_many({i: f"w{r}" * 10 for i in range(n)})  # garbage > live: compacted
+        assert t.info()["garbage"] <= t.info()["file_size"] // 2
+        for i in range(0, n, 3):
+            t.delete(i) if i % 100 == 0 else None
+        d = {i: "w5" * 10 for i in range(n) if i % 300 != 0}
+        assert t.to_dict() == d and u.to_dict() == d
+        assert u.get_many(range(n)) == [d.get(i) for i in range(n)]
+
+
+# -- one format ---------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(
+    st.one_of(st.text(max_size=6), st.integers(), st.binary(max_size=5),
+              st.tuples(st.integers(-3, 3), st.text(max_size=2))),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+                 | st.binary(max_size=5), lambda c: st.lists(c, max_size=3) | st.tuples(c, c)
+                 | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=6),
+    max_size=12))
+def test_both_implementations_write_the_same_bytes(data):
+    files = []
+    for impl, mod in (("compiled", fastkv._core), ("reference", fastkv.reference)):
+        codec = mod._SH_CODEC
+        keyb, valb = (mod._sh_key_bytes, lambda v, m=mod: m._sh_value_bytes(v, False))
+        changes = {keyb(k): valb(v) for k, v in data.items()}
+        path = f"/dev/shm/fastkv-format-{os.getpid()}-{impl}"
+        try:
+            _shm.write_snapshot(path, 0o600, codec, None, changes, 0, seed=12345)
+            with open(path, "rb") as f:
+                files.append(f.read())
+        finally:
+            os.unlink(path)
+    assert files[0] == files[1]
+    # and the hash is the same in C and Python
+    for kb in (b"", b"a", b"abcdefgh", b"abcdefghi" * 5):
+        for seed in (0, 1, 2**64 - 1):
+            assert fastkv._core._sh_hash(seed, kb) == fastkv.reference._sh_hash(seed, kb)
+    blob = b"".join(files) + b"xyz"
+    assert fastkv._core._sh_checksum(blob) == fastkv.reference._sh_checksum(blob)
+
+
+def test_hash_ignores_pythonhashseed(cls, name):
+    data = {f"k{i}": i for i in range(200)} | {(i, "t"): i for i in range(50)}
+    with cls.create(name, data):
+        for seed in ("0", "1", "12345"):
+            code = (f"import fastkv._core, fastkv.reference\n"
+                    f"for C in (fastkv._core.SharedTable, fastkv.reference.SharedTable):\n"
+                    f"    t = C.open({name!r})\n"
+                    f"    assert all(t[k] == v for k, v in {data!r}.items())\n"
+                    f"    t.close()\n")
+            env = dict(os.environ, PYTHONHASHSEED=seed)
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=TIMEOUT)
+
+
+# -- validation: corrupt and hostile files ------------------------------------------------
+
+
+def _publish_raw(table, raw):
+    """Publish ``raw`` as the table's next snapshot, as a hostile writer would."""
+    path = table.path
+    with open(path, "r+b") as f:
+        ctl = f.read(_shm.CTL_SIZE)
+        _, _, _, gen, token = _shm.CTL.unpack_from(ctl, 0)
+        snap = _shm.snapshot_path(path, token.decode(), gen + 1)
+        with open(snap, "wb") as s:
+            s.write(raw)
+        f.seek(_shm.GEN_OFFSET)
+        f.write(struct.pack("<Q", gen + 1))
+        f.flush()
+    old = _shm.snapshot_path(path, token.decode(), gen)
+    if os.path.exists(old):
+        os.unlink(old)
+
+
+def _current_bytes(table):
+    with open(table.path, "rb") as f:
+        _, _, _, gen, token = _shm.CTL.unpack_from(f.read(_shm.CTL_SIZE), 0)
+    with open(_shm.snapshot_path(table.path, token.decode(), gen), "rb") as s:
+        return s.read()
+
+
+def _fix_head_sum(raw):
+    raw = bytearray(raw)
+    if len(raw) >= _shm.HEADER_SIZE:
+        struct.pack_into("<Q", raw, 88, _shm.checksum(bytes(raw[:88])))
+    return bytes(raw)
+
+
+def _exercise(t):
+    """Every read either works or raises ValueError."""
+    for op in (len, list, lambda t: t.to_dict(), lambda t: list(t.items()),
+               lambda t: [t.get(k) for k in ("a", "b", 1, (1, "x"), b"z", "missing")],
+               lambda t: t.get_many(["a", 1]), lambda t: "a" in t, lambda t: t.put("new", 1)):
+        try:
+            op(t)
+        except ValueError:
+            pass
+
+
+FUZZ_DATA = {"a": 1, "b": [1, "two", 3.0, None], 1: {"k": (b"v", True)}, (1, "x"): "é" * 3, b"z": 2**80}
+
+
+@pytest.fixture(scope="module")
+def fuzz_tables():
+    """One table per implementation, reused by the fuzz examples."""
+    made = {}
+    for impl, c in IMPLS.items():
+        n = f"fuzz{os.getpid()}-{impl}"
+        t = c.create(n, FUZZ_DATA)
+        made[impl] = (t, _current_bytes(t))
+    yield made
+    for t, _ in made.values():
+        t.close()
+
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
+    st.tuples(st.just("set"), st.integers(0, 10**6), st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10**6), st.just(0)),
+    st.tuples(st.just("extend"), st.integers(1, 64), st.integers(0, 255)),
+    st.tuples(st.just("u64"), st.integers(0, 10**6), st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1])),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(impl=st.sampled_from(sorted(IMPLS)), mutations=st.lists(mutation, min_size=1, max_size=4),
+       hostile=st.booleans())
+def test_fuzz_mutated_files(fuzz_tables, impl, mutations, hostile):
+    t, good = fuzz_tables[impl]
+    raw = bytearray(good)
+    for kind, pos, arg in mutations:
+        if kind == "extend":
+            raw += bytes([arg]) * pos
+            continue
+        if not raw:
+            break
+        pos %= len(raw)
+        if kind == "flip":
+            raw[pos] ^= 1 << arg
+        elif kind == "set":
+            raw[pos] = arg
+        elif kind == "truncate":
+            del raw[pos:]
+        elif kind == "u64" and pos + 8 <= len(raw):
+            struct.pack_into("<Q", raw, pos & ~7, arg)
+    if hostile:  # a writer who knows the format: the header checksum passes
+        raw = _fix_head_sum(raw)
+    _publish_raw(t, bytes(raw))
+    _exercise(t)
+    for c in IMPLS.values():
+        try:
+            u = c.open(t.path, verify=True)
+        except ValueError:
+            continue
+        with u:  # verified: only a body identical in checksum gets here
+            _exercise(u)
+    _publish_raw(t, good)  # a later good publish heals it
+    assert t.to_dict() == FUZZ_DATA
+
+
+def test_foreign_and_truncated_files(cls, name, tmp_path):
+    with cls.create(name, {"a": 1}) as t:
+        good = _current_bytes(t)
+        for raw, msg in ((b"", "shorter"), (good[:50], "shorter"), (b"X" * 200, "magic"),
+                         (good[:-1], "header says"), (good + b"\0", "header says"),
+                         (good[:8] + b"\x09" + good[9:], "version"),
+                         (good[:20] + b"\xff" + good[21:], "checksum")):
+            _publish_raw(t, raw)
+            with pytest.raises(ValueError, match=msg):
+                t["a"]
+        _publish_raw(t, good[:-1] + bytes([good[-1] ^ 1]))
+        assert isinstance(t.get("a", 0), int)  # the body is checked only with verify=True
+        with pytest.raises(ValueError, match="body checksum"):
+            other(cls).open(name, verify=True)
+        _publish_raw(t, good)
+        assert t["a"] == 1
+    bad = tmp_path / "ctl"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="control file"):
+        cls.open(str(bad))
+    bad.write_bytes(b"short")
+    with pytest.raises(ValueError, match="control file"):
+        cls.open(str(bad))
+
+
+# -- differential: SharedTable against a dict, writers in two implementations ------------------
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 30), st.integers()),
+    st.tuples(st.just("put"), st.text(max_size=3), st.lists(st.text(max_size=3), max_size=3)),
+    st.tuples(st.just("delete"), st.integers(0, 30), st.none()),
+    st.tuples(st.just("put_many"), st.dictionaries(st.integers(0, 40), st.integers(), max_size=20), st.none()),
+), max_size=25)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=ops, writer_flips=st.lists(st.booleans(), min_size=25, max_size=25))
+def test_differential_against_dict(ops, writer_flips):
+    n = f"diff{os.getpid()}-{next(_names)}"
+    a = IMPLS["compiled"].create(n, {})
+    b = IMPLS["reference"].open(n)
+    oracle = {}
+    try:
+        for (op, k, v), flip in zip(ops, writer_flips):
+            w = b if flip else a
+            if op == "put":
+                w.put(k, v)
+                oracle[k] = v
+            elif op == "delete":
+                assert w.delete(k) == (k in oracle)
+                oracle.pop(k, None)
+            else:
+                w.put_many(k)
+                oracle.update(k)
+            for t in (a, b):
+                assert list(t.items()) == list(oracle.items())
+                assert len(t) == len(oracle)
+                for key in list(oracle)[:5] + [99, "zz"]:
+                    assert t.get(key, "miss") == oracle.get(key, "miss")
+    finally:
+        a.close()
+        b.close()
+    assert not _shm.table_files(n)
+
+
+# -- across processes ---------------------------------------------------------------------
+
+
+def _worker_read_write(impl, name, worker, writer, q):
+    try:
+        t = IMPLS[impl].open(name)
+        assert t["config"] == {"workers": 8}
+        assert all(t[i] == i * i for i in range(500))
+        if writer:
+            t.put("written_by", worker)
+        else:
+            deadline = time.monotonic() + TIMEOUT
+            while t.get("written_by") is None:  # one shared-memory load per read notices it
+                assert time.monotonic() < deadline, "the write never became visible"
+                time.sleep(0.005)
+        t.put_many({f"w{worker}": os.getpid()})
+        q.put((worker, t.get("written_by"), os.getpid()))
+        t.close()
+    except BaseException as e:
+        q.put((worker, repr(e), None))
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_gunicorn_style_workers(impl, name):
+    """A parent creates the table (as a --preload app would), 4 forked and 4
+    spawned workers open it and read, one writes, all see the write, every
+    worker's own put lands (writers lose nothing), nothing is left behind."""
+    t = IMPLS[impl].create(name, {"config": {"workers": 8}, **{i: i * i for i in range(500)}})
+    procs = []
+    q = multiprocessing.get_context("spawn").Queue()
+    for worker in range(8):
+        ctx = multiprocessing.get_context("fork" if worker < 4 else "spawn")
+        p = ctx.Process(target=_worker_read_write, args=(impl, name, worker, worker == 5, q))
+        p.start()
+        procs.append(p)
+    results = [q.get(timeout=TIMEOUT) for _ in procs]
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    assert sorted(r[0] for r in results) == list(range(8))
+    assert all(r[1] == 5 for r in results), results
+    assert t["written_by"] == 5
+    assert {f"w{r[0]}": r[2] for r in results}.items() <= t.to_dict().items()
+    t.close()
+    assert not _shm.table_files(name)
+
+
+def _concurrent_writer(impl, name, worker, n):
+    t = IMPLS[impl].open(name)
+    for i in range(n):
+        t.put(f"{worker}-{i}", i)
+    t.close()
+
+
+def test_concurrent_writers_lose_nothing(name):
+    t = IMPLS["compiled"].create(name, {})
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_concurrent_writer, args=(impl, name, w, 25))
+             for w, impl in enumerate(["compiled", "reference", "compiled"])]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    assert t.to_dict() == {f"{w}-{i}": i for w in range(3) for i in range(25)}
+    assert len(_shm.table_files(name)) == 3  # only the current snapshot remains
+    t.close()
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from fastkv import _shm
+import fastkv._core, fastkv.reference
+cls = {"compiled": fastkv._core.SharedTable, "reference": fastkv.reference.SharedTable}[sys.argv[1]]
+t = cls.open(sys.argv[2])
+_shm.before_publish = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+t.put("half", 1)
+"""
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_writer_killed_mid_publish(impl, name):
+    t = IMPLS[impl].create(name, {"a": 1})
+    p = subprocess.run([sys.executable, "-c", KILLED_WRITER, impl, name], timeout=TIMEOUT)
+    assert p.returncode == -signal.SIGKILL
+    assert "half" not in t and t["a"] == 1  # the complete old snapshot
+    assert len(_shm.table_files(name)) == 4  # + the killed writer's unpublished file
+    t.put("b", 2)  # the lock died with the writer; the leftover is overwritten
+    assert t.to_dict() == {"a": 1, "b": 2}
+    assert len(_shm.table_files(name)) == 3
+    p = subprocess.run([sys.executable, "-c", KILLED_WRITER, impl, name], timeout=TIMEOUT)
+    assert p.returncode == -signal.SIGKILL
+    t.close()  # the last user: the leftover goes too
+    assert not _shm.table_files(name)
+
+
+def test_all_users_killed_then_swept(cls, name):
+    code = (f"import os, signal, fastkv._core, fastkv.reference\n"
+            f"t = fastkv.{'_core' if cls is IMPLS['compiled'] else 'reference'}.SharedTable.create({name!r}, {{'a': 1}})\n"
+            f"t.put('b', 2)\n"
+            f"os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT)
+    assert p.returncode == -signal.SIGKILL
+    assert _shm.table_files(name)
+    with cls.open(name) as t:  # a dead table still opens...
+        assert t.to_dict() == {"a": 1, "b": 2}
+    assert not _shm.table_files(name)  # ...and its last closer removes it
+    subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT)
+    with cls.create(name, {"fresh": 1}) as t:  # create sweeps a dead one
+        assert t.to_dict() == {"fresh": 1}
+    subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT)
+    assert cls.unlink(name) is True
+    assert not _shm.table_files(name)
+
+
+def _spawned_reader(t, q):
+    q.put(t.to_dict())
+    t.close()
+
+
+def test_pickles_as_a_reopen(cls, name):
+    with cls.create(name, {"a": [1]}) as t:
+        ctx = multiprocessing.get_context("spawn")
+        q = ctx.Queue()
+        p = ctx.Process(target=_spawned_reader, args=(t, q))
+        p.start()
+        assert q.get(timeout=TIMEOUT) == {"a": [1]}
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+
+
+def test_fork_child_inherits_the_table(cls, name):
+    with cls.create(name, {"a": 1}) as t:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            code = 1
+            try:
+                t.put("child", os.getpid())
+                t.close()  # the parent still holds it: nothing removed
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert t["child"] == pid
