@@ -66,6 +66,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint64_t, uint32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
+from cpython.ref cimport Py_XDECREF, Py_INCREF
 
 import pickle as _pickle
 import types as _types
@@ -378,9 +379,42 @@ cdef inline int _sh_need(const unsigned char* p, const unsigned char* end, uint6
     return 0
 
 
-cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint allow_pickle, int depth):
+cdef enum:
+    _SH_STRS = 512          # slots of a map's short-string cache
+    _SH_STR_MAX = 16        # longest string it holds
+
+
+cdef object _sh_ascii(const unsigned char* p, Py_ssize_t n, PyObject** strs):
+    """The str of n ASCII bytes (ValueError if they are not ASCII). Short ones
+    come from a direct-mapped cache of the strings this snapshot decoded last:
+    record field names and small values repeat, and a cached str also brings
+    its cached hash to the dict it is put in."""
+    cdef size_t slot
+    cdef PyObject* o
+    if strs == NULL or n > _SH_STR_MAX:
+        try:
+            return _sh_PyUnicode_DecodeASCII(<const char*>p, n, NULL)
+        except UnicodeDecodeError:
+            _sh_corrupt("non-ASCII bytes in an ASCII string")
+    slot = fk_sh_hash(0, p, n) & (_SH_STRS - 1)
+    o = strs[slot]
+    if o != NULL and _sh_PyUnicode_GET_LENGTH(<object>o) == n and memcmp(_sh_PyUnicode_DATA(<object>o), p, n) == 0:
+        return <object>o
+    try:
+        s = _sh_PyUnicode_DecodeASCII(<const char*>p, n, NULL)
+    except UnicodeDecodeError:
+        _sh_corrupt("non-ASCII bytes in an ASCII string")
+    Py_XDECREF(o)
+    Py_INCREF(s)
+    strs[slot] = <PyObject*>s
+    return s
+
+
+cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint allow_pickle, int depth,
+                       PyObject** strs=NULL):
     """Decode one item at pp[0] (advanced past it), never reading at or past
-    ``end``; ValueError for anything malformed."""
+    ``end``; ValueError for anything malformed. ``strs``: a short-string
+    cache (_sh_ascii) or NULL."""
     cdef const unsigned char* p = pp[0]
     cdef unsigned char tag
     cdef uint64_t n, z, i
@@ -403,10 +437,7 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         _sh_varint(&p, end, &n)
         _sh_need(p, end, n)
         if tag == T_ASCII:
-            try:
-                out = _sh_PyUnicode_DecodeASCII(<const char*>p, <Py_ssize_t>n, NULL)
-            except UnicodeDecodeError:
-                _sh_corrupt("non-ASCII bytes in an ASCII string")
+            out = _sh_ascii(p, <Py_ssize_t>n, strs)
         elif tag == T_UTF8:
             try:
                 out = PyUnicode_DecodeUTF8(<const char*>p, <Py_ssize_t>n, "surrogatepass")
@@ -434,8 +465,8 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         if tag == T_DICT:
             out = {}
             for i in range(n):
-                k = _sh_decode(&p, end, allow_pickle, depth + 1)
-                v = _sh_decode(&p, end, allow_pickle, depth + 1)
+                k = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
+                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
                 try:
                     _sh_PyDict_SetItem(out, k, v)
                 except TypeError:
@@ -443,13 +474,13 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         elif tag == T_LIST:
             out = _sh_PyList_New(<Py_ssize_t>n)
             for i in range(n):
-                v = _sh_decode(&p, end, allow_pickle, depth + 1)
+                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
                 _sh_Py_INCREF(v)
                 _sh_PyList_SET_ITEM(out, <Py_ssize_t>i, v)
         else:
             out = _sh_PyTuple_New(<Py_ssize_t>n)
             for i in range(n):
-                v = _sh_decode(&p, end, allow_pickle, depth + 1)
+                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
                 _sh_Py_INCREF(v)
                 _sh_PyTuple_SET_ITEM(out, <Py_ssize_t>i, v)
     else:
@@ -474,8 +505,13 @@ cdef class _SharedMap:
     cdef const unsigned char* base
     cdef uint64_t size, count, nslots, mask, seed, data_off, entries_off, data_len
     cdef bint allow_pickle
+    cdef PyObject* strs[_SH_STRS]   # _sh_ascii's cache (owned references)
 
     def __dealloc__(self):
+        cdef int i
+        for i in range(_SH_STRS):
+            Py_XDECREF(self.strs[i])
+            self.strs[i] = NULL
         if self.has_view:
             PyBuffer_Release(&self.view)
             self.has_view = False
@@ -563,7 +599,7 @@ cdef object _sh_value_at(_SharedMap m, Py_ssize_t idx):
     _sh_entry(m, idx, &off, &kl, &vl)
     p = m.base + off + kl
     end = p + vl
-    v = _sh_decode(&p, end, m.allow_pickle, 0)
+    v = _sh_decode(&p, end, m.allow_pickle, 0, m.strs)
     if p != end:
         _sh_corrupt("trailing bytes after a value")
     return v
@@ -577,7 +613,7 @@ cdef object _sh_key_at(_SharedMap m, Py_ssize_t idx):
     _sh_entry(m, idx, &off, &kl, &vl)
     p = m.base + off
     end = p + kl
-    k = _sh_decode(&p, end, False, 0)
+    k = _sh_decode(&p, end, False, 0, m.strs)
     if p != end:
         _sh_corrupt("trailing bytes after a key")
     return k
