@@ -93,4 +93,13 @@ static inline void fk_sh_store_gen(uint64_t *p, uint64_t v) {
  * and raises ClosedError. */
 static uint64_t fk_sh_closed_gen = 0;
 
+/* The short-string cache of a mapped snapshot (_sh_ascii) is shared by every
+ * reader of the map: on the free-threaded build it is off (its slots would be
+ * swapped under a reader's feet). */
+#ifdef Py_GIL_DISABLED
+#define FK_SH_STR_CACHE 0
+#else
+#define FK_SH_STR_CACHE 1
+#endif
+
 #endif

@@ -83,6 +83,7 @@ cdef extern from "_shared.h":
     uint64_t fk_sh_load_gen(const uint64_t* p) noexcept nogil
     void fk_sh_store_gen(uint64_t* p, uint64_t v) noexcept nogil
     uint64_t fk_sh_closed_gen
+    bint FK_SH_STR_CACHE
 
 cdef extern from "Python.h":
     bint _sh_PyUnicode_IS_ASCII "PyUnicode_IS_ASCII"(object o)
@@ -599,7 +600,7 @@ cdef object _sh_value_at(_SharedMap m, Py_ssize_t idx):
     _sh_entry(m, idx, &off, &kl, &vl)
     p = m.base + off + kl
     end = p + vl
-    v = _sh_decode(&p, end, m.allow_pickle, 0, m.strs)
+    v = _sh_decode(&p, end, m.allow_pickle, 0, m.strs if FK_SH_STR_CACHE else NULL)
     if p != end:
         _sh_corrupt("trailing bytes after a value")
     return v
@@ -613,7 +614,7 @@ cdef object _sh_key_at(_SharedMap m, Py_ssize_t idx):
     _sh_entry(m, idx, &off, &kl, &vl)
     p = m.base + off
     end = p + kl
-    k = _sh_decode(&p, end, False, 0, m.strs)
+    k = _sh_decode(&p, end, False, 0, m.strs if FK_SH_STR_CACHE else NULL)
     if p != end:
         _sh_corrupt("trailing bytes after a key")
     return k
@@ -855,11 +856,19 @@ cdef class SharedTable:
         return fk_sh_load_gen(self._genp)
 
     cdef inline _SharedMap _current(self):
-        if fk_sh_load_gen(self._genp) != self._gen:
-            self._refresh()
-        return self._map
+        # free-threaded build: the table's per-process state (the mapped
+        # snapshot, the cache) changes under the object's critical section
+        # (nothing on a GIL build)
+        with cython.critical_section(self):
+            if fk_sh_load_gen(self._genp) != self._gen:
+                self._refresh()
+            return self._map
 
     cdef object _lookup(self, object key, object default, bint raise_missing):
+        with cython.critical_section(self):
+            return self._lookup_locked(key, default, raise_missing)
+
+    cdef inline object _lookup_locked(self, object key, object default, bint raise_missing):
         cdef _SharedMap m
         cdef PyObject* hit
         cdef type t = type(key)
@@ -895,9 +904,11 @@ cdef class SharedTable:
 
     def __contains__(self, key):
         cdef type t = type(key)
-        cdef _SharedMap m = self._current()
-        if (t is str or t is int or t is bytes) and _sh_PyDict_GetItemWithError(self._cache, key) != NULL:
-            return True
+        cdef _SharedMap m
+        with cython.critical_section(self):
+            m = self._current()
+            if (t is str or t is int or t is bytes) and _sh_PyDict_GetItemWithError(self._cache, key) != NULL:
+                return True
         return _sh_find(m, key) >= 0
 
     def __len__(self):
@@ -1050,9 +1061,14 @@ cdef class SharedTable:
         removes the table's files. Idempotent."""
         if not isinstance(self, SharedTable):
             fk_wrong_self(self, SharedTable)
-        seg = self._seg
-        if seg is None:
-            return
+        with cython.critical_section(self):
+            seg = self._seg
+            if seg is None:
+                return
+            self._close_locked()
+        seg.close()
+
+    cdef _close_locked(self):
         self._seg = None
         self._genp = &fk_sh_closed_gen
         self._genw = NULL
@@ -1062,7 +1078,6 @@ cdef class SharedTable:
         if self._has_ctlview:
             PyBuffer_Release(&self._ctlview)
             self._has_ctlview = False
-        seg.close()
 
     def __enter__(self):
         if not isinstance(self, SharedTable):
