@@ -328,7 +328,14 @@ class LockedMachine(MutableTableMachine):
         assert self.table.select(pred) == [(k, v) for k, v in self.oracle.items() if pred(k, v)]
 
 
-def machine_for(param):
+def _no_settle(self):
+    pass
+
+
+def machine_for(param, settle=True):
+    """The machine for one kind; ``settle=False`` checks without ever
+    calling ``settle`` (sync) after a write: a protected OwnerTable reads
+    its own writes."""
     impl, name = param
     if name == "locked":
         base = LockedMachine
@@ -336,7 +343,10 @@ def machine_for(param):
         base = MutableTableMachine
     else:
         base = TableMachine
-    return type(f"{base.__name__}_{kind_id(param)}", (base,), {"kind_param": param})
+    attrs = {"kind_param": param}
+    if not settle:
+        attrs["wrote"] = _no_settle
+    return type(f"{base.__name__}_{kind_id(param)}", (base,), attrs)
 
 
 # Budgets: the whole file runs in well under a minute on one core. Copy-on-write
@@ -345,15 +355,26 @@ def machine_for(param):
 EXAMPLES = {"frozen": 80, "locked": 120, "owner-private": 50, "owner-protected": 50, "module": 30}
 
 
+def _settings(name):
+    return settings(
+        max_examples=EXAMPLES[name],
+        stateful_step_count=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
 @pytest.mark.parametrize("param", KIND_PARAMS, ids=[kind_id(p) for p in KIND_PARAMS])
 def test_differential(param):
-    run_state_machine_as_test(
-        machine_for(param),
-        settings=settings(
-            max_examples=EXAMPLES[param[1]],
-            stateful_step_count=25,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
+    run_state_machine_as_test(machine_for(param), settings=_settings(param[1]))
+
+
+PROTECTED_PARAMS = [p for p in KIND_PARAMS if p[1] == "owner-protected"]
+
+
+@pytest.mark.parametrize("param", PROTECTED_PARAMS, ids=[kind_id(p) for p in PROTECTED_PARAMS])
+def test_differential_protected_without_settle(param):
+    # read-your-writes: every direct read sees the writes this thread queued
+    # before it, with no sync() between them (issue 11, item 11)
+    run_state_machine_as_test(machine_for(param, settle=False), settings=_settings(param[1]))

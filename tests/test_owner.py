@@ -192,11 +192,27 @@ def test_access_levels(impl):
     assert protected["a"] == 1
     assert protected.get("a") == 1 and "a" in protected and len(protected) == 1
     assert protected.to_dict() == {"a": 1}
-    protected.put("a", 2)  # writes still go through the owner: not applied yet
+    # writes still go through the owner: another thread's is not applied yet,
+    # and this thread, with nothing queued, reads at once
+    writer = threading.Thread(target=protected.put, args=("a", 2))
+    writer.start()
+    writer.join(10)
     assert protected["a"] == 1
+    # read-your-writes: the writing thread's own read waits for its write
+    seen = []
+
+    def write_then_read():
+        protected.put("a", 3)
+        seen.append(protected["a"])
+
+    own = threading.Thread(target=write_then_read)
+    own.start()
+    own.join(0.2)
+    assert own.is_alive() and seen == []
     blocker.release()
-    protected.sync()
-    assert protected["a"] == 2
+    own.join(10)
+    assert seen == [3]
+    assert protected["a"] == 3
 
     # private: a read waits for the owner
     blocker = Blocker()

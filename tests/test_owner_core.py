@@ -393,10 +393,20 @@ def test_a_cast_is_applied_without_a_call_after_it():
     t = _core.OwnerTable(access="protected")
     t.put("k", 1)
     t.put("j", 2)
-    deadline = time.monotonic() + 10
-    while t.get("j") != 2:  # a protected read, no call: the owner applies alone
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    seen = []
+
+    def poll():
+        # a protected read from a thread that queued nothing: no call (the
+        # caster's own read would sync, read-your-writes), the owner applies alone
+        deadline = time.monotonic() + 10
+        while t.get("j") != 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append(t.get("j"))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    poller.join(15)
+    assert seen == [2]
     assert t["k"] == 1
     a.close()
     t.close()

@@ -256,7 +256,9 @@ class LockedTable(MutableMapping[_K, _V]):
 
 class OwnerTable(MutableMapping[_K, _V]):
     """A table owned by one thread that performs every operation in arrival
-    order (private/protected ``:ets`` behind a GenServer)."""
+    order (private/protected ``:ets`` behind a GenServer). Protected: any
+    thread reads directly, and a thread's read sees every write it queued
+    before (read-your-writes); other threads' writes once applied, in order."""
 
     __hash__: ClassVar[None]  # type: ignore[assignment]
     @overload

@@ -901,7 +901,10 @@ class _OwnerCore:
     left waiting behind a stopped owner.
     """
 
-    __slots__ = ("kind", "queue", "lock", "closed", "forked", "served", "errors", "thread", "ident")
+    __slots__ = (
+        "kind", "queue", "lock", "closed", "forked", "served", "errors", "thread", "ident",
+        "casts_queued", "casts_done", "writers",
+    )
 
     def __init__(self, kind):
         self.kind = kind  # "OwnerTable" or "Agent", for messages
@@ -912,6 +915,13 @@ class _OwnerCore:
         self.served = 0
         self.errors = 0
         self.ident = 0
+        # read-your-writes (protected OwnerTable): casts are numbered 1, 2, ...
+        # in queue order (casts_queued, under lock); the owner counts those it
+        # applied (casts_done); ``writers`` (None: not tracked) maps a thread
+        # ident to the number of its newest cast, set by cast().
+        self.casts_queued = 0
+        self.casts_done = 0
+        self.writers = None
         self.thread = threading.Thread(
             target=_owner_loop,
             args=(self,),
@@ -940,11 +950,31 @@ class _OwnerCore:
         return self.ident == _get_ident()
 
     def cast(self, fn, args):
-        """Queue ``fn(*args)`` for the owner; do not wait. O(1)."""
+        """Queue ``fn(*args)`` for the owner; do not wait. O(1). With
+        ``writers`` tracked, note it as the calling thread's newest cast
+        (not on the owner thread: its reads never wait, see
+        own_casts_pending)."""
         with self.lock:
             if self.closed:
                 raise self.closed_error()
             self.queue.put((fn, args, None))
+            self.casts_queued += 1
+            writers = self.writers
+            if writers is not None and self.ident != _get_ident():
+                if len(writers) >= 8:  # forget threads whose casts are applied
+                    done = self.casts_done
+                    for ident in [i for i, seq in writers.items() if seq <= done]:
+                        del writers[ident]
+                writers[_get_ident()] = self.casts_queued
+
+    def own_casts_pending(self):
+        """True if a cast the calling thread queued is not applied yet.
+        False on the owner thread: its casts queue behind the request it is
+        serving, so it could never wait for them."""
+        if self.casts_done == self.casts_queued or self.ident == _get_ident():
+            return False
+        writers = self.writers
+        return writers is not None and writers.get(_get_ident(), 0) > self.casts_done
 
     def call(self, fn, args):
         """Run ``fn(*args)`` on the owner after everything queued before it,
@@ -1015,6 +1045,8 @@ def _owner_loop(core):
         core.served += 1
         if reply is not None:
             reply.done.set()
+        else:
+            core.casts_done += 1  # after the cast's store: readers may go direct
         fn = args = reply = None  # drop references before waiting again
     core.ident = 0  # no thread is this owner any more (idents are reused)
     with _OPEN_CORES_LOCK:
@@ -1074,7 +1106,11 @@ class OwnerTable(_TableAPI):
     ``dict(...)`` and starts a daemon owner thread. The data lives in a
     ``LockedTable`` of the same implementation, touched only by the owner
     (``access="private"``) or read directly by any thread while writes stay
-    serialized through the owner (``access="protected"``).
+    serialized through the owner (``access="protected"``). A protected
+    table reads its own writes: a thread's direct read sees every write that
+    thread queued before it (waiting, only then, for the owner to apply
+    them); other threads see a write once the owner has applied it, always
+    in queue order.
 
     Reads (``get``, ``t[k]``, ``in``, ``len``, iteration, ``to_dict``, ...)
     are calls: the caller waits for the owner's answer, a cross-thread round
@@ -1103,6 +1139,8 @@ class OwnerTable(_TableAPI):
         items = _collect(data, kwargs)
         self._core.check_open()
         self._protected = access == "protected"
+        if self._protected and self._core.writers is None:
+            self._core.writers = {}  # casts note their thread from now on
         self._storage.put_many(items)  # no request can be queued yet
 
     def __del__(self):
@@ -1126,8 +1164,14 @@ class OwnerTable(_TableAPI):
         return self._core.call(fn, args)
 
     def _read(self, fn, *args):
+        """``fn(*args)`` read directly under ``access="protected"`` (after
+        waiting, read-your-writes, for the owner to apply the calling
+        thread's unapplied casts: a sync), else a call to the owner."""
         if self._protected:
-            self._core.check_open()
+            core = self._core
+            core.check_open()
+            if core.own_casts_pending():
+                self._call(_noop, ())
             return fn(*args)
         return self._call(fn, args)
 
