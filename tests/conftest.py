@@ -58,3 +58,66 @@ def mapping_kind(request):
 @pytest.fixture(params=OWNER_KIND_PARAMS, ids=[kind_id(p) for p in OWNER_KIND_PARAMS])
 def owner_kind(request):
     return _kind(request)
+
+
+# -- RedisTable: a real redis-server for the session ----------------------------
+#
+# ``redis_server`` starts one redis-server on a free loopback port for the whole
+# session (no persistence, a temporary directory) and stops it at the end. When
+# none can be started (no redis-server binary, no redis-py) the Redis tests are
+# skipped and the terminal summary says so loudly -- except under CI=true,
+# where they fail: CI must run them (.ci/redis installs redis-server).
+
+import os  # noqa: E402
+
+import _redis_support  # noqa: E402
+
+REDIS_KIND_PARAMS = [(impl, near) for impl in ("compiled", "reference") for near in (True, False)]
+
+
+def _redis_unavailable(reason):
+    _redis_support._UNAVAILABLE.append(reason)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the RedisTable tests, but: {reason}", pytrace=False)
+    pytest.skip(f"RedisTable tests need a redis-server: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    reason = _redis_support.redis_py_missing()
+    if reason is None and _redis_support.redis_server_binary() is None:
+        reason = "redis-server is not installed (apt-get install redis-server, or run .ci/redis)"
+    if reason is not None:
+        _redis_unavailable(reason)
+    try:
+        server = _redis_support.RedisServer().start()
+    except Exception as exc:  # noqa: BLE001 - reported in the summary
+        _redis_unavailable(f"could not start redis-server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(redis_server):
+    """A redis-server of the test's own (it may be killed, restarted, paused)."""
+    server = _redis_support.RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(
+    params=REDIS_KIND_PARAMS,
+    ids=[f"{impl}-{'near' if near else 'plain'}" for impl, near in REDIS_KIND_PARAMS],
+)
+def redis_kind(request, redis_server):
+    kind = _redis_support.RedisKind(redis_server.url, *request.param)
+    request.addfinalizer(kind.close_all)
+    return kind
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _redis_support._UNAVAILABLE:
+        reason = _redis_support._UNAVAILABLE[0]
+        terminalreporter.write_sep("!", "RedisTable tests SKIPPED: no redis-server", red=True, bold=True)
+        terminalreporter.write_line(f"  {reason}", red=True, bold=True)
+        terminalreporter.write_line("  (CI installs one with .ci/redis; set CI=true to make this a failure)", red=True)

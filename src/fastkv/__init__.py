@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fastkv import _core  # a missing build must fail here, loudly
 from fastkv import reference as _reference
-from fastkv._errors import ClosedError
+from fastkv._errors import ClosedError, RedisConnectionError
 
 _TABLES = ("FrozenTable", "LockedTable", "OwnerTable", "Agent", "SharedTable")
 
@@ -22,6 +22,7 @@ NOT_COMPILED = tuple(name for name in _TABLES if name not in COMPILED)
 
 if TYPE_CHECKING:  # the stubs in _core.pyi describe the public classes
     from fastkv._core import Agent, FrozenTable, LockedTable, OwnerTable, SharedTable
+    from fastkv.redis import RedisTable
 else:
     FrozenTable = getattr(_core, "FrozenTable", None) or _reference.FrozenTable
     LockedTable = getattr(_core, "LockedTable", None) or _reference.LockedTable
@@ -34,6 +35,22 @@ from fastkv import persistent  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # RedisTable needs redis-py (the [redis] extra): imported on first use, so
+    # that ``import fastkv`` works without it
+    if name == "RedisTable":
+        try:
+            from fastkv.redis import RedisTable
+        except ModuleNotFoundError as exc:
+            if exc.name != "redis":
+                raise
+            raise ImportError("fastkv.RedisTable needs redis-py: pip install 'fastkv[redis]'") from exc
+        return RedisTable
+    raise AttributeError(f"module 'fastkv' has no attribute {name!r}")
+
+
+# RedisTable is left out of __all__: ``from fastkv import *`` must not need redis-py
 __all__ = [
     "Agent",
     "COMPILED",
@@ -44,5 +61,6 @@ __all__ = [
     "NOT_COMPILED",
     "OwnerTable",
     "SharedTable",
+    "RedisConnectionError",
     "persistent",
 ]

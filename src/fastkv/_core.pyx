@@ -49,6 +49,7 @@ Each part documents its own design at the top of its file:
 - ``_owner.pxi``   the owner-thread engine, OwnerTable and Agent.
 - ``_shared.pxi``  SharedTable: one snapshot file in shared memory for every
   process (its file protocol is Python, in ``_shm.py``).
+- ``_near.pxi``    the read path of RedisTable's near cache (fastkv/redis.py).
 
 The parts are textually included into this one extension module, so the C
 helpers inline across them and ``fastkv._core`` is a single shared object.
@@ -61,3 +62,4 @@ include "_frozen.pxi"
 include "_locked.pxi"
 include "_owner.pxi"
 include "_shared.pxi"
+include "_near.pxi"

@@ -34,6 +34,7 @@ import queue
 import reprlib
 import sys
 import threading
+import time
 import types
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 
@@ -2160,3 +2161,66 @@ def _sh_attach(cls, seg, allow_pickle, verify, cache_size):
 
 
 Mapping.register(SharedTable)
+# The near-cache read path of fastkv.redis.RedisTable (twin of _near.pxi)
+# ---------------------------------------------------------------------------
+
+_NEAR_ABSENT = object()
+
+
+def _near_now():
+    """The clock of the near cache's lease (seconds)."""
+    return time.monotonic()
+
+
+class _NearReads:
+    """The near-cache read path of RedisTable (see fastkv.redis): ``_near`` is
+    a dict (user key -> value or ``_near_absent``) written only by
+    fastkv.redis under its lock; a read is served from it while the lease
+    (``_near_set_lease``) holds, else by ``self._near_load(key)``."""
+
+    __slots__ = ("_near", "_near_absent", "_lease", "__weakref__")
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self._near = {}
+        self._near_absent = _NEAR_ABSENT
+        self._lease = 0.0
+        return self
+
+    def _near_set_lease(self, until):
+        """Serve near-cache hits until ``until`` (``_near_now()`` seconds); 0 stops them."""
+        self._lease = until
+
+    def _near_now(self):
+        """The lease's clock."""
+        return time.monotonic()
+
+    def __getitem__(self, key):
+        value = _MISSING
+        if self._lease > time.monotonic():
+            value = self._near.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._near_load(key)
+        if value is self._near_absent:
+            raise KeyError(key)
+        return value
+
+    def get(self, key, default=None):
+        """The value for ``key``, or ``default``; served from the near cache
+        when it holds the key (a local dict read), else one GET."""
+        value = _MISSING
+        if self._lease > time.monotonic():
+            value = self._near.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._near_load(key)
+        if value is self._near_absent:
+            return default
+        return value
+
+    def __contains__(self, key):
+        value = _MISSING
+        if self._lease > time.monotonic():
+            value = self._near.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._near_load(key)
+        return value is not self._near_absent
