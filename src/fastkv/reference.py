@@ -2161,6 +2161,9 @@ def _sh_attach(cls, seg, allow_pickle, verify, cache_size):
 
 
 Mapping.register(SharedTable)
+
+
+# ---------------------------------------------------------------------------
 # The near-cache read path of fastkv.redis.RedisTable (twin of _near.pxi)
 # ---------------------------------------------------------------------------
 
