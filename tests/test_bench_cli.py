@@ -15,7 +15,7 @@ import pytest
 import fastkv
 from fastkv import bench
 
-FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2"]
+FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2", "--procs", "2"]
 SIZES = [10, 200]
 
 # Strategies that must be measured wherever fastkv runs: never skipped.
@@ -40,6 +40,20 @@ def quick_run(tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
+
+
+def test_quick_run_has_the_processes_scenario(quick_run):
+    proc, report = quick_run
+    assert "\nprocesses: 2 worker processes read one 200-key table" in proc.stdout
+    assert "SharedTable targets at 200 keys" in proc.stdout
+    rows = {(r["store"], r.get("method")): r for r in report["processes"]["results"]}
+    for store in ("shared", "frozen-copy", "manager"):
+        for method in ("fork", "spawn"):
+            r = rows[store, method]
+            assert r["status"] == "ok" and r["reads_per_s"] > 0 and r["procs"] == 2, r
+    assert set(report["processes"]["targets"]) >= {
+        "hot_read_ns", "dict_read_ns", "cold_read_us", "manager_read_us", "open_ms", "unpickle_ms",
+        "publish_ms", "frozen_put_ms"}
 
 
 def test_quick_run_prints_header_and_one_table_per_scenario(quick_run):

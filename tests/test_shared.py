@@ -150,7 +150,7 @@ def test_modes(cls, name):
     with cls.create(name, {"a": 1}) as t:
         t.put("b", 2)
         files = _shm.table_files(name)
-        assert len(files) == 3  # control, the current snapshot, the writers' lock
+        assert len(files) == 4  # control, the current index, the data, the writers' lock
         for f in files:
             assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
     n2 = name + "m"
@@ -204,7 +204,7 @@ def test_big_table_and_compaction(cls, name):
     with cls.create(name, {i: "v" * 20 for i in range(n)}) as t, other(cls).open(name) as u:
         for r in range(6):
             t.put_many({i: f"w{r}" * 10 for i in range(n)})  # garbage > live: compacted
-        assert t.info()["garbage"] <= t.info()["file_size"] // 2
+        assert t.info()["garbage"] <= max(t.info()["data_size"] // 2, _shm.COMPACT_MIN)
         for i in range(0, n, 3):
             t.delete(i) if i % 100 == 0 else None
         d = {i: "w5" * 10 for i in range(n) if i % 300 != 0}
@@ -229,13 +229,19 @@ def test_both_implementations_write_the_same_bytes(data):
         codec = mod._SH_CODEC
         keyb, valb = (mod._sh_key_bytes, lambda v, m=mod: m._sh_value_bytes(v, False))
         changes = {keyb(k): valb(v) for k, v in data.items()}
-        path = f"/dev/shm/fastkv-format-{os.getpid()}-{impl}"
+        path = f"/dev/shm/fastkv-format-{os.getpid()}-{impl}-1"
+        dpath = path[:-2] + "-d1"
         try:
             _shm.write_snapshot(path, 0o600, codec, None, changes, 0, seed=12345)
             with open(path, "rb") as f:
                 files.append(f.read())
+            if os.path.exists(dpath):
+                with open(dpath, "rb") as f:
+                    files[-1] += f.read()
         finally:
-            os.unlink(path)
+            for p in (path, dpath):
+                if os.path.exists(p):
+                    os.unlink(p)
     assert files[0] == files[1]
     # and the hash is the same in C and Python
     for kb in (b"", b"a", b"abcdefgh", b"abcdefghi" * 5):
@@ -261,34 +267,57 @@ def test_hash_ignores_pythonhashseed(cls, name):
 # -- validation: corrupt and hostile files ------------------------------------------------
 
 
-def _publish_raw(table, raw):
-    """Publish ``raw`` as the table's next snapshot, as a hostile writer would."""
-    path = table.path
-    with open(path, "r+b") as f:
-        ctl = f.read(_shm.CTL_SIZE)
-        _, _, _, gen, token = _shm.CTL.unpack_from(ctl, 0)
-        snap = _shm.snapshot_path(path, token.decode(), gen + 1)
-        with open(snap, "wb") as s:
-            s.write(raw)
+_epochs = itertools.count(1000)
+
+
+def _ctl(table):
+    with open(table.path, "rb") as f:
+        _, _, _, gen, token = _shm.CTL.unpack_from(f.read(_shm.CTL_SIZE), 0)
+    return gen, token.decode()
+
+
+def _publish_raw(table, index, data=None):
+    """Publish ``index`` (and ``data`` as a new data file it is pointed at:
+    epoch and length patched in first) as the table's next snapshot, as a
+    hostile writer would."""
+    gen, token = _ctl(table)
+    if data is not None:
+        epoch = next(_epochs)
+        with open(_shm.data_path(table.path, token, epoch), "wb") as f:
+            f.write(data)
+        index = _point_at(index, epoch)
+    snap = _shm.snapshot_path(table.path, token, gen + 1)
+    with open(snap, "wb") as s:
+        s.write(index)
+    with open(table.path, "r+b") as f:
         f.seek(_shm.GEN_OFFSET)
         f.write(struct.pack("<Q", gen + 1))
-        f.flush()
-    old = _shm.snapshot_path(path, token.decode(), gen)
-    if os.path.exists(old):
-        os.unlink(old)
+    os.unlink(_shm.snapshot_path(table.path, token, gen))
+    return epoch if data is not None else None
 
 
 def _current_bytes(table):
-    with open(table.path, "rb") as f:
-        _, _, _, gen, token = _shm.CTL.unpack_from(f.read(_shm.CTL_SIZE), 0)
-    with open(_shm.snapshot_path(table.path, token.decode(), gen), "rb") as s:
-        return s.read()
+    """(index, data) of the published snapshot."""
+    gen, token = _ctl(table)
+    with open(_shm.snapshot_path(table.path, token, gen), "rb") as s:
+        index = s.read()
+    epoch, data_len = struct.unpack_from("<QQ", index, 48)
+    with open(_shm.data_path(table.path, token, epoch), "rb") as d:
+        return index, d.read()[:data_len]
+
+
+def _point_at(index, epoch):
+    """``index`` naming data file ``epoch``, its header checksum fixed."""
+    index = bytearray(index)
+    if len(index) >= 56:
+        struct.pack_into("<Q", index, 48, epoch)
+    return _fix_head_sum(index)
 
 
 def _fix_head_sum(raw):
     raw = bytearray(raw)
     if len(raw) >= _shm.HEADER_SIZE:
-        struct.pack_into("<Q", raw, 88, _shm.checksum(bytes(raw[:88])))
+        struct.pack_into("<Q", raw, _shm.HEAD_SUM_AT, _shm.checksum(bytes(raw[:_shm.HEAD_SUM_AT])))
     return bytes(raw)
 
 
@@ -329,11 +358,11 @@ mutation = st.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(impl=st.sampled_from(sorted(IMPLS)), mutations=st.lists(mutation, min_size=1, max_size=4),
-       hostile=st.booleans())
-def test_fuzz_mutated_files(fuzz_tables, impl, mutations, hostile):
-    t, good = fuzz_tables[impl]
-    raw = bytearray(good)
+@given(impl=st.sampled_from(sorted(IMPLS)), target=st.sampled_from(["index", "data"]),
+       mutations=st.lists(mutation, min_size=1, max_size=4), hostile=st.booleans())
+def test_fuzz_mutated_files(fuzz_tables, impl, target, mutations, hostile):
+    t, (good_index, good_data) = fuzz_tables[impl]
+    raw = bytearray(good_index if target == "index" else good_data)
     for kind, pos, arg in mutations:
         if kind == "extend":
             raw += bytes([arg]) * pos
@@ -349,36 +378,55 @@ def test_fuzz_mutated_files(fuzz_tables, impl, mutations, hostile):
             del raw[pos:]
         elif kind == "u64" and pos + 8 <= len(raw):
             struct.pack_into("<Q", raw, pos & ~7, arg)
+    epoch = next(_epochs)
+    if target == "index":
+        index, data = raw, good_data
+    else:
+        index, data = good_index, raw
+    index = _point_at(index, epoch) if target == "data" or hostile else bytes(index)
     if hostile:  # a writer who knows the format: the header checksum passes
-        raw = _fix_head_sum(raw)
-    _publish_raw(t, bytes(raw))
+        index = _fix_head_sum(index)
+    gen, token = _ctl(t)
+    with open(_shm.data_path(t.path, token, epoch), "wb") as f:
+        f.write(data)
+    _publish_raw(t, index)
     _exercise(t)
     for c in IMPLS.values():
         try:
             u = c.open(t.path, verify=True)
         except ValueError:
             continue
-        with u:  # verified: only a body identical in checksum gets here
+        with u:  # verified: only files whose checksums agree get here
             _exercise(u)
-    _publish_raw(t, good)  # a later good publish heals it
+    os.unlink(_shm.data_path(t.path, token, epoch))
+    _publish_raw(t, good_index, good_data)  # a later good publish heals it
     assert t.to_dict() == FUZZ_DATA
 
 
 def test_foreign_and_truncated_files(cls, name, tmp_path):
     with cls.create(name, {"a": 1}) as t:
-        good = _current_bytes(t)
+        _publish_raw(t, *_current_bytes(t))  # the data file now has an epoch of its own (1000+)
+        good, data = _current_bytes(t)
         for raw, msg in ((b"", "shorter"), (good[:50], "shorter"), (b"X" * 200, "magic"),
                          (good[:-1], "header says"), (good + b"\0", "header says"),
                          (good[:8] + b"\x09" + good[9:], "version"),
-                         (good[:20] + b"\xff" + good[21:], "checksum")):
+                         (good[:20] + b"\xff" + good[21:], "checksum"),
+                         (_point_at(good, 12345), "data file 12345 is missing")):
             _publish_raw(t, raw)
             with pytest.raises(ValueError, match=msg):
                 t["a"]
-        _publish_raw(t, good[:-1] + bytes([good[-1] ^ 1]))
-        assert isinstance(t.get("a", 0), int)  # the body is checked only with verify=True
-        with pytest.raises(ValueError, match="body checksum"):
+        # a data file shorter than the header says
+        _publish_raw(t, good, data[:-8])
+        with pytest.raises(ValueError, match="data file has"):
+            t["a"]
+        # the body is checked only with verify=True
+        flipped = bytearray(data)
+        flipped[len(flipped) // 2] ^= 1
+        _publish_raw(t, good, bytes(flipped))
+        t.get("a", 0)
+        with pytest.raises(ValueError, match="checksum"):
             other(cls).open(name, verify=True)
-        _publish_raw(t, good)
+        _publish_raw(t, good, data)
         assert t["a"] == 1
     bad = tmp_path / "ctl"
     bad.write_bytes(b"\0" * 64)
@@ -494,7 +542,7 @@ def test_concurrent_writers_lose_nothing(name):
         p.join(TIMEOUT)
         assert p.exitcode == 0
     assert t.to_dict() == {f"{w}-{i}": i for w in range(3) for i in range(25)}
-    assert len(_shm.table_files(name)) == 3  # only the current snapshot remains
+    assert len(_shm.table_files(name)) == 4  # only the current index and data remain
     t.close()
 
 
@@ -515,10 +563,10 @@ def test_writer_killed_mid_publish(impl, name):
     p = subprocess.run([sys.executable, "-c", KILLED_WRITER, impl, name], timeout=TIMEOUT)
     assert p.returncode == -signal.SIGKILL
     assert "half" not in t and t["a"] == 1  # the complete old snapshot
-    assert len(_shm.table_files(name)) == 4  # + the killed writer's unpublished file
+    assert len(_shm.table_files(name)) == 5  # + the killed writer's unpublished index
     t.put("b", 2)  # the lock died with the writer; the leftover is overwritten
     assert t.to_dict() == {"a": 1, "b": 2}
-    assert len(_shm.table_files(name)) == 3
+    assert len(_shm.table_files(name)) == 4
     p = subprocess.run([sys.executable, "-c", KILLED_WRITER, impl, name], timeout=TIMEOUT)
     assert p.returncode == -signal.SIGKILL
     t.close()  # the last user: the leftover goes too

@@ -396,7 +396,8 @@ class _SharedInfo(TypedDict):
     path: str
     generation: int
     count: int
-    file_size: int
+    index_size: int
+    data_size: int
     garbage: int
     cached: int
 

@@ -78,6 +78,16 @@ static inline uint64_t fk_sh_checksum(const unsigned char *p, size_t n) {
     return (a * FK_SH_K1) ^ b ^ ((uint64_t)padded * FK_SH_K2);
 }
 
+/* The data file's running sums, continued over n more bytes (n % 8 == 0). */
+static inline void fk_sh_fletcher(uint64_t *a, uint64_t *b, const unsigned char *p, size_t n) {
+    uint64_t x = *a, y = *b;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        x += fk_sh_ld64(p + i);
+        y += x;
+    }
+    *a = x; *b = y;
+}
+
 /* The generation counter in the control file: readers load it once per read
  * (acquire: the snapshot file published with it is complete), the writer
  * stores it after the file is written (release). */

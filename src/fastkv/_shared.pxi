@@ -10,26 +10,33 @@
 # with the reference twin); this part is the format's C side: hashing,
 # encoding, bounds-checked decoding and lookup, and the table's read path.
 #
-# Snapshot file (little-endian; every offset and size is checked against the
-# file's real size before use, and again at each access):
+# Files (little-endian; every offset and size is checked against the real
+# file sizes before use, and again at each access):
 #
-#   0    header, 96 bytes: magic "FASTKVSH", version u32, flags u32 (1 =
-#        pickle), file_size, count, nslots, seed, data_off, garbage, body_sum
-#        (u64 each), 16 reserved bytes, head_sum (checksum of bytes 0..88)
-#   96   slots: nslots (a power of two >= 8, load < 2/3) u32 = entry index+1,
+# Index file, one per generation, immutable once published:
+#   0    header, 112 bytes: magic "FASTKVSH", version u32, flags u32 (1 =
+#        pickle), index_size, count, nslots, seed, data_epoch, data_len,
+#        garbage, index_sum, data_a, data_b, reserved (u64 each), head_sum
+#        (checksum of bytes 0..104)
+#   112  slots: nslots (a power of two >= 8, load < 2/3) u32 = entry index+1,
 #        0 empty; linear probing from hash & (nslots-1)
-#   ..   entries, insertion order: {u64 hash, u64 offset (relative to
-#        data_off), u32 key length, u32 value length}, 24 bytes
-#   data_off  key and value bytes, each entry's key followed by its value
+#   ..   entries, insertion order: {u64 hash, u64 data offset, u32 key
+#        length, u32 value length}, 24 bytes
+# Data file of epoch data_epoch: each entry's key bytes then its value bytes.
+# Append-only: the first data_len bytes are immutable once published (a
+# publish appends past them; compaction writes the next epoch's file), so a
+# publish of one key copies the index (28 bytes a key), never the data.
 #
-# The checksum is Fletcher-style over u64 words (fk_sh_checksum). ``open``
-# always checks the header (magic, version, head_sum, sizes against the file:
-# O(1)); ``open(verify=True)`` also checks body_sum over the whole file
-# (O(size)). Either way a corrupt or hostile body can never make a read go out
+# Checksums (fk_sh_checksum, Fletcher-style over u64 words): index_sum over
+# the slots and entries; data_a/data_b, the running sums over the data,
+# continued by each append (so a publish never rereads the data). ``open``
+# always checks the header (magic, version, head_sum, sizes against both
+# files: O(1)); ``open(verify=True)`` also checks index_sum and the data sums
+# (O(size)). Either way a corrupt or hostile file can never make a read go out
 # of bounds: every slot, entry and encoded byte is bounds-checked where it is
 # used, a probe sequence is bounded by nslots, nesting by _SH_MAX_DEPTH, and a
 # violation raises ValueError. (Truncating a mapped file under a reader is
-# SIGBUS: snapshot files are never truncated, and are mode 0600.)
+# SIGBUS: published files are never truncated, and are mode 0600.)
 #
 # Encoding (one tag byte, then): None/False/True nothing; int zigzag LEB128
 # (|x| < 2**63) or a length-prefixed two's complement (bigger); float 8 bytes;
@@ -80,6 +87,7 @@ cdef extern from "_shared.h":
     void fk_sh_st32(unsigned char* p, uint32_t v) noexcept nogil
     uint64_t fk_sh_hash(uint64_t seed, const unsigned char* p, size_t n) noexcept nogil
     uint64_t fk_sh_checksum(const unsigned char* p, size_t n) noexcept nogil
+    void fk_sh_fletcher(uint64_t* a, uint64_t* b, const unsigned char* p, size_t n) noexcept nogil
     uint64_t fk_sh_load_gen(const uint64_t* p) noexcept nogil
     void fk_sh_store_gen(uint64_t* p, uint64_t v) noexcept nogil
     uint64_t fk_sh_closed_gen
@@ -118,7 +126,7 @@ cdef extern from "Python.h":
     void _sh_Py_INCREF "Py_INCREF"(object o)
 
 cdef enum:
-    _SH_HEADER = 96
+    _SH_HEADER = 112     # _shm.HEADER_SIZE
     _SH_ENTRY = 24
     _SH_MAX_DEPTH = 100
     _SH_GEN_OFFSET = 16   # _shm.GEN_OFFSET
@@ -498,13 +506,16 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
 cdef class _SharedMap:
     """One mapped snapshot file, its header validated; unmapped when the last
     holder (the table, an iterator, a writer) drops it."""
-    cdef readonly object mm
+    cdef readonly object mm          # the index
+    cdef readonly object dmm         # the data (None when empty)
     cdef readonly object hdr
     cdef readonly uint64_t gen
     cdef Py_buffer view
-    cdef bint has_view
-    cdef const unsigned char* base
-    cdef uint64_t size, count, nslots, mask, seed, data_off, entries_off, data_len
+    cdef Py_buffer dview
+    cdef bint has_view, has_dview
+    cdef const unsigned char* base   # index
+    cdef const unsigned char* dbase  # data
+    cdef uint64_t size, count, nslots, mask, seed, entries_off, data_len
     cdef bint allow_pickle
     cdef PyObject* strs[_SH_STRS]   # _sh_ascii's cache (owned references)
 
@@ -516,21 +527,40 @@ cdef class _SharedMap:
         if self.has_view:
             PyBuffer_Release(&self.view)
             self.has_view = False
+        if self.has_dview:
+            PyBuffer_Release(&self.dview)
+            self.has_dview = False
 
 
-cdef _SharedMap _sh_map_new(object mm, uint64_t gen, bint allow_pickle, bint verify):
+cdef _SharedMap _sh_map_new(object mm, object dmm, Py_ssize_t dsize, uint64_t gen, bint allow_pickle,
+                            bint verify):
     cdef _SharedMap m = _SharedMap.__new__(_SharedMap)
+    cdef uint64_t a = 0, b = 0
     PyObject_GetBuffer(mm, &m.view, PyBUF_SIMPLE)
     m.has_view = True
     m.base = <const unsigned char*>m.view.buf
-    hdr = _shm.Header(mm, m.view.len, _sh_checksum)
-    if verify and fk_sh_checksum(m.base + _SH_HEADER, m.view.len - _SH_HEADER) != hdr.body_sum:
-        raise ValueError("corrupt SharedTable snapshot: body checksum mismatch")
+    hdr = _shm.Header(mm, m.view.len, dsize, _sh_checksum)
+    if dmm is not None:
+        PyObject_GetBuffer(dmm, &m.dview, PyBUF_SIMPLE)
+        m.has_dview = True
+        m.dbase = <const unsigned char*>m.dview.buf
+        if <uint64_t>m.dview.len < hdr.data_len:
+            _sh_corrupt("the data mapping is shorter than the header says")
+    elif hdr.data_len:
+        _sh_corrupt("no data file for a table with data")
+    if verify:
+        if fk_sh_checksum(m.base + _SH_HEADER, m.view.len - _SH_HEADER) != hdr.index_sum:
+            raise ValueError("corrupt SharedTable snapshot: index checksum mismatch")
+        if hdr.data_len:
+            fk_sh_fletcher(&a, &b, m.dbase, hdr.data_len)
+        if a != hdr.data_a or b != hdr.data_b:
+            raise ValueError("corrupt SharedTable snapshot: data checksum mismatch")
     if hdr.flags & _shm.FLAG_PICKLE and not allow_pickle:
         raise ValueError(
             "this SharedTable was created with pickle=True: open it with pickle=True "
             "(unpickling executes code from whoever can write the file)")
     m.mm = mm
+    m.dmm = dmm
     m.hdr = hdr
     m.gen = gen
     m.size = hdr.size
@@ -538,22 +568,21 @@ cdef _SharedMap _sh_map_new(object mm, uint64_t gen, bint allow_pickle, bint ver
     m.nslots = hdr.nslots
     m.mask = hdr.nslots - 1
     m.seed = hdr.seed
-    m.data_off = hdr.data_off
     m.entries_off = hdr.entries_off
-    m.data_len = m.size - m.data_off
+    m.data_len = hdr.data_len
     m.allow_pickle = allow_pickle
     return m
 
 
 cdef inline int _sh_entry(_SharedMap m, uint64_t idx, uint64_t* off, uint32_t* kl, uint32_t* vl) except -1:
-    """The bounds-checked data offset (absolute), key and value length of entry idx."""
+    """The bounds-checked data offset, key and value length of entry idx."""
     cdef const unsigned char* e = m.base + m.entries_off + _SH_ENTRY * idx
     cdef uint64_t o = fk_sh_ld64(e + 8)
     kl[0] = fk_sh_ld32(e + 16)
     vl[0] = fk_sh_ld32(e + 20)
     if o > m.data_len or <uint64_t>kl[0] + vl[0] > m.data_len - o:
         _sh_corrupt("an entry points outside the data")
-    off[0] = m.data_off + o
+    off[0] = o
     return 0
 
 
@@ -573,7 +602,7 @@ cdef Py_ssize_t _sh_probe(_SharedMap m, const unsigned char* key, Py_ssize_t n, 
         e = m.base + m.entries_off + _SH_ENTRY * (s - 1)
         if fk_sh_ld64(e) == h and fk_sh_ld32(e + 16) == <uint32_t>n:
             _sh_entry(m, s - 1, &off, &kl, &vl)
-            if memcmp(m.base + off, key, n) == 0:
+            if memcmp(m.dbase + off, key, n) == 0:
                 return <Py_ssize_t>(s - 1)
         i = (i + 1) & m.mask
     return -1
@@ -598,7 +627,7 @@ cdef object _sh_value_at(_SharedMap m, Py_ssize_t idx):
     cdef const unsigned char* p
     cdef const unsigned char* end
     _sh_entry(m, idx, &off, &kl, &vl)
-    p = m.base + off + kl
+    p = m.dbase + off + kl
     end = p + vl
     v = _sh_decode(&p, end, m.allow_pickle, 0, m.strs if FK_SH_STR_CACHE else NULL)
     if p != end:
@@ -612,7 +641,7 @@ cdef object _sh_key_at(_SharedMap m, Py_ssize_t idx):
     cdef const unsigned char* p
     cdef const unsigned char* end
     _sh_entry(m, idx, &off, &kl, &vl)
-    p = m.base + off
+    p = m.dbase + off
     end = p + kl
     k = _sh_decode(&p, end, False, 0, m.strs if FK_SH_STR_CACHE else NULL)
     if p != end:
@@ -676,32 +705,51 @@ def _sh_rebuild_slots(mv, uint64_t nslots, uint64_t entries_off, uint64_t count)
             fk_sh_st32(base + _SH_HEADER + 4 * i, <uint32_t>(j + 1))
 
 
-def _sh_compact(mv, uint64_t entries_off, uint64_t count, old, uint64_t old_data_off, uint64_t data_off):
+def _sh_compact(mv, uint64_t entries_off, uint64_t count, old, out):
     """Copy the key/value bytes of the ``count`` entries (copied from the old
-    file, old offsets) from the old data to the new, repointing each entry;
+    index, old offsets) from the old data to ``out``, repointing each entry;
     returns the bytes written. ValueError if an old entry is out of bounds."""
     cdef _Buf b = _sh_buf(mv, True)
-    cdef _Buf ob = _sh_buf(old, False)
+    cdef _Buf ob
+    cdef _Buf outb = _sh_buf(out, True)
     cdef unsigned char* base = <unsigned char*>b.view.buf
-    cdef const unsigned char* obase = <const unsigned char*>ob.view.buf
-    cdef uint64_t old_len = <uint64_t>ob.view.len - old_data_off, room = <uint64_t>b.view.len - data_off
+    cdef const unsigned char* obase = NULL
+    cdef unsigned char* dst = <unsigned char*>outb.view.buf
+    cdef uint64_t old_len = 0, room = <uint64_t>outb.view.len
     cdef uint64_t j, o, n, cursor = 0
     cdef unsigned char* e
+    if old is not None:
+        ob = _sh_buf(old, False)
+        obase = <const unsigned char*>ob.view.buf
+        old_len = <uint64_t>ob.view.len
+    if entries_off + _SH_ENTRY * count > <uint64_t>b.view.len:
+        raise ValueError("SharedTable: entries do not fit")
     for j in range(count):
         e = base + entries_off + _SH_ENTRY * j
         o = fk_sh_ld64(e + 8)
         n = <uint64_t>fk_sh_ld32(e + 16) + fk_sh_ld32(e + 20)
         if o > old_len or n > old_len - o or n > room - cursor:
             _sh_corrupt("an entry points outside the data")
-        memcpy(base + data_off + cursor, obase + old_data_off + o, n)
+        if n:
+            memcpy(dst + cursor, obase + o, n)
         fk_sh_st64(e + 8, cursor)
         cursor += n
     return cursor
 
 
+def _sh_fletcher(uint64_t a, uint64_t b, data):
+    """Continue the data sums (a, b) over ``data`` (a multiple of 8 bytes)."""
+    cdef _Buf buf = _sh_buf(data, False)
+    if buf.view.len % 8:
+        raise ValueError("SharedTable: data appended in multiples of 8 bytes")
+    with nogil:
+        fk_sh_fletcher(&a, &b, <const unsigned char*>buf.view.buf, buf.view.len)
+    return a, b
+
+
 _SH_CODEC = _types.SimpleNamespace(
     hash=_sh_hash, checksum=_sh_checksum, lookup=_sh_lookup,
-    rebuild_slots=_sh_rebuild_slots, compact=_sh_compact)
+    rebuild_slots=_sh_rebuild_slots, compact=_sh_compact, fletcher=_sh_fletcher)
 
 
 # -- iteration over one snapshot ------------------------------------------------------
@@ -843,8 +891,8 @@ cdef class SharedTable:
         """Map the current snapshot (the generation moved, or closed)."""
         if self._seg is None:
             raise ClosedError("SharedTable is closed")
-        gen, mm = self._seg.load(self._generation)
-        m = _sh_map_new(mm, gen, self._pickle, self._verify)
+        gen, mm, dmm, dsize = self._seg.load(self._generation)
+        m = _sh_map_new(mm, dmm, dsize, gen, self._pickle, self._verify)
         self._map = m
         self._gen = gen
         self._cache.clear()
@@ -989,12 +1037,12 @@ cdef class SharedTable:
         return self._seg.path
 
     def info(self):
-        """{"path", "generation", "count", "file_size", "garbage", "cached"}."""
+        """{"path", "generation", "count", "index_size", "data_size", "garbage", "cached"}."""
         if not isinstance(self, SharedTable):
             fk_wrong_self(self, SharedTable)
         cdef _SharedMap m = self._current()
-        return {"path": self._seg.path, "generation": m.gen, "count": m.count, "file_size": m.size,
-                "garbage": m.hdr.garbage, "cached": len(self._cache)}
+        return {"path": self._seg.path, "generation": m.gen, "count": m.count, "index_size": m.size,
+                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(self._cache)}
 
     # -- writes --------------------------------------------------------------------
 
@@ -1041,8 +1089,9 @@ cdef class SharedTable:
             result = [0]
 
             def write(path):
-                result[0] = _shm.write_snapshot(path, seg.mode, _SH_CODEC, m, changes, flags)
-                return result[0]
+                r = _shm.write_snapshot(path, seg.mode, _SH_CODEC, m, changes, flags)
+                result[0] = r[0]
+                return r
 
             seg.publish(m.gen, write, self._store_gen)
             return result[0]

@@ -10,7 +10,12 @@ bare name; any path allowed), all mode 0600 unless the creator asks for more:
   state (0 live, 1 dead), the generation counter (u64 at offset 16, stored
   with release order by writers, loaded by readers on every read) and the
   table's token (16 hex digits, random per create).
-- ``P.fkv-TOKEN-GEN``: the immutable snapshot of generation GEN.
+- ``P.fkv-TOKEN-GEN``: the index of generation GEN (header, slots, entries),
+  immutable once published.
+- ``P.fkv-TOKEN-dEPOCH``: the data file the index points into (keys and
+  values): append-only, every published byte immutable. A publish appends its
+  new bytes past the published length and writes a new index; compaction
+  (once garbage outweighs live bytes) writes a new data file, EPOCH+1.
 - ``P.fkv-lock``: writers serialize on ``flock(LOCK_EX)`` of a fresh
   descriptor of this file (fresh per publish: threads and forked children
   never share the lock's owner).
@@ -46,15 +51,17 @@ from collections.abc import ItemsView, KeysView, ValuesView
 MAGIC = b"FASTKVSH"
 VERSION = 1
 FLAG_PICKLE = 1
-# magic, version, flags, file_size, count, nslots, seed, data_off, garbage,
-# body_sum, reserved, head_sum (over bytes 0..88)
-HEADER = struct.Struct("<8sIIQQQQQQQ16sQ")
-HEADER_SIZE = HEADER.size  # 96
-ENTRY = struct.Struct("<QQII")  # hash, data offset (relative), key length, value length
+# magic, version, flags, index_size, count, nslots, seed, data_epoch, data_len,
+# garbage, index_sum, data_a, data_b, reserved, head_sum (over bytes 0..104)
+HEADER = struct.Struct("<8sIIQQQQQQQQQQQQ")
+HEADER_SIZE = HEADER.size  # 112
+HEAD_SUM_AT = HEADER_SIZE - 8
+ENTRY = struct.Struct("<QQII")  # hash, data offset, key length, value length
 ENTRY_SIZE = ENTRY.size  # 24
 SLOT = struct.Struct("<I")  # entry index + 1, 0 = empty
 MAX_COUNT = 2**32 - 2
 MIN_SLOTS = 8
+COMPACT_MIN = 1 << 16  # garbage bytes below which data is never compacted
 
 CTL_MAGIC = b"FKVCTRL1"
 CTL = struct.Struct("<8sIIQ16s")  # magic, version, state, generation, token
@@ -88,35 +95,46 @@ def snapshot_path(ctl_path, token, gen):
     return f"{ctl_path}.fkv-{token}-{gen}"
 
 
+def data_path(ctl_path, token, epoch):
+    return f"{ctl_path}.fkv-{token}-d{epoch}"
+
+
+def fletcher(a, b, data, mask=M64):
+    """Continue the data file's running sums (a, b) over ``data`` (LE u64
+    words, length a multiple of 8), in Python: the reference's."""
+    for (w,) in struct.iter_unpack("<Q", bytes(data)):
+        a = (a + w) & mask
+        b = (b + a) & mask
+    return a, b
+
+
 def checksum(data, mask=M64):
     """The format's checksum of ``data`` (Fletcher-style over LE u64 words,
     the tail zero-padded), in Python: the reference's."""
     data = bytes(data)
     if len(data) % 8:
         data += b"\0" * (8 - len(data) % 8)
-    a = b = 0
-    for (w,) in struct.iter_unpack("<Q", data):
-        a = (a + w) & mask
-        b = (b + a) & mask
+    a, b = fletcher(0, 0, data, mask)
     return ((a * 0x9E3779B97F4A7C15) ^ b ^ (len(data) * 0xC2B2AE3D27D4EB4F)) & mask
 
 
 class Header:
-    """A snapshot's header, validated (every size checked against the file's)."""
+    """An index file's header, validated (every size checked against the
+    index file's and the data file's real sizes)."""
 
-    __slots__ = ("flags", "size", "count", "nslots", "seed", "data_off", "garbage",
-                 "body_sum", "entries_off")
+    __slots__ = ("flags", "size", "count", "nslots", "seed", "epoch", "data_len", "garbage",
+                 "index_sum", "data_a", "data_b", "entries_off")
 
-    def __init__(self, buf, file_size, head_sum_fn):
+    def __init__(self, buf, file_size, data_file_size, head_sum_fn):
         if file_size < HEADER_SIZE:
             raise ValueError(f"not a SharedTable snapshot: {file_size} bytes, shorter than a header")
-        (magic, version, flags, size, count, nslots, seed, data_off, garbage,
-         body_sum, _reserved, head_sum) = HEADER.unpack_from(buf, 0)
+        (magic, version, flags, size, count, nslots, seed, epoch, data_len, garbage,
+         index_sum, data_a, data_b, _reserved, head_sum) = HEADER.unpack_from(buf, 0)
         if magic != MAGIC:
             raise ValueError("not a SharedTable snapshot (bad magic)")
         if version != VERSION:
             raise ValueError(f"SharedTable snapshot format version {version}, this fastkv reads {VERSION}")
-        if head_sum_fn(bytes(buf[0:88])) != head_sum:
+        if head_sum_fn(bytes(buf[0:HEAD_SUM_AT])) != head_sum:
             raise ValueError("corrupt SharedTable snapshot: header checksum mismatch")
         if flags & ~FLAG_PICKLE:
             raise ValueError(f"corrupt SharedTable snapshot: unknown flags {flags:#x}")
@@ -127,19 +145,24 @@ class Header:
         if count > MAX_COUNT or count >= nslots:
             raise ValueError(f"corrupt SharedTable snapshot: {count} entries for {nslots} slots")
         entries_off = HEADER_SIZE + 4 * nslots
-        if data_off != entries_off + ENTRY_SIZE * count or data_off > size:
+        if size != entries_off + ENTRY_SIZE * count:
             raise ValueError("corrupt SharedTable snapshot: regions do not fit the file")
-        if garbage > size - data_off:
+        if data_len % 8 or data_len > data_file_size:
+            raise ValueError(f"corrupt SharedTable snapshot: {data_len} data bytes, "
+                             f"the data file has {data_file_size}")
+        if garbage > data_len:
             raise ValueError("corrupt SharedTable snapshot: garbage larger than the data")
         self.flags, self.size, self.count, self.nslots = flags, size, count, nslots
-        self.seed, self.data_off, self.garbage, self.body_sum = seed, data_off, garbage, body_sum
+        self.seed, self.epoch, self.data_len, self.garbage = seed, epoch, data_len, garbage
+        self.index_sum, self.data_a, self.data_b = index_sum, data_a, data_b
         self.entries_off = entries_off
 
 
-def pack_header(mv, flags, size, count, nslots, seed, data_off, garbage, body_sum, sum_fn):
-    HEADER.pack_into(mv, 0, MAGIC, VERSION, flags, size, count, nslots, seed, data_off,
-                     garbage, body_sum, b"\0" * 16, 0)
-    struct.pack_into("<Q", mv, 88, sum_fn(bytes(mv[0:88])))
+def pack_header(mv, flags, size, count, nslots, seed, epoch, data_len, garbage, index_sum,
+                data_a, data_b, sum_fn):
+    HEADER.pack_into(mv, 0, MAGIC, VERSION, flags, size, count, nslots, seed, epoch, data_len,
+                     garbage, index_sum, data_a, data_b, 0, 0)
+    struct.pack_into("<Q", mv, HEAD_SUM_AT, sum_fn(bytes(mv[0:HEAD_SUM_AT])))
 
 
 # -- views over one snapshot --------------------------------------------------------
@@ -270,6 +293,7 @@ class Segment:
             if fd >= 0:
                 os.close(fd)
             _unlink_quiet(snap)
+            _unlink_quiet(data_path(path, token, 1))
             _unlink_quiet(tmp)
             raise
         return cls(path, fd, ctl, token, mode, True)
@@ -280,7 +304,8 @@ class Segment:
         return struct.unpack_from("<Q", self.ctl, GEN_OFFSET)[0]
 
     def load(self, gen_fn):
-        """(gen, mmap) of the current snapshot; retries while generations move on."""
+        """(gen, index mmap, data mmap or None, data file size) of the current
+        snapshot; retries while generations move on."""
         for _ in range(10000):
             gen = gen_fn()
             try:
@@ -294,9 +319,25 @@ class Segment:
                 size = os.fstat(fd).st_size
                 if size < HEADER_SIZE:
                     raise ValueError(f"not a SharedTable snapshot: {size} bytes, shorter than a header")
-                return gen, mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
             finally:
                 os.close(fd)
+            # the data file this index names (the header is validated by the caller)
+            epoch, data_len = struct.unpack_from("<QQ", mm, 48)
+            if data_len == 0 or mm[:8] != MAGIC:  # (a foreign file: the header check says so)
+                return gen, mm, None, 0
+            try:
+                dfd = os.open(data_path(self.path, self.token, epoch), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ValueError(f"corrupt SharedTable {self.path}: data file {epoch} is missing") from None
+            try:
+                dsize = os.fstat(dfd).st_size
+                if data_len > dsize:
+                    raise ValueError(f"corrupt SharedTable snapshot: {data_len} data bytes, "
+                                     f"the data file has {dsize}")
+                return gen, mm, mmap.mmap(dfd, data_len, mmap.MAP_SHARED, mmap.PROT_READ), dsize
+            finally:
+                os.close(dfd)
         raise RuntimeError("SharedTable: could not catch up with concurrent publishers")
 
     # -- writing ------------------------------------------------------------------
@@ -318,7 +359,8 @@ class Segment:
         nothing written, nothing published), then it is published and gen's
         file unlinked."""
         path = snapshot_path(self.path, self.token, gen + 1)
-        if not write(path):
+        changed, retired = write(path)
+        if not changed:
             return False
         if before_publish is not None:
             before_publish(path)
@@ -326,6 +368,8 @@ class Segment:
         _unlink_quiet(snapshot_path(self.path, self.token, gen))
         if gen > 1:
             _unlink_quiet(snapshot_path(self.path, self.token, gen - 1))
+        for old in retired:
+            _unlink_quiet(old)
         return True
 
     def create_file(self, path, size):
@@ -358,7 +402,8 @@ def create_file(path, size, mode):
     try:
         os.fchmod(fd, mode)
         os.ftruncate(fd, size)
-        mm = mmap.mmap(fd, size)
+        # the pages are about to be written: fault them in at once
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
     except BaseException:
         os.close(fd)
         _unlink_quiet(path)
@@ -427,17 +472,20 @@ def table_files(name):
 
 
 def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
-    """Write the complete snapshot file at ``path``: ``old`` (a map with
-    ``hdr`` and ``mm``, or None) with ``changes`` applied, an ordered dict of
-    canonical key bytes -> encoded value bytes (None deletes). Returns the
-    number of entries changed (0: nothing to publish, no file written), or the
-    new count when ``old`` is None.
+    """Write generation ``path``'s index (and its data bytes): ``old`` (a map
+    with ``hdr``, ``mm`` (index) and ``dmm`` (data, or None), or None) with
+    ``changes`` applied, an ordered dict of canonical key bytes -> encoded
+    value bytes (None deletes). Returns (entries changed, files to unlink
+    once published); (0, []) when nothing changes (nothing written).
 
-    One key into a big table: the old slots, entries and data are copied as
-    three memcpys, the changed entries patched, new keys probed into the
-    copied slots. Deletions, growth and many new keys rebuild the slots from
-    the stored hashes (no key is rehashed); data is compacted once garbage
-    (replaced or deleted bytes) outweighs live data."""
+    The index (slots and entries, 28 bytes a key) is copied whole: a memcpy
+    of the old entries and slots, the changed entries patched, new keys
+    probed into the copied slots (deletions, growth and many new keys rebuild
+    the slots from the stored hashes: no key is rehashed). The data file is
+    append-only: new key/value bytes go past the published length, so a
+    publish writes only what changed. Once garbage (replaced, deleted and
+    padding bytes) outweighs live bytes, the live bytes are compacted into a
+    new data file (the next epoch) and the old one is retired."""
     hdr = old.hdr if old is not None else None
     if hdr is not None:
         seed = hdr.seed
@@ -456,15 +504,16 @@ def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
         else:
             adds.append((h, kb, vb))
     if hdr is not None and not (ups or adds or dels):
-        return 0
+        return 0, []
     count = n_old - len(dels) + len(adds)
     if count > MAX_COUNT:
         raise OverflowError(f"a SharedTable holds at most {MAX_COUNT} entries")
     nslots = hdr.nslots if hdr else MIN_SLOTS
     while count * 3 >= nslots * 2:
         nslots *= 2
-    old_mm = old.mm if old is not None else None
-    old_data_len = hdr.size - hdr.data_off if hdr else 0
+    old_mm = memoryview(old.mm) if old is not None else None  # slices without copies
+    old_dmm = memoryview(old.dmm) if old is not None and old.dmm is not None else None
+    old_data_len = hdr.data_len if hdr else 0
     freed_dels = freed_ups = 0
     for idx in dels:
         _, _, kl, vl = ENTRY.unpack_from(old_mm, hdr.entries_off + ENTRY_SIZE * idx)
@@ -475,15 +524,14 @@ def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
     old_garbage = hdr.garbage if hdr else 0
     garbage = old_garbage + freed_dels + freed_ups
     added = sum(len(kb) + len(vb) for _, kb, vb in ups) + sum(len(kb) + len(vb) for _, kb, vb in adds)
-    live = old_data_len - garbage + added
-    compact = garbage > live and garbage > 4096
+    compact = hdr is not None and garbage > old_data_len - garbage + added and garbage > COMPACT_MIN
+    epoch = (hdr.epoch + 1 if compact else hdr.epoch) if hdr else 1
+    dpath = path.rsplit("-", 1)[0] + f"-d{epoch}"
+    retired = []
     entries_off = HEADER_SIZE + 4 * nslots
-    data_off = entries_off + ENTRY_SIZE * count
-    # compaction copies every kept entry's bytes (an updated one's old bytes
-    # too: they become garbage again when the entry is repointed)
-    data_len = (old_data_len - old_garbage - freed_dels if compact else old_data_len) + added
-    size = data_off + data_len
+    size = entries_off + ENTRY_SIZE * count
     fd, mm = create_file(path, size, mode)
+    dfd = -1
     try:
         mv = memoryview(mm)
         try:
@@ -500,16 +548,17 @@ def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
                         mv[at:at + chunk] = old_mm[src + ENTRY_SIZE * prev:src + ENTRY_SIZE * idx]
                         at += chunk
                         prev = idx + 1
-            # data: copied whole, or only the live bytes of the kept entries
+            # data: appended past the published bytes, or compacted anew
             if compact:
-                cursor = codec.compact(mv, entries_off, kept, old_mm, hdr.data_off, data_off)
-                if cursor != old_data_len - old_garbage - freed_dels:
-                    raise ValueError(f"corrupt SharedTable snapshot: its garbage count is wrong")
-                garbage = freed_ups
+                kept_len = old_data_len - old_garbage - freed_dels
+                blob = bytearray(kept_len)
+                if codec.compact(mv, entries_off, kept, old_dmm, blob) != kept_len:
+                    raise ValueError("corrupt SharedTable snapshot: its garbage count is wrong")
+                base, garbage = 0, freed_ups
             else:
-                if old_data_len:
-                    mv[data_off:data_off + old_data_len] = old_mm[hdr.data_off:hdr.size]
-                cursor = old_data_len
+                blob = bytearray()
+                base = old_data_len
+            cursor = base + len(blob)
             if dels:
                 shift = sorted(dels)
             for idx, kb, vb in ups:
@@ -518,20 +567,36 @@ def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
                 at = entries_off + ENTRY_SIZE * idx
                 h = ENTRY.unpack_from(mv, at)[0]
                 ENTRY.pack_into(mv, at, h, cursor, len(kb), len(vb))
-                mv[data_off + cursor:data_off + cursor + len(kb) + len(vb)] = kb + vb
+                blob += kb
+                blob += vb
                 cursor += len(kb) + len(vb)
             if adds:
-                blob = b"".join(kb + vb for _, kb, vb in adds)
-                mv[data_off + cursor:data_off + cursor + len(blob)] = blob
                 packed = bytearray(ENTRY_SIZE * len(adds))
                 at = 0
                 for h, kb, vb in adds:
                     ENTRY.pack_into(packed, at, h, cursor, len(kb), len(vb))
                     at += ENTRY_SIZE
                     cursor += len(kb) + len(vb)
-                mv[entries_off + ENTRY_SIZE * kept:data_off] = packed
-            if cursor != data_len:
-                raise ValueError("corrupt SharedTable snapshot: entries and data disagree")
+                blob += b"".join(kb + vb for _, kb, vb in adds)
+                mv[entries_off + ENTRY_SIZE * kept:size] = packed
+            pad = -len(blob) % 8
+            blob += bytes(pad)
+            garbage += pad
+            data_len = base + len(blob)
+            if compact or hdr is None:
+                data_a, data_b = codec.fletcher(0, 0, blob)
+            else:
+                data_a, data_b = codec.fletcher(hdr.data_a, hdr.data_b, blob)
+            if blob:
+                flags_ = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if compact or hdr is None else 0)
+                dfd = os.open(dpath, flags_, mode)
+                os.fchmod(dfd, mode)
+                if os.pwrite(dfd, blob, base) != len(blob):
+                    raise OSError("SharedTable: short write to the data file")
+            if compact:
+                retired.append(path.rsplit("-", 1)[0] + f"-d{hdr.epoch}")
+            elif hdr is not None:
+                retired.append(path.rsplit("-", 1)[0] + f"-d{epoch + 1}")  # a killed compaction's
             # slots: copied and probed into, or rebuilt from the hashes
             if hdr and not dels and nslots == hdr.nslots and len(adds) <= 64:
                 mv[HEADER_SIZE:entries_off] = old_mm[HEADER_SIZE:HEADER_SIZE + 4 * nslots]
@@ -543,17 +608,26 @@ def write_snapshot(path, mode, codec, old, changes, flags, seed=None):
                     SLOT.pack_into(mv, HEADER_SIZE + 4 * i, kept + j + 1)
             else:
                 codec.rebuild_slots(mv, nslots, entries_off, count)
-            body_sum = codec.checksum(mv[HEADER_SIZE:size])
-            pack_header(mv, flags, size, count, nslots, seed, data_off, garbage, body_sum, codec.checksum)
+            index_sum = codec.checksum(mv[HEADER_SIZE:size])
+            pack_header(mv, flags, size, count, nslots, seed, epoch, data_len, garbage, index_sum,
+                        data_a, data_b, codec.checksum)
         finally:
             mv.release()
         mm.close()
     except BaseException:
         _unlink_quiet(path)
+        if compact:
+            _unlink_quiet(dpath)
         raise
     finally:
         os.close(fd)
-    return len(ups) + len(adds) + len(dels) if hdr else count
+        if dfd >= 0:
+            os.close(dfd)
+        if old_mm is not None:
+            old_mm.release()
+        if old_dmm is not None:
+            old_dmm.release()
+    return (len(ups) + len(adds) + len(dels) if hdr else max(count, 1)), retired
 
 
 def _bisect(sorted_list, x):

@@ -14,6 +14,11 @@ Scenarios (each at every size; sizes default to 10 / 1,000 / 100,000 keys in
 - ``mix``     one thread, 9 reads then 1 write, repeated (90/10);
 - ``threads`` N threads (``--threads``, default 4) read at once; the figure is
   the aggregate ops/s of all threads.
+- ``processes`` N worker processes (``--procs``, default 4; fork and spawn) read
+  one table at the largest size: SharedTable, a per-worker FrozenTable copy, a
+  ``multiprocessing.Manager().dict()`` and the installed peers; aggregate
+  reads/s and the memory each worker adds, then SharedTable's target ratios
+  (see ``fastkv.bench_procs``).
 
 Keys are strings ``"key:<i>"``; the keys looked up are equal copies of the
 stored ones, not the same objects, as keys parsed from a request would be (so
@@ -1262,8 +1267,11 @@ def _parser():
     p.set_defaults(mode="quick")
     p.add_argument("--sizes", type=_parse_sizes, metavar="N,N,...",
                    help="key counts to measure, e.g. 10,1000 or 100k,1M")
-    p.add_argument("--scenarios", type=_parse_names(list(SCENARIOS), "scenario"), metavar="S,S,...",
-                   help=f"scenarios to run (from {', '.join(SCENARIOS)})")
+    p.add_argument("--scenarios", type=_parse_names(list(SCENARIOS) + ["processes"], "scenario"),
+                   metavar="S,S,...",
+                   help=f"scenarios to run (from {', '.join(SCENARIOS)}, processes)")
+    p.add_argument("--procs", type=int, default=4, metavar="N",
+                   help="worker processes in the processes scenario (default 4; see fastkv.bench_procs)")
     p.add_argument("--strategies", type=_parse_names(list(STRATEGIES), "strategy"), metavar="ID,ID,...",
                    help="strategies to measure, by id; shell-style patterns work (ref-*); see --list")
     p.add_argument("--threads", type=int, default=4, metavar="N",
@@ -1287,6 +1295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.procs < 1:
+        p.error("--procs must be >= 1")
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.min_time is not None and args.min_time <= 0:
@@ -1295,7 +1305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for s in STRATEGIES.values():
             why = _check_available(s)
             print(f"{s.id:<16} {s.label:<22} {s.summary}" + (f"  [skipped: {why}]" if why else ""))
-        print("scenarios: " + ", ".join(SCENARIOS))
+        print("scenarios: " + ", ".join(SCENARIOS) + ", processes")
         return 0
     if args.plot:
         try:
@@ -1303,13 +1313,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError:
             p.error("--plot needs matplotlib (pip install matplotlib, or fastkv[bench])")
     sizes = args.sizes or list(QUICK_SIZES if args.mode == "quick" else FULL_SIZES)
-    scenarios = args.scenarios or list(SCENARIOS)
+    scenarios = args.scenarios or list(SCENARIOS) + ["processes"]
     ids = args.strategies or list(STRATEGIES)
     strategies = [STRATEGIES[i] for i in STRATEGIES if i in ids]
-    report = run(sizes, scenarios, strategies, mode=args.mode, threads=args.threads,
-                 min_time=args.min_time, repeat=args.repeat, progress=args.progress)
+    report = run(sizes, [s for s in scenarios if s != "processes"], strategies, mode=args.mode,
+                 threads=args.threads, min_time=args.min_time, repeat=args.repeat, progress=args.progress)
     print(format_report(report))
     sys.stdout.flush()
+    if "processes" in scenarios:  # SharedTable across worker processes: fastkv.bench_procs
+        from fastkv import bench_procs
+
+        def note(msg):
+            if args.progress:
+                print(msg, file=sys.stderr, flush=True)
+
+        report["processes"] = bench_procs.run_processes(
+            max(sizes), max(1, args.procs), quick=args.mode == "quick", progress=note)
+        print("\n" + bench_procs.format_processes(report["processes"]))
+        sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -1317,9 +1338,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(format_markdown(report) + "\n")
+            if "processes" in report:
+                f.write("\n```\n" + bench_procs.format_processes(report["processes"]) + "\n```\n")
     if args.plot:
         plot(report, args.plot)
     errors = [r for r in report["results"] if r["status"] == "error"]
+    errors += [r for r in report.get("processes", {}).get("results", []) if r["status"] == "error"]
     if errors:
         print(f"\n{len(errors)} figure(s) failed: see 'error' above.", file=sys.stderr)
         return 1

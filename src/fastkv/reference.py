@@ -1748,27 +1748,35 @@ def _sh_decode(buf, p, end, allow_pickle, depth):
 
 
 class _SharedMap:
-    """One mapped snapshot file, its header validated."""
+    """One mapped snapshot (its index and data files), its header validated."""
 
-    __slots__ = ("mm", "hdr", "gen", "allow_pickle", "data_len")
+    __slots__ = ("mm", "dmm", "hdr", "gen", "allow_pickle", "data_len")
 
-    def __init__(self, mm, gen, allow_pickle, verify):
-        hdr = _shm.Header(mm, len(mm), _sh_checksum)
-        if verify and _sh_checksum(mm[_shm.HEADER_SIZE:]) != hdr.body_sum:
-            raise ValueError("corrupt SharedTable snapshot: body checksum mismatch")
+    def __init__(self, mm, dmm, dsize, gen, allow_pickle, verify):
+        hdr = _shm.Header(mm, len(mm), dsize, _sh_checksum)
+        if dmm is not None:
+            if len(dmm) < hdr.data_len:
+                _sh_corrupt("the data mapping is shorter than the header says")
+        elif hdr.data_len:
+            _sh_corrupt("no data file for a table with data")
+        if verify:
+            if _sh_checksum(mm[_shm.HEADER_SIZE:]) != hdr.index_sum:
+                raise ValueError("corrupt SharedTable snapshot: index checksum mismatch")
+            if _shm.fletcher(0, 0, dmm[:hdr.data_len] if dmm is not None else b"") != (hdr.data_a, hdr.data_b):
+                raise ValueError("corrupt SharedTable snapshot: data checksum mismatch")
         if hdr.flags & _shm.FLAG_PICKLE and not allow_pickle:
             raise ValueError(
                 "this SharedTable was created with pickle=True: open it with pickle=True "
                 "(unpickling executes code from whoever can write the file)")
-        self.mm, self.hdr, self.gen, self.allow_pickle = mm, hdr, gen, allow_pickle
-        self.data_len = hdr.size - hdr.data_off
+        self.mm, self.dmm, self.hdr, self.gen, self.allow_pickle = mm, dmm, hdr, gen, allow_pickle
+        self.data_len = hdr.data_len
 
     def entry(self, idx):
-        """(absolute data offset, key length, value length) of entry idx, bounds-checked."""
+        """(data offset, key length, value length) of entry idx, bounds-checked."""
         _, off, kl, vl = _shm.ENTRY.unpack_from(self.mm, self.hdr.entries_off + _shm.ENTRY_SIZE * idx)
         if off > self.data_len or kl + vl > self.data_len - off:
             _sh_corrupt("an entry points outside the data")
-        return self.hdr.data_off + off, kl, vl
+        return off, kl, vl
 
     def probe(self, kb, h):
         hdr = self.hdr
@@ -1785,7 +1793,7 @@ class _SharedMap:
             eh, _, kl, _ = _shm.ENTRY.unpack_from(self.mm, hdr.entries_off + _shm.ENTRY_SIZE * (s - 1))
             if eh == h and kl == len(kb):
                 off, kl, _ = self.entry(s - 1)
-                if self.mm[off:off + kl] == kb:
+                if self.dmm[off:off + kl] == kb:
                     return s - 1
             i = (i + 1) & mask
         return -1
@@ -1798,14 +1806,14 @@ class _SharedMap:
 
     def value_at(self, idx):
         off, kl, vl = self.entry(idx)
-        v, p = _sh_decode(self.mm, off + kl, off + kl + vl, self.allow_pickle, 0)
+        v, p = _sh_decode(self.dmm, off + kl, off + kl + vl, self.allow_pickle, 0)
         if p != off + kl + vl:
             _sh_corrupt("trailing bytes after a value")
         return v
 
     def key_at(self, idx):
         off, kl, _ = self.entry(idx)
-        k, p = _sh_decode(self.mm, off, off + kl, False, 0)
+        k, p = _sh_decode(self.dmm, off, off + kl, False, 0)
         if p != off + kl:
             _sh_corrupt("trailing bytes after a key")
         return k
@@ -1832,23 +1840,30 @@ def _sh_rebuild_slots(mv, nslots, entries_off, count):
         _shm.SLOT.pack_into(mv, _shm.HEADER_SIZE + 4 * i, j + 1)
 
 
-def _sh_compact(mv, entries_off, count, old, old_data_off, data_off):
-    old_len, room, cursor = len(old) - old_data_off, len(mv) - data_off, 0
+def _sh_compact(mv, entries_off, count, old, out):
+    old_len = len(old) if old is not None else 0
+    room, cursor = len(out), 0
     for j in range(count):
         at = entries_off + _shm.ENTRY_SIZE * j
         h, o, kl, vl = _shm.ENTRY.unpack_from(mv, at)
         n = kl + vl
         if o > old_len or n > old_len - o or n > room - cursor:
             _sh_corrupt("an entry points outside the data")
-        mv[data_off + cursor:data_off + cursor + n] = old[old_data_off + o:old_data_off + o + n]
+        out[cursor:cursor + n] = old[o:o + n]
         _shm.ENTRY.pack_into(mv, at, h, cursor, kl, vl)
         cursor += n
     return cursor
 
 
+def _sh_fletcher(a, b, data):
+    if len(data) % 8:
+        raise ValueError("SharedTable: data appended in multiples of 8 bytes")
+    return _shm.fletcher(a, b, data)
+
+
 _SH_CODEC = types.SimpleNamespace(
     hash=_sh_hash, checksum=_sh_checksum, lookup=_sh_lookup,
-    rebuild_slots=_sh_rebuild_slots, compact=_sh_compact)
+    rebuild_slots=_sh_rebuild_slots, compact=_sh_compact, fletcher=_sh_fletcher)
 
 _SH_OPEN_SEGMENTS = _weakref.WeakSet()
 
@@ -1954,8 +1969,8 @@ class SharedTable:
     def _refresh(self):
         if self._seg is None:
             raise ClosedError("SharedTable is closed")
-        gen, mm = self._seg.load(self._generation)
-        self._map = _SharedMap(mm, gen, self._pickle, self._verify)
+        gen, mm, dmm, dsize = self._seg.load(self._generation)
+        self._map = _SharedMap(mm, dmm, dsize, gen, self._pickle, self._verify)
         self._gen = gen
         self._cache.clear()
 
@@ -2060,10 +2075,10 @@ class SharedTable:
         return self._seg.path
 
     def info(self):
-        """{"path", "generation", "count", "file_size", "garbage", "cached"}."""
+        """{"path", "generation", "count", "index_size", "data_size", "garbage", "cached"}."""
         m = self._current()
-        return {"path": self._seg.path, "generation": m.gen, "count": m.hdr.count, "file_size": m.hdr.size,
-                "garbage": m.hdr.garbage, "cached": len(self._cache)}
+        return {"path": self._seg.path, "generation": m.gen, "count": m.hdr.count, "index_size": m.hdr.size,
+                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(self._cache)}
 
     # -- writes ----------------------------------------------------------------
 
@@ -2097,8 +2112,9 @@ class SharedTable:
             result = [0]
 
             def write(path):
-                result[0] = _shm.write_snapshot(path, seg.mode, _SH_CODEC, m, changes, m.hdr.flags)
-                return result[0]
+                r = _shm.write_snapshot(path, seg.mode, _SH_CODEC, m, changes, m.hdr.flags)
+                result[0] = r[0]
+                return r
 
             seg.publish(m.gen, write, self._store_gen)
             return result[0]
