@@ -595,3 +595,14 @@ def test_fork_child_gets_its_own_near_cache(make, redis_server):
     """)
     assert res.returncode == 0, res.stderr
     assert "ok" in res.stdout
+
+
+def test_bench_cli_redis_scenario(redis_server):
+    res = run_python(f"""
+        import sys
+        from fastkv.bench import main
+        sys.exit(main(["bench", "--redis", {redis_server.url!r}, "--redis-only", "--redis-smoke", "--no-progress"]))
+    """, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for line in ("near-cache hit t[k]", "near-cache miss", "90/10 mix", "get_many(1,000)", "invalidation"):
+        assert line in res.stdout, res.stdout

@@ -1284,6 +1284,11 @@ def _parser():
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress display on stderr")
     p.add_argument("--list", action="store_true", help="list the strategies and scenarios, then exit")
+    p.add_argument("--redis", metavar="URL|auto",
+                   help="also measure RedisTable (near cache on/off) against plain redis-py on the server "
+                        "at URL, or on a local redis-server started for the run ('auto'); needs redis-py")
+    p.add_argument("--redis-only", action="store_true", help="with --redis: only the RedisTable measurements")
+    p.add_argument("--redis-smoke", action="store_true", help=argparse.SUPPRESS)  # tests: a few ops each
     return p
 
 
@@ -1307,6 +1312,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{s.id:<16} {s.label:<22} {s.summary}" + (f"  [skipped: {why}]" if why else ""))
         print("scenarios: " + ", ".join(SCENARIOS) + ", processes")
         return 0
+    if args.redis_only and not args.redis:
+        p.error("--redis-only needs --redis URL|auto")
+    if args.redis_only:  # fastkv/bench_redis.py
+        from fastkv import bench_redis
+
+        return 0 if bench_redis.main(args.redis, quick=args.mode == "quick", smoke=args.redis_smoke) else 1
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -1342,6 +1353,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f.write("\n```\n" + bench_procs.format_processes(report["processes"]) + "\n```\n")
     if args.plot:
         plot(report, args.plot)
+    if args.redis:
+        from fastkv import bench_redis
+
+        print()
+        if bench_redis.main(args.redis, quick=args.mode == "quick", smoke=args.redis_smoke) is None:
+            return 1
     errors = [r for r in report["results"] if r["status"] == "error"]
     errors += [r for r in report.get("processes", {}).get("results", []) if r["status"] == "error"]
     if errors:

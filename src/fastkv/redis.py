@@ -541,7 +541,12 @@ class _Listener:
 _TABLES = weakref.WeakValueDictionary()  # id -> table (tables are unhashable)
 
 
+_pid = os.getpid()  # this process's id, updated in a fork child (getpid is a system call)
+
+
 def _after_fork_in_child():
+    global _pid
+    _pid = os.getpid()
     for table in list(_TABLES.values()):
         table._near_reset_after_fork()
 
@@ -732,7 +737,7 @@ class _RedisTableBody(MutableMapping):
         listener = self._listener
         if listener is None:
             return None
-        if listener.pid != os.getpid():
+        if listener.pid != _pid:
             self._near_restart_listener()
             return None
         with self._mutex:
