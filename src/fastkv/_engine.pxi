@@ -223,11 +223,16 @@ cdef int fk_wrong_self(object self, type cls) except -1:
         "from the class and called on another object)")
 
 
+from copyreg import __newobj__ as _fk_newobj   # every __reduce__'s constructor:
+    # cls.__new__(cls), as pickle and copy rebuild a dict subclass, so a
+    # subclass's own __init__ (whatever arguments it takes) is never called
+
+
 cdef tuple fk_reduce_state(object self, object data):
     """The state every ``__reduce__`` hands pickle and ``copy``: ``(data,
     attrs)``, ``data`` being the items (a table) or the state (an Agent) and
     ``attrs`` a subclass instance's ``__dict__`` (None when absent or empty).
-    The object itself is rebuilt empty by the reduce's constructor call, then
+    The object itself is rebuilt empty by ``cls.__new__(cls)`` (_fk_newobj), then
     memoized, then given this state by ``__setstate__``: as for a dict, items
     that refer back to it find it in the memo. Never fails but for memory."""
     return (data, getattr(self, "__dict__", None) or None)

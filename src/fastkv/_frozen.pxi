@@ -497,6 +497,27 @@ cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
     return 0
 
 
+def _items_contain(mapping, item):
+    """``item in mapping.items()`` as dict answers it, for every table's
+    items view: False unless ``item`` is a 2-tuple whose key is present
+    (looked up through the table's own fastkv class, never a subclass's
+    ``__getitem__``/``__missing__``) with an identical or equal value."""
+    if not isinstance(item, tuple) or len(item) != 2:
+        return False
+    key, value = item
+    if isinstance(mapping, FrozenTable):
+        v = FrozenTable.get(mapping, key, _MISSING)
+    elif isinstance(mapping, LockedTable):
+        v = LockedTable.get(mapping, key, _MISSING)
+    elif isinstance(mapping, OwnerTable):
+        v = OwnerTable.get(mapping, key, _MISSING)
+    else:
+        v = mapping.get(key, _MISSING)
+    if v is _MISSING:
+        return False
+    return v is value or v == value
+
+
 cdef object _missing_key(FrozenTable self, object key):
     """A miss in self[key]: a subclass's __missing__, else KeyError(key)."""
     if type(self) is not FrozenTable:
@@ -620,6 +641,12 @@ class _FrozenValuesView(ValuesView):
 class _FrozenItemsView(ItemsView):
     """ItemsView whose every iteration walks one snapshot of the table."""
     __slots__ = ()
+
+    def __contains__(self, item):
+        """As dict's items view: anything but a 2-tuple is not an item
+        (False, where the abc's unpacking raised), and the key is looked up
+        without a subclass's ``__missing__``."""
+        return _items_contain(self._mapping, item)
 
     def __iter__(self):
         return _iterate(_snap_ref(<FrozenTable?>self._mapping), ITER_ITEMS)
@@ -978,13 +1005,14 @@ cdef class FrozenTable:
 
     def __reduce__(self):
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is:
-        ``type(t)()`` made empty first, then filled by ``__setstate__`` from
+        ``cls.__new__(cls)`` made empty first (a subclass's ``__init__`` is
+        not called), then filled by ``__setstate__`` from
         the state ``(items, attrs)`` (``attrs``: a subclass instance's
         ``__dict__``), so an item that refers back to the table -- the table
         itself included -- loads as the new table. O(n)."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
-        return (type(self), (), fk_reduce_state(self, self.to_dict()))
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, self.to_dict()))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
@@ -1047,7 +1075,12 @@ cdef class FrozenTable:
         """A new table of class ``cls`` (a subclass gets its own, as
         ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
         same object for all). O(n)."""
-        return cls(dict.fromkeys(iterable, value))
+        cdef FrozenTable new
+        if cls is FrozenTable:
+            return FrozenTable(dict.fromkeys(iterable, value))
+        new = cls()     # as dict.fromkeys: cls() with no arguments, then the items
+        FrozenTable.put_many(new, dict.fromkeys(iterable, value))   # one copy
+        return new
 
     __class_getitem__ = classmethod(GenericAlias)
 

@@ -273,6 +273,17 @@ class _LockedItemsView(_FrozenItemsView):
         return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
 
 
+cdef object _locked_missing(LockedTable self, object key):
+    """A miss in self[key], after the lock is released: a subclass's
+    ``__missing__`` (as dict: looked up on the type, subclasses only), else
+    ``KeyError(key)``. Shared by OwnerTable."""
+    if type(self) is not LockedTable:
+        missing = getattr(type(self), "__missing__", None)
+        if missing is not None:
+            return missing(self, key)
+    raise KeyError(key)
+
+
 # --- the table -------------------------------------------------------------------
 
 @cython.trashcan(True)
@@ -586,7 +597,7 @@ cdef class LockedTable:
         cdef PyObject* v
         if self._find_ref(key, &v):
             return fastkv_steal(v)
-        raise KeyError(key)
+        return _locked_missing(self, key)
 
     # get(key, default=None): hand-written METH_FASTCALL, installed below.
 
@@ -718,7 +729,8 @@ cdef class LockedTable:
             fk_wrong_self(self, LockedTable)
         if type(self) is LockedTable:
             return self.copy()
-        new = type(self)(self)
+        new = type(self).__new__(type(self))   # as dict: no subclass __init__
+        LockedTable.put_many(new, self.to_dict())
         state = getattr(self, "__dict__", None)
         if state:
             new.__dict__.update(state)
@@ -1048,14 +1060,14 @@ cdef class LockedTable:
         return _snapshot_repr(self, self._snapshot())
 
     def __reduce__(self):
-        """Pickle (and ``copy.deepcopy``) as a dict is: ``type(t)()`` made
-        empty first, then filled by ``__setstate__`` from the state
+        """Pickle (and ``copy.deepcopy``) as a dict is: ``cls.__new__(cls)``
+        made empty first (a subclass's ``__init__`` is not called), then filled by ``__setstate__`` from the state
         ``(items, attrs)`` (``attrs``: a subclass instance's ``__dict__``),
         so an item that refers back to the table -- the table itself
         included -- loads as the new table. O(n)."""
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
-        return (type(self), (), fk_reduce_state(self, self.to_dict()))
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, self.to_dict()))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
@@ -1104,7 +1116,12 @@ cdef class LockedTable:
         """A new table of class ``cls`` (a subclass gets its own, as
         ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
         same object for all). O(n)."""
-        return cls(dict.fromkeys(iterable, value))
+        if cls is LockedTable:
+            return LockedTable(dict.fromkeys(iterable, value))
+        new = cls()     # as dict.fromkeys: cls() with no arguments, then
+        for key in iterable:    # new[key] = value (a subclass's __setitem__)
+            new[key] = value
+        return new
 
     __class_getitem__ = classmethod(GenericAlias)
 

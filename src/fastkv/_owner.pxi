@@ -1073,7 +1073,7 @@ cdef class Agent:
         if not isinstance(self, Agent):
             fk_wrong_self(self, Agent)
         state = self._eng.call(FK_OP_CALL, _fk_identity, (), None)
-        return (type(self), (), fk_reduce_state(self, state))
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, state))
 
     def __setstate__(self, state):
         """Load a pickled ``(state, attrs)`` state: ``attrs`` into a
@@ -1115,6 +1115,10 @@ class _OwnerItemsView(_fk_abc.ItemsView):
     """``ItemsView`` whose iteration walks one snapshot of the table."""
 
     __slots__ = ()
+
+    def __contains__(self, item):
+        """As dict's items view (see ``_items_contain``)."""
+        return _items_contain(self._mapping, item)
 
     def __iter__(self):
         return iter(self._mapping.to_dict().items())
@@ -1215,9 +1219,14 @@ cdef class OwnerTable:
         if self._direct():
             value = self._storage._get(key, _MISSING)
             if value is _MISSING:
-                raise KeyError(key)
+                return _owner_missing(self, key)
             return value
         fk_hash(key)
+        if type(self) is not OwnerTable:    # a subclass may have __missing__
+            value = self._call(FK_OP_GET, None, key, _MISSING)
+            if value is _MISSING:
+                return _owner_missing(self, key)
+            return value
         return self._call(FK_OP_GETITEM, None, key, None)
 
     def get(self, key, default=None):
@@ -1481,25 +1490,36 @@ cdef class OwnerTable:
         return None
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the access level
-        and the items (one call to the owner): loading starts a new, empty
-        OwnerTable with its own owner thread, then fills it
-        (``__setstate__``), so an item that refers back to the table -- the
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
+        access level (one call to the owner): loading starts a new, empty
+        OwnerTable with its own owner thread (``cls.__new__(cls)``, as for a
+        dict subclass: a subclass's ``__init__`` is not called), then fills
+        it (``__setstate__``), so an item that refers back to the table -- the
         table itself included -- loads as the new table, as in a dict.
         ``ClosedError`` once closed."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
         access = "protected" if self._protected else "private"
-        return (type(self), ((), access), fk_reduce_state(self, self.to_dict()))
+        return (_fk_newobj, (type(self),),
+                fk_reduce_state(self, self.to_dict()) + (access,))
 
     def __setstate__(self, state):
-        """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
+        """Load a pickled ``(items, attrs, access)`` state (``access`` may be
+        absent: the table keeps its own): the access level, ``attrs`` into a
         subclass instance's ``__dict__``, then the items in one ``put_many``
         cast, never a subclass's override, waited for (the table holds them
         when this returns, under either access). On a table already in use
         it only adds: keys the state does not name are kept."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
+        if isinstance(state, tuple) and len(state) == 3:   # (items, attrs, access)
+            access = state[2]
+            if access != "private" and access != "protected":
+                raise ValueError(f"bad access level in a pickled OwnerTable: {access!r}")
+            state = state[:2]
+            if access == "protected":
+                self._eng.writers = True
+            self._protected = access == "protected"
         items = fk_setstate_attrs(self, state)
         if items:
             OwnerTable.put_many(self, items)
@@ -1544,9 +1564,25 @@ cdef class OwnerTable:
         """A new table of class ``cls`` (a subclass gets its own, as
         ``dict.fromkeys``; default access) mapping every key of ``iterable``
         to ``value`` (the same object for all). O(n)."""
-        return cls(dict.fromkeys(iterable, value))
+        if cls is OwnerTable:
+            return OwnerTable(dict.fromkeys(iterable, value))
+        new = cls()     # as dict.fromkeys: cls() with no arguments, then
+        for key in iterable:    # new[key] = value (a subclass's __setitem__)
+            new[key] = value
+        return new
 
     __class_getitem__ = classmethod(_fk_GenericAlias)
+
+
+cdef object _owner_missing(OwnerTable self, object key):
+    """A miss in self[key]: a subclass's ``__missing__`` (as dict: looked up
+    on the type, subclasses only; run by the caller, not the owner), else
+    ``KeyError(key)``."""
+    if type(self) is not OwnerTable:
+        missing = getattr(type(self), "__missing__", None)
+        if missing is not None:
+            return missing(self, key)
+    raise KeyError(key)
 
 
 cdef OwnerTable fk_owner_adopt(_Snapshot snap, bint protected):

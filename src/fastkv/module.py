@@ -22,7 +22,7 @@ import weakref
 
 from collections.abc import Mapping
 
-from fastkv.reference import _FROZEN_REENTRY, _collect, _HolderLock, _TableAPI
+from fastkv.reference import _FROZEN_REENTRY, _MISSING, _collect, _HolderLock, _missing, _reduce_state, _TableAPI
 
 __all__ = ["ModuleTable"]
 
@@ -249,7 +249,19 @@ class ModuleTable(_TableAPI):
 
     def __getitem__(self, key):
         """``t[key]``: the value, or ``KeyError(key)``. O(1), never blocks."""
-        return self._data[key]
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            return _missing(self, key)  # a subclass's __missing__, as dict
+        return value
+
+    def __reduce__(self):
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is: a new
+        empty table of t's class with a new default name (``__new__``, then
+        ModuleTable's own ``__init__``: a subclass's ``__init__`` is not
+        called), then filled by ``__setstate__`` from the state ``(items,
+        attrs)``, so an item that refers back to the table loads as the new
+        table. O(n) and one module build."""
+        return (_new_empty, (type(self),), _reduce_state(self, self.to_dict()))
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. O(1), never blocks."""
@@ -344,6 +356,14 @@ class ModuleTable(_TableAPI):
         del old
 
     _load_items = put_many  # __setstate__'s one rebuild
+
+
+def _new_empty(cls):
+    """An empty ``cls`` (a ModuleTable subclass) built without the
+    subclass's ``__init__``: unpickling's constructor."""
+    table = cls.__new__(cls)
+    ModuleTable.__init__(table)
+    return table
 
 
 def _unregister(name, module):

@@ -27,6 +27,7 @@ either): FrozenTable is a ``Mapping``, LockedTable and OwnerTable are
 """
 
 import atexit
+import copyreg
 import itertools
 import logging
 import os
@@ -92,11 +93,46 @@ class _SnapshotItemsView(ItemsView):
 
     __slots__ = ()
 
+    def __contains__(self, item):
+        """As dict's items view: anything but a 2-tuple is not an item
+        (False, where the abc's unpacking raised), and the key is looked up
+        without a subclass's ``__missing__``."""
+        return _items_contain(self._mapping, item)
+
     def __iter__(self):
         return iter(self._mapping.to_dict().items())
 
     def __reversed__(self):
         return reversed(self._mapping.to_dict().items())
+
+
+def _items_contain(mapping, item):
+    """``item in mapping.items()`` as dict answers it, for every table's
+    items view: False unless ``item`` is a 2-tuple whose key is present
+    (looked up through the table's own fastkv class, never a subclass's
+    ``__getitem__``/``__missing__``) with an identical or equal value."""
+    if not isinstance(item, tuple) or len(item) != 2:
+        return False
+    key, value = item
+    for cls in (FrozenTable, LockedTable, OwnerTable):
+        if isinstance(mapping, cls):
+            v = cls.get(mapping, key, _MISSING)
+            break
+    else:
+        v = mapping.get(key, _MISSING)
+    if v is _MISSING:
+        return False
+    return v is value or v == value
+
+
+def _missing(table, key):
+    """A miss in ``table[key]``: a subclass's ``__missing__`` (as dict:
+    looked up on the type; the fastkv classes have none), else
+    ``KeyError(key)``."""
+    missing = getattr(type(table), "__missing__", None)
+    if missing is None:
+        raise KeyError(key)
+    return missing(table, key)
 
 
 class _TableAPI:
@@ -159,11 +195,12 @@ class _TableAPI:
 
     def __reduce__(self):
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is:
-        ``type(t)()`` made empty first, then filled by ``__setstate__`` from
+        ``cls.__new__(cls)`` made empty first (a subclass's ``__init__`` is
+        not called), then filled by ``__setstate__`` from
         the state ``(items, attrs)`` (``attrs``: a subclass instance's
         ``__dict__``), so an item that refers back to the table -- the table
         itself included -- loads as the new table. O(n)."""
-        return (type(self), (), _reduce_state(self, self.to_dict()))
+        return (copyreg.__newobj__, (type(self),), _reduce_state(self, self.to_dict()))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
@@ -205,7 +242,13 @@ class _TableAPI:
         """A new table of class ``cls`` (a subclass gets its own, as
         ``dict.fromkeys``) mapping every key of ``iterable`` to ``value`` (the
         same object for all). O(n)."""
-        return cls(dict.fromkeys(iterable, value))
+        new = cls()  # as dict.fromkeys: cls() with no arguments, then the items
+        if isinstance(new, MutableMapping):
+            for key in iterable:
+                new[key] = value  # a subclass's __setitem__, as dict
+        else:
+            new._load_items(dict.fromkeys(iterable, value))  # one copy
+        return new
 
 
 def _reduce_state(obj, data):
@@ -524,9 +567,12 @@ class LockedTable(_TableAPI):
         """``t[key]``: the value, or ``KeyError(key)``. O(1), atomic."""
         self._lock.acquire(self)
         try:
-            return self._data[key]
+            value = self._data.get(key, _MISSING)
         finally:
             self._lock.release()
+        if value is _MISSING:
+            return _missing(self, key)  # a subclass's __missing__, unlocked
+        return value
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. O(1), atomic."""
@@ -610,7 +656,8 @@ class LockedTable(_TableAPI):
         O(n)."""
         if type(self) is LockedTable:
             return self.copy()
-        new = type(self)(self)
+        new = type(self).__new__(type(self))  # as dict: no subclass __init__
+        LockedTable.put_many(new, self.to_dict())
         state = getattr(self, "__dict__", None)
         if state:
             new.__dict__.update(state)
@@ -1180,7 +1227,10 @@ class OwnerTable(_TableAPI):
         """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
         the owner); a direct O(1) read under ``access="protected"``."""
         hash(key)
-        return self._read(self._storage.__getitem__, key)
+        value = self._read(self._storage.get, key, _MISSING)
+        if value is _MISSING:
+            return _missing(self, key)  # a subclass's __missing__, on the caller
+        return value
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. A call; a direct O(1) read
@@ -1227,14 +1277,32 @@ class OwnerTable(_TableAPI):
         return OwnerTable(self.to_dict(), access=access)
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the access level
-        and the items (one call to the owner): loading starts a new, empty
-        OwnerTable with its own owner thread, then fills it
-        (``__setstate__``), so an item that refers back to the table -- the
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
+        access level (one call to the owner): loading starts a new, empty
+        OwnerTable with its own owner thread (``cls.__new__(cls)``, as for a
+        dict subclass: a subclass's ``__init__`` is not called), then fills
+        it (``__setstate__``), so an item that refers back to the table -- the
         table itself included -- loads as the new table, as in a dict.
         ``ClosedError`` once closed."""
         access = "protected" if self._protected else "private"
-        return (type(self), ((), access), _reduce_state(self, self.to_dict()))
+        return (copyreg.__newobj__, (type(self),), _reduce_state(self, self.to_dict()) + (access,))
+
+    def __setstate__(self, state):
+        """Load a pickled ``(items, attrs, access)`` state (``access`` may be
+        absent: the table keeps its own): the access level, ``attrs`` into a
+        subclass instance's ``__dict__``, then the items in one ``put_many``
+        cast, never a subclass's override, waited for (the table holds them
+        when this returns, under either access). On a table already in use
+        it only adds: keys the state does not name are kept."""
+        if isinstance(state, tuple) and len(state) == 3:
+            access = state[2]
+            if access not in _ACCESS_LEVELS:
+                raise ValueError(f"bad access level in a pickled OwnerTable: {access!r}")
+            state = state[:2]
+            if access == "protected" and self._core.writers is None:
+                self._core.writers = {}
+            self._protected = access == "protected"
+        _TableAPI.__setstate__(self, state)
 
     def _load_items(self, items):
         """``__setstate__``'s store: one ``put_many`` cast, waited for (the
@@ -1493,7 +1561,7 @@ class Agent:
         refers back to the agent loads referring to the new one. ``ClosedError``
         once closed."""
         state = self._core.call(_agent_get, (self._box, _identity, ()))
-        return (type(self), (), _reduce_state(self, state))
+        return (copyreg.__newobj__, (type(self),), _reduce_state(self, state))
 
     def __setstate__(self, state):
         """Load a pickled ``(state, attrs)`` state: ``attrs`` into a
