@@ -1020,6 +1020,7 @@ cdef class SharedTable:
         return r if r is NotImplemented else not r
 
     __hash__ = None
+    __class_getitem__ = classmethod(GenericAlias)
 
     def __repr__(self):
         if self._seg is None:

@@ -2128,6 +2128,7 @@ class SharedTable:
         return r if r is NotImplemented else not r
 
     __hash__ = None
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def __repr__(self):
         if self._seg is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from typing_extensions import assert_type
 
-from fastkv import Agent, ClosedError, FrozenTable, LockedTable, OwnerTable
+from fastkv import Agent, ClosedError, FrozenTable, LockedTable, OwnerTable, SharedTable
 
 
 def total(m: Mapping[str, int]) -> int:
@@ -145,7 +145,24 @@ def dict_parity() -> None:
         assert_type(keyed, OwnerTable[int, str])
 
 
+def shared() -> None:
+    import os
+
+    with SharedTable.create(f"typing-{os.getpid()}", {"a": 1}) as t:
+        assert_type(t, SharedTable[str, int])
+        assert_type(t["a"], int)
+        assert_type(t.get("b"), int | None)
+        assert_type(t.get_many(["a", "b"], 0), list[int])
+        t.put("b", 2)
+        t.put_many([("c", 3)])
+        assert_type(t.delete("c"), bool)
+        assert_type(t.info()["generation"], int)
+        with SharedTable.open(t.path) as u:
+            assert u.to_dict() == {"a": 1, "b": 2}
+
+
 def main() -> None:
+    shared()
     frozen()
     locked()
     owner()
