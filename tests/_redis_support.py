@@ -95,6 +95,8 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def restart(self):
         """Kill, then start again on the same port (empty: no persistence)."""

@@ -606,3 +606,108 @@ def test_bench_cli_redis_scenario(redis_server):
     assert res.returncode == 0, res.stderr
     for line in ("near-cache hit t[k]", "near-cache miss", "90/10 mix", "get_many(1,000)", "invalidation"):
         assert line in res.stdout, res.stdout
+
+
+# -- differential: RedisTable against a dict, with a second client writing ---------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_DKEYS = st.sampled_from(["a", "b", "c", 1, (1, "x"), b"k"])
+_DVALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(), st.lists(st.integers(0, 3), max_size=2))
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), _DKEYS, _DVALUES),
+        st.tuples(st.just("foreign_put"), _DKEYS, _DVALUES),
+        st.tuples(st.just("foreign_delete"), _DKEYS, st.none()),
+        st.tuples(st.just("delete"), _DKEYS, st.none()),
+        st.tuples(st.just("counter"), _DKEYS, st.integers(-3, 3)),
+        st.tuples(st.just("insert_new"), _DKEYS, _DVALUES),
+        st.tuples(st.just("take"), _DKEYS, st.none()),
+        st.tuples(st.just("setdefault"), _DKEYS, _DVALUES),
+        st.tuples(st.just("put_many"), _DKEYS, _DVALUES),
+        st.tuples(st.just("read"), _DKEYS, st.none()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=_OPS)
+def test_differential_against_a_dict(make, ops):
+    ns = fresh_namespace("diff")
+    t = make(namespace=ns)
+    other = make(namespace=ns, near_cache=False)
+    try:
+        _run_differential(t, other, ops)
+    finally:
+        t.clear()
+        t.close()
+        other.close()
+
+
+def _run_differential(t, other, ops):
+    oracle = {}
+    for op, key, arg in ops:
+        foreign = op.startswith("foreign")
+        if op == "put" or op == "foreign_put":
+            (other if foreign else t)[key] = arg
+            oracle[key] = arg
+        elif op == "delete" or op == "foreign_delete":
+            assert (other if foreign else t).delete(key) is (key in oracle)
+            oracle.pop(key, None)
+        elif op == "counter":
+            current = oracle.get(key, 0)
+            if type(current) is int:
+                assert t.update_counter(key, arg) == current + arg
+                oracle[key] = current + arg
+            else:
+                with pytest.raises(TypeError):
+                    t.update_counter(key, arg)
+        elif op == "insert_new":
+            assert t.insert_new(key, arg) is (key not in oracle)
+            oracle.setdefault(key, arg)
+        elif op == "take":
+            assert t.take(key, "none") == oracle.pop(key, "none")
+        elif op == "setdefault":
+            assert t.setdefault(key, arg) == oracle.setdefault(key, arg)
+        elif op == "put_many":
+            t.put_many([(key, arg), ("a", arg)])
+            oracle[key] = oracle["a"] = arg
+        # this process's own writes: seen by the next read, at once; another
+        # client's: once the invalidation arrived (never stale for good)
+        if foreign:
+            wait_until(lambda: t.get(key, "none") == oracle.get(key, "none"), what="invalidation")
+        assert t.get(key, "none") == oracle.get(key, "none")
+        assert (key in t) == (key in oracle)
+    assert t.to_dict() == oracle
+    assert t.get_many(["a", "b", "c", 1, (1, "x"), b"k"], "none") == [
+        oracle.get(k, "none") for k in ["a", "b", "c", 1, (1, "x"), b"k"]]
+
+
+def test_a_reply_that_raced_a_write_is_not_cached(make):
+    # The race the pending tokens close: this process's GET is answered with
+    # the old value, then another client writes and its invalidation is
+    # applied, and only then does the GET's caller get to cache the reply. The
+    # old value must not enter the near cache (it would be served forever).
+    ns = fresh_namespace("race")
+    t, other = make(namespace=ns), make(namespace=ns, near_cache=False)
+    wait_until(lambda: serving(t), what="listener up")
+    other["k"] = "old"
+    wait_until(lambda: t._invalidations >= 1, what="the first invalidation")
+    real_get = t._client.get
+
+    def get_then_race(rkey):
+        reply = real_get(rkey)
+        seen = t._invalidations
+        other["k"] = "new"
+        wait_until(lambda: t._invalidations > seen, what="the racing write's invalidation")
+        return reply
+
+    t._client.get = get_then_race
+    try:
+        assert t["k"] == "old"  # the reply as it was read
+    finally:
+        del t._client.get
+    assert not near_has(t, "k")
+    assert t["k"] == "new"
