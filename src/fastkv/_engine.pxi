@@ -185,6 +185,17 @@ cdef extern from "Python.h":
     void* PyMem_Realloc(void* p, size_t n) noexcept
 
 
+cdef extern from "_ft.h":
+    # free-threaded build: read sections and deferred release of snapshots
+    # (the design note at the top of this file); all empty on a GIL build
+    void fk_rd_enter() noexcept nogil
+    void fk_rd_exit() noexcept nogil
+    void fk_rd_synchronize() noexcept nogil
+    int fk_rd_init() except -1
+    PyObject* FK_LOAD_RELAXED(PyObject** p) noexcept nogil
+    bint FASTKV_FREE_THREADED
+
+
 ctypedef struct Entry:
     PyObject* key        # strong reference; NULL for a deleted entry
     PyObject* value      # strong reference; NULL for a deleted entry
@@ -375,6 +386,11 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
 
 
 cdef inline void _free_arrays(void* indices, char* entries) noexcept:
+    # free-threaded build: a lock-free reader of a LockedTable may still be
+    # probing these arrays; wait for its read section to end (_ft.h)
+    if indices == <void*>fastkv_empty_index and entries == NULL:
+        return
+    fk_rd_synchronize()
     if indices != <void*>fastkv_empty_index:
         PyMem_Free(indices)
     if entries != NULL:
@@ -661,6 +677,7 @@ cdef int table_trim(Table* t) except -1:
         return 0
     if t.nentries != t.used:
         return _rebuild(t, t.used, t.unicode)
+    fk_rd_synchronize()          # realloc may move (and free) the entries
     entries = <char*>PyMem_Realloc(t._entries, <size_t>t.used * <size_t>t.stride)
     if entries == NULL:
         raise MemoryError()

@@ -68,15 +68,6 @@ cdef extern from *:
     """
     void fastkv_set_gc_hooks(object type, void* trav, void* clear)
 
-cdef extern from "_ft.h":
-    # free-threaded build: read sections and deferred release of snapshots
-    # (the design note at the top of this file); all empty on a GIL build
-    void fk_rd_enter() noexcept nogil
-    void fk_rd_exit() noexcept nogil
-    void fk_rd_synchronize() noexcept nogil
-    int fk_rd_init() except -1
-    bint FASTKV_FREE_THREADED
-
 cdef extern from *:
     """
     /* FrozenTable's snapshot field as a C slot, and its current snapshot's

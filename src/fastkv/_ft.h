@@ -162,6 +162,7 @@ static void fk_rd_synchronize(void) {
 
 /* A pointer published in *slot, loaded inside a section (acquire). */
 #define FK_LOAD_PTR(slot)        __atomic_load_n((slot), __ATOMIC_ACQUIRE)
+#define FK_LOAD_RELAXED(p)       __atomic_load_n((p), __ATOMIC_RELAXED)
 /* Publish p in *slot (release): the caller gives its reference to the slot and
    gets the slot's old one back, to drop after fk_rd_synchronize(). */
 #define FK_SWAP_PTR(slot, p)     __atomic_exchange_n((slot), (p), __ATOMIC_ACQ_REL)
@@ -177,6 +178,7 @@ static inline int fk_rd_init(void) { return 0; }
 #define fk_rd_exit()         ((void)0)
 #define fk_rd_synchronize()  ((void)0)
 #define FK_LOAD_PTR(slot)    (*(slot))
+#define FK_LOAD_RELAXED(p)   (*(p))
 #define FK_SWAP_PTR(slot, p) \
     __extension__ ({ __typeof__(*(slot)) fk_old_ = *(slot); *(slot) = (p); fk_old_; })
 

@@ -65,7 +65,28 @@ typedef struct {
     uintptr_t holder;   /* 0: free; else fastkv_thread_id() of the holder */
     int waiters;        /* threads inside fastkv_lock_wait for this lock */
     unsigned gen;       /* fastkv_fork_gen when it was taken (see below) */
+#ifdef Py_GIL_DISABLED
+    uint64_t seq;       /* odd while held: lock-free readers validate with it */
+#endif
 } fastkv_lock;
+
+#include "_ft.h"
+
+/* Free-threaded build: a sequence count for LockedTable's lock-free reads
+   (_locked.pxi's design note). Every acquire makes it odd, every release
+   even again; a reader that saw the same even count before and after its
+   look-up saw no change. On a GIL build a read always takes the lock
+   (fastkv_seq_begin reports "held"). */
+#ifdef Py_GIL_DISABLED
+#  define fastkv_seq_begin(l) __atomic_load_n(&(l)->seq, __ATOMIC_ACQUIRE)
+static inline int fastkv_seq_ok(fastkv_lock *l, uint64_t s) {
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return __atomic_load_n(&l->seq, __ATOMIC_RELAXED) == s;
+}
+#else
+#  define fastkv_seq_begin(l) ((uint64_t)1)
+#  define fastkv_seq_ok(l, s) 0
+#endif
 
 /* Fork: a lock held by another thread when the process forked (only possible
    while a key's __eq__/__hash__ runs Python under it) is held, in the child,
@@ -226,6 +247,10 @@ static inline int fastkv_lock_try(fastkv_lock *l, uintptr_t me) {
 #if FASTKV_LOCK_CAS
     if (!fastkv_cas_acquire(&l->holder, me))
         return 0;
+#  ifdef Py_GIL_DISABLED
+    __atomic_store_n(&l->seq, l->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);    /* odd before any change */
+#  endif
 #else
     /* GIL build: only the GIL holder ever writes ``holder`` and nothing here
        releases the GIL, so the test-and-set cannot interleave (the GIL's own
@@ -248,6 +273,9 @@ static inline int fastkv_lock_orphaned(fastkv_lock *l) {
 /* Free an orphaned lock; its waiters were threads of the parent too. GIL. */
 static inline void fastkv_lock_reset(fastkv_lock *l) {
     l->waiters = 0;
+#ifdef Py_GIL_DISABLED
+    l->seq = (l->seq + 1) & ~(uint64_t)1;      /* even: not held */
+#endif
     fastkv_store_release(&l->holder, 0);
 }
 
@@ -264,11 +292,20 @@ static void fastkv_lock_wake(fastkv_lock *l) {
     FASTKV_BUCKET_UNLOCK(b);
 }
 
-/* Release the lock (the caller holds it). */
+/* Release the lock (the caller holds it). Free-threaded build: the count
+   goes even, and before the caller drops what it unlinked under the lock
+   (replaced values, removed keys: always after the release), every read
+   section that may have seen them has ended. */
 static inline void fastkv_lock_release(fastkv_lock *l) {
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(&l->seq, l->seq + 1, __ATOMIC_RELEASE);
+#endif
     fastkv_store_release(&l->holder, 0);
     if (fastkv_waiters(&l->waiters))
         fastkv_lock_wake(l);
+#ifdef Py_GIL_DISABLED
+    fk_rd_synchronize();
+#endif
 }
 
 /* Called WITHOUT the GIL after a failed fastkv_lock_try: return once the lock
