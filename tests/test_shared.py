@@ -622,3 +622,27 @@ def test_fork_child_inherits_the_table(cls, name):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert t["child"] == pid
+
+
+def test_threads_share_one_table(cls, name):
+    """Readers on several threads and writers on two, one SharedTable object
+    (the free-threaded build's critical sections): every read sees a whole
+    snapshot (a writer's put_many keeps "a" and "b" equal) and no write is
+    lost."""
+    from _support import run_threads
+
+    with cls.create(name, {"a": 0, "b": 0}, cache_size=4) as t:
+        def work(i):
+            if i < 2:
+                for n in range(15):
+                    t.put_many({"a": n, "b": n})
+                    t.put(f"w{i}-{n}", n)
+            else:
+                for _ in range(300):
+                    items = dict(t.items())
+                    assert items["a"] == items["b"]
+                    assert t.get("a") is not None and len(t) >= 2
+                    list(t.get_many(["a", "b", "w0-1"]))
+
+        run_threads(work, 4)
+        assert all(t[f"w{i}-{n}"] == n for i in range(2) for n in range(15))
