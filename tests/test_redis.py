@@ -8,6 +8,7 @@ across processes (including a loader that crashes). Both hit paths run: the
 compiled one (fastkv.redis.RedisTable) and its Python twin."""
 
 import os
+import textwrap
 import threading
 import time
 
@@ -711,3 +712,42 @@ def test_a_reply_that_raced_a_write_is_not_cached(make):
         del t._client.get
     assert not near_has(t, "k")
     assert t["k"] == "new"
+
+
+# -- types (fastkv/redis.pyi) -------------------------------------------------------------------
+
+from test_typing import run_mypy, typed_copy  # noqa: E402,F401  (typed_copy: the fixture)
+
+REDIS_TYPED = '''
+import fastkv
+from fastkv.redis import RedisTable
+
+t: RedisTable[str, int] = fastkv.RedisTable("redis://localhost:6379/0", namespace="x", timeout=0.5)
+n: int = t.update_counter("a")
+v: int | None = t.get("a")
+many: list[int | None] = t.get_many(["a"])
+ok: bool = t.insert_new("b", 1)
+x: int = t.fetch("c", lambda k: len(k))
+t.update_counter("a", 1.5)  # E: incr is an int
+t.fetch("c", lambda k: k)  # E: loader returns the value type
+t.put(1, 2)  # E: key type
+fastkv.RedisTable("redis://localhost:6379/0", codec="json")  # E: codec
+'''
+
+
+def test_mypy_types_redis_table(tmp_path, typed_copy):  # noqa: F811
+    source = textwrap.dedent(REDIS_TYPED).lstrip()
+    path = tmp_path / "redis_usage.py"
+    path.write_text(source)
+    result = run_mypy(typed_copy, path)
+    expected = {n for n, line in enumerate(source.splitlines(), 1) if "# E:" in line}
+    reported = {int(line.split(":")[1]) for line in result.stdout.splitlines()
+                if line.split(":")[0].endswith("redis_usage.py") and " error:" in line}
+    assert reported == expected, result.stdout + result.stderr
+    assert RedisTable_alias_ok()
+
+
+def RedisTable_alias_ok():
+    import fastkv.redis
+
+    return fastkv.redis.RedisTable[str, int].__origin__ is fastkv.redis.RedisTable

@@ -64,3 +64,5 @@ __all__ = [
     "RedisConnectionError",
     "persistent",
 ]
+if TYPE_CHECKING:  # for type checkers, fastkv.RedisTable is exported like the rest
+    __all__ += ["RedisTable"]
