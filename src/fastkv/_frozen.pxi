@@ -192,6 +192,25 @@ cdef int _stage_pair(_Snapshot st, object item, Py_ssize_t n) except -1:
     return 0
 
 
+cdef extern from *:
+    """
+    /* fk_dict_next: PyDict_Next that also gives the hash the dict stored
+       for the key, where this CPython exposes it (_PyDict_Next, 3.10-3.12);
+       elsewhere *hash is -1 and the caller hashes the key itself. */
+    static inline int fk_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k,
+                                   PyObject **v, Py_hash_t *hash) {
+    #if PY_VERSION_HEX < 0x030D0000
+        return _PyDict_Next(d, pos, k, v, hash);
+    #else
+        *hash = -1;
+        return PyDict_Next(d, pos, k, v);
+    #endif
+    }
+    """
+    int fk_dict_next(object d, Py_ssize_t *pos, PyObject **k, PyObject **v,
+                     Py_hash_t *hash) noexcept
+
+
 cdef _Snapshot _stage(object data, dict kwargs):
     """Read ``data`` (a mapping, anything with keys(), or an iterable of pairs)
     then ``kwargs`` into a new private snapshot, later keys winning. Runs
@@ -208,29 +227,31 @@ cdef _Snapshot _stage(object data, dict kwargs):
         # dict cannot change) and its keys are distinct: entries are written
         # in bulk and indexed once at the end. The first key that needs Python
         # (or an int in a str-only table) ends the bulk phase; the rest goes
-        # through table_insert.
+        # through table_insert. Every key keeps the hash the dict stored for
+        # it (as dict(d) does) where fk_dict_next gives it: never hashed again.
         pos = 0
         bulk = True
         if PyDict_Next(data, &pos, &k, &v) and not _is_str(k):
             _set_empty(&st.tab, False)      # general layout from the start
         _alloc(&st.tab, len(<dict>data) + extra)
         pos = 0
-        while PyDict_Next(data, &pos, &k, &v):
+        while fk_dict_next(data, &pos, &k, &v, &h):
             if bulk:
                 if _is_str(k):
-                    h = FASTKV_STR_HASH(k)
                     if h == -1:
-                        h = _object_hash(k)
+                        h = FASTKV_STR_HASH(k)
+                        if h == -1:
+                            h = _object_hash(k)
                     _append_unindexed(&st.tab, k, h, v)
                     continue
                 if _is_int(k) and not st.tab.unicode:
-                    _append_unindexed(&st.tab, k, _object_hash(k), v)
+                    _append_unindexed(&st.tab, k, h if h != -1 else _object_hash(k), v)
                     continue
                 _reindex(&st.tab)
                 bulk = False
             key = <object>k          # own references: hashing may run Python
             value = <object>v
-            table_insert(&st.tab, k, table_hash(key), v)
+            table_insert(&st.tab, k, h if h != -1 else table_hash(key), v)
         if bulk:
             _reindex(&st.tab)
     elif isinstance(data, FrozenTable):

@@ -495,7 +495,15 @@ cdef class LockedTable:
 
     @cython.final
     cdef int _find_ref_slow(self, object key, PyObject** out) except -1:
-        cdef Py_hash_t h = table_hash(key)      # Python, before the lock
+        return self._find_ref_h(key, table_hash(key), out)  # Python, before the lock
+
+    # The _h variants take key's hash already computed by the caller (as
+    # table_hash gives it): an OwnerTable's owner reuses the hash its caller
+    # computed before queueing, instead of hashing the key a second time.
+
+    @cython.final
+    cdef int _find_ref_h(self, object key, Py_hash_t h, PyObject** out) except -1:
+        """_find_ref with key's hash h given."""
         cdef Py_ssize_t ix
         cdef PyObject* v
         self._acquire()
@@ -516,6 +524,21 @@ cdef class LockedTable:
         if self._find_ref(key, &v):
             return fastkv_steal(v)
         return default
+
+    @cython.final
+    cdef object _get_h(self, object key, Py_hash_t h, object default):
+        cdef PyObject* v
+        if self._find_ref_h(key, h, &v):
+            return fastkv_steal(v)
+        return default
+
+    @cython.final
+    cdef int _contains_h(self, object key, Py_hash_t h) except -1:
+        self._acquire()
+        try:
+            return table_lookup(&self._tab, <PyObject*>key, h) >= 0
+        finally:
+            self._release()
 
     @cython.final
     cdef int _contains(self, object key) except -1:
@@ -559,8 +582,6 @@ cdef class LockedTable:
     cdef int _put(self, object key, object value) except -1:
         cdef PyObject* k = <PyObject*>key
         cdef Py_hash_t h
-        cdef Py_ssize_t ix
-        cdef PyObject* old
         if _is_str(k):
             h = FASTKV_STR_HASH(k)
             if h == -1:
@@ -569,6 +590,13 @@ cdef class LockedTable:
             h = _object_hash(k)
         else:
             h = table_hash(key)
+        return self._put_h(key, h, value)
+
+    @cython.final
+    cdef inline int _put_h(self, object key, Py_hash_t h, object value) except -1:
+        cdef PyObject* k = <PyObject*>key
+        cdef Py_ssize_t ix
+        cdef PyObject* old
         self._acquire()
         ix = table_lookup_fast(&self._tab, k, h)
         if ix >= 0:
@@ -597,8 +625,11 @@ cdef class LockedTable:
 
     @cython.final
     cdef int _delete(self, object key) except -1:
+        return self._delete_h(key, table_hash(key))
+
+    @cython.final
+    cdef int _delete_h(self, object key, Py_hash_t h) except -1:
         cdef PyObject* k = <PyObject*>key
-        cdef Py_hash_t h = table_hash(key)
         cdef Py_ssize_t ix
         cdef PyObject* dk
         cdef PyObject* dv
@@ -616,8 +647,11 @@ cdef class LockedTable:
 
     @cython.final
     cdef object _take(self, object key, object default):
+        return self._take_h(key, table_hash(key), default)
+
+    @cython.final
+    cdef object _take_h(self, object key, Py_hash_t h, object default):
         cdef PyObject* k = <PyObject*>key
-        cdef Py_hash_t h = table_hash(key)
         cdef Py_ssize_t ix
         cdef PyObject* dk = NULL
         cdef PyObject* dv = NULL

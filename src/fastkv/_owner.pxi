@@ -131,6 +131,14 @@
 # atomics, casts_done stored with release after the apply and loaded with
 # acquire, on weaker memory models).
 #
+# Hashing once: a table request's key is hashed by the caller before it is
+# queued (an unhashable key is a TypeError at the call site), and the
+# request carries that hash (fk_req.hash; -1 for none) to the owner, which
+# runs the LockedTable's _h methods (_get_h, _put_h, _contains_h, _delete_h,
+# _take_h) with it instead of hashing the key again: one __hash__ per
+# operation, as a dict does, and a key whose __hash__ breaks after its cast
+# was queued is still stored. Direct (protected) reads hash once anyway.
+#
 # A request holds None as NULL: every argument is read back through fk_arg.
 #
 # References: a request owns references to its arguments from the moment it is
@@ -616,27 +624,31 @@ cdef class _Owner:
                     fk_req_release(r)
             r = nxt
 
-    cdef object _apply(self, int op, object fn, object a, object b):
+    cdef object _apply(self, int op, object fn, object a, object b, Py_hash_t h):
         """Run one request against the state (owner thread, GIL); returns its
         answer or raises what it raises. Table ops go straight to the
-        LockedTable's C-level methods."""
+        LockedTable's C-level methods; h is the key's hash as the caller
+        computed it (-1: none), reused rather than hashing the key again."""
         cdef LockedTable table = self.table
         cdef object state
         if op == FK_OP_GET:
-            return table._get(a, b)
+            return table._get_h(a, h, b) if h != -1 else table._get(a, b)
         if op == FK_OP_PUT:
-            table._put(a, b)
+            if h != -1:
+                table._put_h(a, h, b)
+            else:
+                table._put(a, b)
             return None
         if op == FK_OP_CALL:
             state = self.state
             return fn(state, *a) if a else fn(state)
         if op == FK_OP_GETITEM:
-            state = table._get(a, _MISSING)
+            state = table._get_h(a, h, _MISSING) if h != -1 else table._get(a, _MISSING)
             if state is _MISSING:
                 raise KeyError(a)
             return state
         if op == FK_OP_CONTAINS:
-            return table._contains(a) == 1
+            return (table._contains_h(a, h) if h != -1 else table._contains(a)) == 1
         if op == FK_OP_UPDATE:
             state = self.state
             self.state = fn(state, *a) if a else fn(state)
@@ -661,17 +673,20 @@ cdef class _Owner:
             table._put_many(<_Snapshot>a)
             return None
         if op == FK_OP_DELETE:
-            table._delete(a)
+            if h != -1:
+                table._delete_h(a, h)
+            else:
+                table._delete(a)
             return None
         if op == FK_OP_CLEAR:
             table._clear()
             return None
         if op == FK_OP_DELITEM:
-            if table._delete(a) == 0:
+            if (table._delete_h(a, h) if h != -1 else table._delete(a)) == 0:
                 raise KeyError(a)
             return None
         if op == FK_OP_TAKE:
-            return table._take(a, b)
+            return table._take_h(a, h, b) if h != -1 else table._take(a, b)
         if op == FK_OP_POPITEM:
             return table.popitem()
         if op == FK_OP_SETDEFAULT:
@@ -687,7 +702,7 @@ cdef class _Owner:
         cdef object out = None
         self.taken += 1             # out of the queue: no longer waiting
         try:
-            out = self._apply(r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b))
+            out = self._apply(r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b), r.hash)
         except BaseException as exc:
             if r.cast:
                 self._cast_failed()
@@ -706,7 +721,10 @@ cdef class _Owner:
         """Serve a put cast (owner thread, GIL): _serve without the dispatch."""
         self.taken += 1
         try:
-            self.table._put(fk_arg(r.a), fk_arg(r.b))   # None travels as NULL
+            if r.hash != -1:        # the caller's hash of the key
+                self.table._put_h(fk_arg(r.a), r.hash, fk_arg(r.b))   # None travels as NULL
+            else:
+                self.table._put(fk_arg(r.a), fk_arg(r.b))
         except BaseException:
             self._cast_failed()
         self.served += 1
@@ -734,7 +752,7 @@ cdef class _Owner:
                 "does not exist in the child process" % self.kind)
         return ClosedError("this %s is closed" % self.kind)
 
-    cdef object call(self, int op, object fn, object a, object b):
+    cdef object call(self, int op, object fn, object a, object b, Py_hash_t h=-1):
         """Queue a call and wait for its answer without the GIL (served
         inline on the owner thread itself). Returns or raises its result."""
         cdef fk_req *r
@@ -743,8 +761,9 @@ cdef class _Owner:
         if self.status != FK_OPEN:
             raise self.closed_error()
         if fk_thread_ident() == self.ident:
-            return self._apply(op, fn, a, b)
+            return self._apply(op, fn, a, b, h)
         r = fk_req_make(op, fn, a, b)
+        r.hash = h                  # the key's hash (-1: none), for the owner
         if r.lock is NULL:
             try:
                 fk_req_lockable(r)
@@ -787,7 +806,7 @@ cdef class _Owner:
             raise
         return 0
 
-    cdef int cast(self, int op, object fn, object a, object b) except -1:
+    cdef int cast(self, int op, object fn, object a, object b, Py_hash_t h=-1) except -1:
         """Queue a request nobody waits for. From the owner thread too: it
         runs after the request being served (FIFO)."""
         cdef fk_req *r
@@ -795,6 +814,7 @@ cdef class _Owner:
             raise self.closed_error()
         r = fk_req_make(op, fn, a, b)
         r.cast = 1
+        r.hash = h                  # the key's hash (-1: none), for the owner
         FK_MUTEX_LOCK(&self.mu)
         if self.status != FK_OPEN:  # closed meanwhile (free-threaded build)
             FK_MUTEX_UNLOCK(&self.mu)
@@ -1180,7 +1200,7 @@ cdef class OwnerTable:
 
     # -- reads: calls, or direct under access="protected" ---------------------
 
-    cdef object _call(self, int op, object fn, object a, object b):
+    cdef object _call(self, int op, object fn, object a, object b, Py_hash_t h=-1):
         """A call to the owner, refused (RuntimeError) when the calling thread
         holds the storage lock: under ``access="protected"`` a key's
         ``__eq__``/``__hash__`` or a destructor running during a direct read
@@ -1190,7 +1210,7 @@ cdef class OwnerTable:
                 f"re-entrant call to an {type(self).__name__} from a thread that "
                 "is reading it directly (a key's __eq__/__hash__ or a destructor "
                 "made a request during a protected read)")
-        return self._eng.call(op, fn, a, b)
+        return self._eng.call(op, fn, a, b, h)
 
     cdef inline int _direct(self) except -1:
         """1 if reads go straight to the storage (protected; ClosedError once
@@ -1221,13 +1241,13 @@ cdef class OwnerTable:
             if value is _MISSING:
                 return _owner_missing(self, key)
             return value
-        fk_hash(key)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
         if type(self) is not OwnerTable:    # a subclass may have __missing__
-            value = self._call(FK_OP_GET, None, key, _MISSING)
+            value = self._call(FK_OP_GET, None, key, _MISSING, h)
             if value is _MISSING:
                 return _owner_missing(self, key)
             return value
-        return self._call(FK_OP_GETITEM, None, key, None)
+        return self._call(FK_OP_GETITEM, None, key, None, h)
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. A call; a direct O(1) read
@@ -1239,15 +1259,15 @@ cdef class OwnerTable:
     cdef object _get(self, object key, object default):
         if self._direct():
             return self._storage._get(key, default)
-        fk_hash(key)
-        return self._call(FK_OP_GET, None, key, default)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        return self._call(FK_OP_GET, None, key, default, h)
 
     def __contains__(self, key):
         """``key in t``. A call; direct under ``access="protected"``."""
         if self._direct():
             return self._storage._contains(key) == 1
-        fk_hash(key)
-        return self._call(FK_OP_CONTAINS, None, key, None)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        return self._call(FK_OP_CONTAINS, None, key, None, h)
 
     def __len__(self):
         """Number of keys. A call; direct under ``access="protected"``."""
@@ -1365,14 +1385,14 @@ cdef class OwnerTable:
         for the owner; the caller does not wait. ``key`` is hashed first."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
-        fk_hash(key)
-        self._eng.cast(FK_OP_PUT, None, key, value)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        self._eng.cast(FK_OP_PUT, None, key, value, h)
 
     def __setitem__(self, key, value):
         """Store ``value`` under ``key`` (``t[key] = value``): a cast, queued
         for the owner; the caller does not wait. ``key`` is hashed first."""
-        fk_hash(key)
-        self._eng.cast(FK_OP_PUT, None, key, value)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        self._eng.cast(FK_OP_PUT, None, key, value, h)
 
     def put_many(self, mapping_or_pairs):
         """Store many items in one cast, applied atomically by the owner. The
@@ -1401,23 +1421,23 @@ cdef class OwnerTable:
         is hashed first."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
-        fk_hash(key)
-        self._eng.cast(FK_OP_DELETE, None, key, None)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        self._eng.cast(FK_OP_DELETE, None, key, None, h)
 
     # -- writes that answer: calls -------------------------------------------
 
     def __delitem__(self, key):
         """``del t[key]``: remove ``key`` or raise ``KeyError(key)``. A call."""
-        fk_hash(key)
-        self._call(FK_OP_DELITEM, None, key, None)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        self._call(FK_OP_DELITEM, None, key, None, h)
 
     def pop(self, key, default=_MISSING):
         """``dict.pop``: remove ``key`` and return its value, else ``default``,
         else ``KeyError(key)``. A call."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
-        fk_hash(key)
-        return self._call(FK_OP_TAKE, None, key, default)
+        cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
+        return self._call(FK_OP_TAKE, None, key, default, h)
 
     def popitem(self):
         """Remove and return the last inserted ``(key, value)`` pair;

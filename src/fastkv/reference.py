@@ -748,7 +748,10 @@ class LockedTable(_TableAPI):
         self._lock.acquire(self)
         try:
             data = self._data
-            old = [data[key] for key in items if key in data]
+            # the replaced values die after the release (destructors run
+            # unlocked); into an empty table nothing is replaced, and a dict
+            # argument's stored hashes are reused by update: no key is hashed
+            old = [data[key] for key in items if key in data] if data else None
             data.update(items)
         finally:
             self._lock.release()
