@@ -11,7 +11,9 @@ to keep the numbers). Groups:
 - ``casts then sync``: CASTS puts queued, then one sync() (the baseline: puts
   on the request queue, then a request answered through a reply queue);
 - ``protected read``: PROBES reads straight from the calling thread under
-  access="protected", against the same reads on a plain dict.
+  access="protected", against the same reads on a plain dict; and the same
+  reads while another thread's cast waits unapplied (read-your-writes: the
+  reader, with nothing of its own queued, still reads directly).
 
 The round-trip and cast groups run in three placements (``placement`` in
 the test id), since a hand-off between two threads costs what the scheduler
@@ -251,3 +253,43 @@ def test_protected_getitem(benchmark, closing, impl):
             t[k]
 
     benchmark(run)
+
+
+@pytest.mark.parametrize("impl", ["dict", "compiled", "reference"])
+def test_protected_get_while_another_thread_has_casts_queued(benchmark, closing, impl):
+    # read-your-writes costs a reader with nothing of its own unapplied only a
+    # look at the writer slots: the owner is held inside a call while another
+    # thread's cast waits behind it, so every read here takes that path
+    probe = ["".join(list(k)) for k in KEYS[:PROBES]]
+    for k in probe:
+        hash(k)
+    release = threading.Event()
+    if impl == "dict":
+        t = dict(DATA)
+    else:
+        t = _make(impl, access="protected")
+        closing(t)
+        entered = threading.Event()
+
+        def hold(table):
+            entered.set()
+            release.wait(60)
+
+        holder = threading.Thread(target=t.call, args=(hold,), daemon=True)
+        holder.start()
+        assert entered.wait(10)
+        writer = threading.Thread(target=t.put, args=("other", 1))
+        writer.start()
+        writer.join(10)
+        assert t.info()["queue"] >= 1
+    _group(benchmark, "protected read t.get(k), another thread's cast unapplied", impl, PROBES)
+
+    def run():
+        get = t.get
+        for k in probe:
+            get(k)
+
+    try:
+        benchmark(run)
+    finally:
+        release.set()
