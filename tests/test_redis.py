@@ -237,6 +237,11 @@ def test_update_counter_under_contention(make):
     assert t["big"] == 2**63 - 1
     with pytest.raises(TypeError):
         t.update_counter("n", 1.5)
+    with pytest.raises(OverflowError):
+        t.update_counter("absent", 2**63)
+    with pytest.raises(OverflowError):
+        t.update_counter("absent", 1, -(2**63) - 1)
+    assert "absent" not in t
 
 
 def test_insert_new_has_one_winner(make):

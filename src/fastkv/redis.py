@@ -1024,6 +1024,8 @@ class _RedisTableBody(MutableMapping):
             raise TypeError(f"update_counter increment must be an int, not {type(incr).__name__}")
         if not isinstance(default, int):
             raise TypeError(f"update_counter default must be an int, not {type(default).__name__}")
+        if not (-(2**63) <= incr < 2**63 and -(2**63) <= default < 2**63):
+            raise OverflowError("update_counter works on Redis's signed 64-bit integers")
         rkey = self._rkey(key)
         try:
             if default == 0:
