@@ -1,5 +1,9 @@
 """`python -m fastkv bench` end to end: the command runs, its JSON is complete,
-its chart is written, missing peers are skipped (never an error).
+its chart is written, missing peers are skipped (never an error); it ends
+with a verdict computed from the run; the reference rows are hidden unless
+asked for; bad output paths fail before measuring; Ctrl-C prints what was
+measured and exits 130; a closed stdout pipe is no traceback; one-off best
+runs are re-measured or flagged.
 
 The runs use tiny sizes and `--repeat 1 --min-time 0.001`: these tests check
 the command, never its timings.
@@ -7,8 +11,11 @@ the command, never its timings.
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -21,6 +28,9 @@ SIZES = [10, 200]
 # Strategies that must be measured wherever fastkv runs: never skipped.
 ALWAYS = {"dict", "frozen", "module", "module-state", "locked", "owner-private", "owner-protected",
           "agent", "dict-lock", "queue-owner"}
+# What runs by default: everything but the pure-Python reference tables.
+DEFAULT = [sid for sid, s in bench.STRATEGIES.items() if s.kind != "reference"]
+REFERENCE = [sid for sid, s in bench.STRATEGIES.items() if s.kind == "reference"]
 
 
 def _env():
@@ -66,8 +76,11 @@ def test_quick_run_prints_header_and_one_table_per_scenario(quick_run):
     assert "only the ratios within this run mean something" in out
     for scenario in bench.SCENARIOS:
         assert f"\n{scenario}: " in out
-    for s in bench.STRATEGIES.values():
-        assert s.label in out
+    for sid in DEFAULT:
+        assert bench.STRATEGIES[sid].label in out
+    for sid in REFERENCE:  # hidden by default: users do not choose them
+        assert bench.STRATEGIES[sid].label not in out
+    assert "--with-reference" in out
     for size in SIZES:
         assert f"{size:,} keys" in out
     assert "slower" in out
@@ -83,7 +96,8 @@ def test_json_is_complete(quick_run):
     assert m["python_version"] == sys.version.split()[0]
     assert m["compiled"] == list(fastkv.COMPILED)
     assert "ratio" in report["note"]
-    assert [s["id"] for s in report["strategies"]] == list(bench.STRATEGIES)
+    assert [s["id"] for s in report["strategies"]] == DEFAULT
+    assert report["interrupted"] is False
 
     cells = {}
     for r in report["results"]:
@@ -91,7 +105,7 @@ def test_json_is_complete(quick_run):
         assert key not in cells, key
         cells[key] = r
     expected = {(scn, size, sid) for scn in bench.SCENARIOS for size in SIZES
-                for sid in bench.STRATEGIES}
+                for sid in DEFAULT}
     assert set(cells) == expected
 
     for key, r in cells.items():
@@ -107,17 +121,22 @@ def test_json_is_complete(quick_run):
             assert r["vs_dict"] > 0
     for scn in bench.SCENARIOS:
         for size in SIZES:
-            ok = [cells[(scn, size, sid)] for sid in bench.STRATEGIES
+            ok = [cells[(scn, size, sid)] for sid in DEFAULT
                   if cells[(scn, size, sid)]["status"] == "ok"]
             assert min(r["slower_than_fastest"] for r in ok) == pytest.approx(1.0)
             assert cells[(scn, size, "dict")]["vs_dict"] == pytest.approx(1.0)
 
     builds = {(b["size"], b["strategy"]): b for b in report["builds"]}
-    assert set(builds) == {(size, sid) for size in SIZES for sid in bench.STRATEGIES}
+    assert set(builds) == {(size, sid) for size in SIZES for sid in DEFAULT}
 
 
-def test_reference_rows_are_measured_or_name_the_class_standing_in(quick_run):
-    _, report = quick_run
+def test_with_reference_measures_the_reference_rows_or_names_the_class_standing_in(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["bench", "--sizes", "10", "--scenarios", "read", "--with-reference", *FAST,
+                     "--json", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert [s["id"] for s in report["strategies"]] == list(bench.STRATEGIES)
     for r in report["results"]:
         if r["strategy"].startswith("ref-") and r["status"] == "skipped":
             name = bench.STRATEGIES[r["strategy"]].label.split()[1].split("(")[0]
@@ -125,12 +144,11 @@ def test_reference_rows_are_measured_or_name_the_class_standing_in(quick_run):
             assert "not compiled" in r["reason"]
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_a_png_of_every_strategy(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
     rc = bench.main(["bench", "--sizes", "10,50", "--scenarios", "read,mix",
-                     "--strategies", "dict,frozen,locked,ref-*", *FAST,
-                     "--plot", str(png), "--no-progress"])
+                     "--with-reference", *FAST, "--plot", str(png), "--no-progress"])
     assert rc == 0
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -198,6 +216,115 @@ def test_list(capsys):
         assert sid in out
 
 
+def test_list_columns_align(capsys):
+    assert bench.main(["bench", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head, rows = lines[0], [line for line in lines[1:] if not line.startswith("scenarios:")]
+    starts = [head.index(name) for name in ("strategy", "kind", "what it is")]
+    assert len(rows) == len(bench.STRATEGIES)
+    for line, (sid, s) in zip(rows, bench.STRATEGIES.items()):
+        for pos in starts:  # every column starts at its header's column, after a space
+            assert line[pos - 1] == " " and line[pos] != " ", (line, pos)
+        assert line[:starts[0]].strip() == sid
+        assert line[starts[0]:starts[1]].strip() == s.label
+        assert line[starts[1]:starts[2]].strip() == s.kind
+        assert line[starts[2]:].startswith(s.summary)
+
+
+def _bench_cmd(*args):
+    return [sys.executable, "-m", "fastkv", "bench", *args]
+
+
+def test_list_into_a_closed_pipe_is_no_traceback():
+    # the reader is gone before the first write: EPIPE every time, no race
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(_bench_cmd("--list"), stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=60, env=_env())
+    finally:
+        os.close(w)
+    assert proc.stderr == ""
+    assert proc.returncode == 141  # as a process ended by SIGPIPE
+
+
+def test_list_piped_into_head():
+    cmd = " ".join(map(repr, _bench_cmd("--list"))) + " | head -n 2"
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60, env=_env())
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("option, name, message", [
+    ("--json", "missing-dir/b.json", "does not exist"),
+    ("--markdown", "missing-dir/b.md", "does not exist"),
+    ("--plot", "missing-dir/b.png", "does not exist"),
+    ("--plot", "b.nosuchformat", "unknown image format"),
+    ("--json", ".", "is a directory"),
+])
+def test_bad_output_path_fails_before_measuring(option, name, message, tmp_path, monkeypatch, capsys):
+    if option == "--plot":
+        pytest.importorskip("matplotlib")
+
+    def run(*args, **kwargs):
+        raise AssertionError("measured before checking the output path")
+
+    monkeypatch.setattr(bench, "run", run)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["bench", option, str(tmp_path / name)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and message in err, err
+
+
+def test_bad_output_path_from_the_command_line(tmp_path):
+    proc = subprocess.run(_bench_cmd("--json", str(tmp_path / "nope" / "b.json")),
+                          capture_output=True, text=True, timeout=60, env=_env())
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing measured
+
+
+def test_ctrl_c_prints_the_tables_so_far_and_exits_130(tmp_path):
+    out = tmp_path / "b.json"
+    # the 10-key figures come fast; the 100,000-key ones are still running
+    # when SIGINT arrives (the child starts with SIGINT at its default, so
+    # Python turns it into KeyboardInterrupt, as in a terminal)
+    proc = subprocess.Popen(
+        _bench_cmd("--sizes", "10,100000", "--scenarios", "read,mix", "--strategies", "dict,frozen,locked",
+                   "--repeat", "200", "--min-time", "0.002", "--json", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while "10 keys  mix: done" not in seen:  # the progress lines, on stderr
+            assert time.monotonic() < deadline, "no progress: " + seen
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                line = proc.stderr.readline()
+                assert line, "bench ended early: " + seen + proc.stdout.read()
+                seen += line
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "interrupted" in stderr  # the progress display says so
+    assert "\nread: " in stdout and "\nmix: " in stdout and "10 keys" in stdout
+    assert "interrupted (Ctrl-C)" in stdout
+    assert "verdict" in stdout
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True
+    done = [r for r in report["results"] if r["status"] == "ok"]
+    assert {r["size"] for r in done} >= {10}
+    assert all(r["status"] in ("ok", "interrupted") for r in report["results"])
+
+
 def test_hand_rolled_peers_behave():
     owner = bench.QueueOwner({"a": 1})
     try:
@@ -231,3 +358,109 @@ def test_a_build_expected_past_the_budget_is_skipped():
                        repeat=1, min_time=0.001, build_budget=1e-9, progress=False)
     (r,) = report["results"]
     assert r["status"] == "skipped" and r["reason"].startswith("build estimated at"), r
+
+
+def test_verdict_is_computed_from_the_run(quick_run):
+    proc, report = quick_run
+    rates = {(r["scenario"], r["size"], r["strategy"]): r["ops_per_sec"]
+             for r in report["results"] if r["status"] == "ok"}
+    verdicts = {v["workload"]: v for v in report["verdict"]}
+    assert list(verdicts) == [w for w, *_ in bench.VERDICTS]
+    for workload, _, scns, candidates, alternative in bench.VERDICTS:
+        v = verdicts[workload]
+        assert v["pick"] in candidates and v["scenario"] == scns[0], v
+        assert v["sizes"] == SIZES
+        for size, x in zip(v["sizes"], v["speedup"]):
+            assert x == pytest.approx(rates[(v["scenario"], size, v["pick"])]
+                                      / rates[(v["scenario"], size, alternative)])
+    out = proc.stdout
+    tail = out[out.index("verdict, from this run"):]
+    assert tail.count(": use ") == 3
+    assert "as fast as with a dict behind a threading.Lock" in tail
+    assert "as fast as with a hand-rolled owner thread on queue.SimpleQueue" in tail
+
+
+def _figures(rates, scenario="read"):
+    return {(scenario, size, sid): {"status": "ok", "ops_per_sec": x}
+            for sid, by_size in rates.items() for size, x in by_size.items()}
+
+
+def test_verdict_picks_by_the_figures():
+    ids = ["frozen", "locked", "dict-lock"]
+    # a near tie goes to the first candidate (FrozenTable for read-mostly)
+    tie = bench.verdict(_figures({"frozen": {10: 95.0, 1000: 95.0}, "locked": {10: 100.0, 1000: 100.0},
+                                  "dict-lock": {10: 10.0, 1000: 20.0}}), [10, 1000], ["read"], ids)
+    assert tie[0]["pick"] == "frozen" and tie[0]["speedup"] == [9.5, 4.75]
+    # a clear win is a win
+    win = bench.verdict(_figures({"frozen": {10: 50.0}, "locked": {10: 100.0}, "dict-lock": {10: 10.0}}),
+                        [10], ["read"], ids)
+    assert win[0]["pick"] == "locked" and win[0]["runner_up"] == ["frozen"]
+    # what was not measured is said, not guessed
+    assert win[1]["pick"] is None and "not measured" in win[1]["reason"]
+    assert win[2]["pick"] is None
+    none = bench.verdict(_figures({"frozen": {10: 50.0}}), [10], ["read"], ["frozen"])
+    assert none[0]["pick"] is None and "dict-lock" in none[0]["reason"]
+
+
+class _FakeRun:
+    """A run function whose n-th call takes the n-th of the given seconds."""
+
+    def __init__(self, seconds):
+        self.seconds = list(seconds)
+        self.calls = 0
+
+    def __call__(self, n):
+        t = self.seconds[min(self.calls, len(self.seconds) - 1)]
+        self.calls += 1
+        return t
+
+
+def _measure(seconds, repeat=5):
+    tm = bench._Timing(bench.STRATEGIES["dict"], _FakeRun(seconds), 1)
+    bench._measure_interleaved([tm], min_time=0.001, repeat=repeat, budget=1e9, min_n_of=lambda tm: 1)
+    return tm
+
+
+def test_a_one_off_best_run_is_remeasured_then_flagged():
+    # calibration (one run), then runs of 1.0 s but for one lucky 0.1 s
+    tm = _measure([1.0, 1.0, 0.1, 1.0, 1.0, 1.0, 1.0])
+    assert tm.remeasured and tm.unstable
+    assert len(tm.samples) == 10  # as many runs again
+    assert tm.best() == 1.0  # the one-off is not reported
+
+
+def test_a_best_run_seen_again_when_remeasured_stands():
+    tm = _measure([1.0, 1.0, 0.1, 1.0, 1.0, 1.0, 0.11, 1.0])
+    assert tm.remeasured and not tm.unstable
+    assert tm.best() == 0.1
+
+
+def test_a_steady_figure_is_not_remeasured():
+    tm = _measure([1.0, 0.5, 0.52, 0.6, 0.55, 0.5])
+    assert not tm.remeasured and not tm.unstable and tm.best() == 0.5
+    assert len(tm.samples) == 5
+
+
+def test_an_unstable_figure_is_marked_in_the_tables(quick_run):
+    _, report = quick_run
+    report = json.loads(json.dumps(report))
+    cell = next(r for r in report["results"] if r["status"] == "ok" and r["strategy"] == "locked")
+    cell["unstable"] = True
+    text = bench.format_report(report)
+    assert "~" + bench._fmt_rate(cell["ops_per_sec"]) in text
+    assert "~ unstable" in text
+    assert "~" + bench._fmt_rate(cell["ops_per_sec"]) in bench.format_markdown(report)
+
+
+def test_chart_styles_tell_every_strategy_and_family_apart():
+    styles = {sid: bench._style(sid) for sid in bench.STRATEGIES}
+    assert len(set(styles.values())) == len(styles)  # no two bars look alike
+    families = {}
+    for sid in bench.STRATEGIES:
+        families.setdefault(bench._family(sid), set()).add(styles[sid][0])
+    colors = [c for cs in families.values() for c in cs]
+    assert all(len(cs) == 1 for cs in families.values()), families  # one colour a family
+    assert len(colors) == len(set(colors))  # and no colour shared by two families
+    # the case that prompted it: FrozenTable, its reference and frozendict
+    assert styles["frozen"][0] == styles["ref-frozen"][0] != styles["frozendict"][0]
+    assert styles["frozen"][1] != styles["ref-frozen"][1]

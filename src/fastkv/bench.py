@@ -68,6 +68,24 @@ Timing method (timeit-style, nothing clever):
   Each scenario's table gives, per size, ops/s and how many times slower than
   the fastest strategy at that size.
 
+- A figure's best run must be confirmed: another of its runs within
+  ``CONFIRM`` (1.25x) of it. A best run that stands alone (a one-off, e.g. an
+  owner-thread handoff that happened to find a free core once) gets the figure
+  re-measured with as many runs again; if the best still stands alone it is
+  dropped, the next run is reported and the figure is marked ``~`` (unstable).
+
+The output ends with a verdict computed from this run: for read-mostly data,
+data read and written by many threads, and work serialized on one owner
+thread, the table to pick and how many times faster it ran than the
+hand-rolled alternative (a dict behind a ``threading.Lock``; an owner thread
+serving a dict from a ``queue.SimpleQueue``). The pure-Python reference tables
+are measured only with ``--with-reference`` (or when named in
+``--strategies``): they are fastkv's test oracles, not a choice.
+
+Ctrl-C stops the run: the tables measured so far are printed (and the
+``--json``/``--markdown`` files written, marked interrupted), then the command
+exits with status 130.
+
 Absolute figures depend on the machine and on what else runs on it; only the
 ratios inside one run mean something.
 """
@@ -138,6 +156,7 @@ CHUNK = 1_000  # keys per inner-loop chunk
 MAX_OPS = 20_000_000  # upper bound on operations per run
 PROBE_SIZE = 1_000  # size of the trial build that estimates a large build's time
 SETTLED_MIN_OPS = 1_000  # least operations in a run that ends with sync()
+CONFIRM = 1.25  # a best run needs another run within this factor of it
 SEED = 20240611
 RECORD_POOL = 1_024
 FIELDS = (
@@ -615,7 +634,8 @@ class _Timing:
     """One figure being measured: its run function, the calibrated number of
     units per run, and the seconds of each timed run so far."""
 
-    __slots__ = ("strategy", "run", "unit_ops", "n", "samples", "spent", "error")
+    __slots__ = ("strategy", "run", "unit_ops", "n", "samples", "spent", "error", "remeasured",
+                 "unstable")
 
     def __init__(self, strategy, run, unit_ops):
         self.strategy = strategy
@@ -625,6 +645,22 @@ class _Timing:
         self.samples = []
         self.spent = 0.0
         self.error = None
+        self.remeasured = False  # its best run stood alone: more runs were taken
+        self.unstable = False  # and it still stood alone: dropped, figure marked
+
+    def confirmed(self):
+        """Whether the best run is backed by another run within CONFIRM of it
+        (a figure of fewer than 3 runs is not judged)."""
+        if len(self.samples) < 3:
+            return True
+        first, second = sorted(self.samples)[:2]
+        return second <= first * CONFIRM
+
+    def best(self):
+        """The seconds reported: the best run, or the second best when the
+        best stood alone even after re-measuring."""
+        ordered = sorted(self.samples)
+        return ordered[1] if self.unstable else ordered[0]
 
     def calibrate(self, min_time, budget, min_n=1):
         """n grows x10 from ``min_n`` until a run lasts min_time/10, then is
@@ -662,11 +698,26 @@ def _measure_interleaved(timings, min_time, repeat, budget, min_n_of, on_round=N
             tm.calibrate(min_time, budget, min_n_of(tm))
         except Exception as exc:
             tm.error = exc
-    rnd = 0
+    rnd = _rounds(timings, repeat, budget, 0, on_round)
+    # a best run that no other run comes near is a one-off (a lucky scheduling,
+    # a timer hiccup): take as many runs again for those figures, interleaved
+    again = [tm for tm in timings if tm.error is None and not tm.confirmed()]
+    if again:
+        for tm in again:
+            tm.remeasured = True
+            tm.spent = 0.0
+        _rounds(again, 2 * repeat, budget, rnd, on_round)
+        for tm in again:
+            tm.unstable = tm.error is None and not tm.confirmed()
+
+
+def _rounds(timings, repeat, budget, rnd, on_round):
+    """Timed runs in rounds until every figure has ``repeat`` runs (or spent
+    its budget); returns the round count."""
     while True:
         todo = [tm for tm in timings if tm.wants(repeat, budget)]
         if not todo:
-            break
+            return rnd
         k = rnd % len(todo)
         for tm in todo[k:] + todo[:k]:
             try:
@@ -764,10 +815,10 @@ class _Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def finish(self):
+    def finish(self, interrupted=False):
         if not self.enabled:
             return
-        line = f"done: {self.done} figures in {self._elapsed()}"
+        line = f"{'interrupted' if interrupted else 'done'}: {self.done} figures in {self._elapsed()}"
         if self.tty:
             self.stream.write("\r" + line + " " * max(0, self.width - len(line)) + "\n")
         else:
@@ -844,106 +895,123 @@ def run(
     def record(scn, size, s, **fields):
         results[(scn, size, s.id)] = {"scenario": scn, "size": size, "strategy": s.id, **fields}
 
-    for size in sizes:
-        prog.step(f"{size:,} keys: building the data")
-        w = workload(size, threads)
-        stores = {}  # strategy id -> built Store, all alive while this size is measured
-        build_seconds = {}
-        try:
-            for s in strategies:
-                reason = s.skip_reason
-                if reason is None and size > PROBE_SIZE and last_build.get(s.id, (0, 0))[0] < PROBE_SIZE:
-                    # no build of a fair size yet: time a trial build to extrapolate from
+    interrupted = False
+    try:
+        for size in sizes:
+            prog.step(f"{size:,} keys: building the data")
+            w = workload(size, threads)
+            stores = {}  # strategy id -> built Store, all alive while this size is measured
+            build_seconds = {}
+            try:
+                for s in strategies:
+                    reason = s.skip_reason
+                    if reason is None and size > PROBE_SIZE and last_build.get(s.id, (0, 0))[0] < PROBE_SIZE:
+                        # no build of a fair size yet: time a trial build to extrapolate from
+                        try:
+                            t0 = time.perf_counter()
+                            probe = s.build(make_data(PROBE_SIZE))
+                            last_build[s.id] = (PROBE_SIZE, time.perf_counter() - t0)
+                            probe.close()
+                            del probe
+                        except Exception:
+                            pass  # the real build below reports the error
+                    if reason is None and size > PROBE_SIZE and s.id in last_build:
+                        psize, psec = last_build[s.id]
+                        estimate = psec * size / max(psize, 1)
+                        if estimate > cfg["build_budget"]:
+                            reason = (f"build estimated at {estimate:.0f} s (took {psec:.1f} s at {psize:,} keys)"
+                                      f" > budget {cfg['build_budget']:.0f} s")
+                    if reason is not None:
+                        builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "skipped",
+                                                "reason": reason}
+                        for scn in scenarios:
+                            record(scn, size, s, status="skipped", reason=reason)
+                        prog.step(f"{size:,} keys  {s.label}: skipped ({reason})", final=True)
+                        continue
+                    prog.step(f"{size:,} keys  {s.label}: building")
+                    gc.collect()
                     try:
                         t0 = time.perf_counter()
-                        probe = s.build(make_data(PROBE_SIZE))
-                        last_build[s.id] = (PROBE_SIZE, time.perf_counter() - t0)
-                        probe.close()
-                        del probe
+                        stores[s.id] = s.build(w.data)
+                        build_s = build_seconds[s.id] = time.perf_counter() - t0
+                    except Exception as exc:
+                        msg = f"{type(exc).__name__}: {exc}"
+                        builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "error", "reason": msg}
+                        for scn in scenarios:
+                            record(scn, size, s, status="error", reason=msg)
+                        prog.step(f"{size:,} keys  {s.label}: build error ({msg})", final=True)
+                        continue
+                    last_build[s.id] = (size, build_s)
+                    builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "ok", "seconds": build_s}
+                    prog.step(f"{size:,} keys  {s.label}: built in {build_s:.3f} s", final=True)
+
+                # the read-only scenarios first, while every store is as built
+                for scn in sorted(scenarios, key=_EXEC_ORDER.index):
+                    timings = []
+                    for s in strategies:
+                        if s.id not in stores:
+                            continue
+                        build_s = build_seconds[s.id]
+                        if s.write_rebuilds and scn in ("write", "mix") and build_s > cfg["budget"]:
+                            record(scn, size, s, status="skipped",
+                                   reason=(f"a write rebuilds it: ~{build_s:.1f} s per write at {size:,} keys"
+                                           f" > budget {cfg['budget']:g} s per figure"))
+                            continue
+                        runner, unit_ops = scenario_runner(scn, stores[s.id], w)
+                        timings.append(_Timing(s, runner, unit_ops))
+
+                    def min_n_of(tm, scn=scn):
+                        if scn in ("write", "mix") and stores[tm.strategy.id].settle is not _nothing:
+                            # one sync() round trip ends the run: amortize it
+                            return SETTLED_MIN_OPS // tm.unit_ops
+                        return 1
+
+                    def on_round(rnd, scn=scn):
+                        prog.step(f"{size:,} keys  {scn}: round {rnd}/{cfg['repeat']} over {len(timings)} stores")
+
+                    prog.step(f"{size:,} keys  {scn}: calibrating {len(timings)} stores")
+                    gc.collect()
+                    _measure_interleaved(timings, cfg["min_time"], cfg["repeat"], cfg["budget"],
+                                         min_n_of, on_round)
+                    for tm in timings:
+                        if tm.error is not None:
+                            record(scn, size, tm.strategy, status="error",
+                                   reason=f"{type(tm.error).__name__}: {tm.error}")
+                            continue
+                        ops = tm.n * tm.unit_ops
+                        best = tm.best()
+                        median = statistics.median(tm.samples)
+                        record(scn, size, tm.strategy, status="ok", ops=ops, best_seconds=best,
+                               runs=len(tm.samples),
+                               ops_per_sec=ops / best if best > 0 else float("inf"),
+                               median_ops_per_sec=ops / median if median > 0 else float("inf"),
+                               remeasured=tm.remeasured, unstable=tm.unstable)
+                    prog.done += len(strategies)
+                    prog.step(f"{size:,} keys  {scn}: done", final=True)
+            finally:
+                for store in stores.values():
+                    try:
+                        store.close()
                     except Exception:
-                        pass  # the real build below reports the error
-                if reason is None and size > PROBE_SIZE and s.id in last_build:
-                    psize, psec = last_build[s.id]
-                    estimate = psec * size / max(psize, 1)
-                    if estimate > cfg["build_budget"]:
-                        reason = (f"build estimated at {estimate:.0f} s (took {psec:.1f} s at {psize:,} keys)"
-                                  f" > budget {cfg['build_budget']:.0f} s")
-                if reason is not None:
-                    builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "skipped",
-                                            "reason": reason}
-                    for scn in scenarios:
-                        record(scn, size, s, status="skipped", reason=reason)
-                    prog.step(f"{size:,} keys  {s.label}: skipped ({reason})", final=True)
-                    continue
-                prog.step(f"{size:,} keys  {s.label}: building")
-                gc.collect()
-                try:
-                    t0 = time.perf_counter()
-                    stores[s.id] = s.build(w.data)
-                    build_s = build_seconds[s.id] = time.perf_counter() - t0
-                except Exception as exc:
-                    msg = f"{type(exc).__name__}: {exc}"
-                    builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "error", "reason": msg}
-                    for scn in scenarios:
-                        record(scn, size, s, status="error", reason=msg)
-                    prog.step(f"{size:,} keys  {s.label}: build error ({msg})", final=True)
-                    continue
-                last_build[s.id] = (size, build_s)
-                builds[(size, s.id)] = {"size": size, "strategy": s.id, "status": "ok", "seconds": build_s}
-                prog.step(f"{size:,} keys  {s.label}: built in {build_s:.3f} s", final=True)
-
-            # the read-only scenarios first, while every store is as built
-            for scn in sorted(scenarios, key=_EXEC_ORDER.index):
-                timings = []
-                for s in strategies:
-                    if s.id not in stores:
-                        continue
-                    build_s = build_seconds[s.id]
-                    if s.write_rebuilds and scn in ("write", "mix") and build_s > cfg["budget"]:
-                        record(scn, size, s, status="skipped",
-                               reason=(f"a write rebuilds it: ~{build_s:.1f} s per write at {size:,} keys"
-                                       f" > budget {cfg['budget']:g} s per figure"))
-                        continue
-                    runner, unit_ops = scenario_runner(scn, stores[s.id], w)
-                    timings.append(_Timing(s, runner, unit_ops))
-
-                def min_n_of(tm, scn=scn):
-                    if scn in ("write", "mix") and stores[tm.strategy.id].settle is not _nothing:
-                        # one sync() round trip ends the run: amortize it
-                        return SETTLED_MIN_OPS // tm.unit_ops
-                    return 1
-
-                def on_round(rnd, scn=scn):
-                    prog.step(f"{size:,} keys  {scn}: round {rnd}/{cfg['repeat']} over {len(timings)} stores")
-
-                prog.step(f"{size:,} keys  {scn}: calibrating {len(timings)} stores")
-                gc.collect()
-                _measure_interleaved(timings, cfg["min_time"], cfg["repeat"], cfg["budget"],
-                                     min_n_of, on_round)
-                for tm in timings:
-                    if tm.error is not None:
-                        record(scn, size, tm.strategy, status="error",
-                               reason=f"{type(tm.error).__name__}: {tm.error}")
-                        continue
-                    ops = tm.n * tm.unit_ops
-                    best = min(tm.samples)
-                    median = statistics.median(tm.samples)
-                    record(scn, size, tm.strategy, status="ok", ops=ops, best_seconds=best,
-                           runs=len(tm.samples),
-                           ops_per_sec=ops / best if best > 0 else float("inf"),
-                           median_ops_per_sec=ops / median if median > 0 else float("inf"))
-                prog.done += len(strategies)
-                prog.step(f"{size:,} keys  {scn}: done", final=True)
-        finally:
-            for store in stores.values():
-                try:
-                    store.close()
-                except Exception:
-                    pass
-            stores.clear()
-        del w
-    prog.finish()
+                        pass
+                stores.clear()
+            del w
+    except KeyboardInterrupt:  # Ctrl-C: report what was measured before it
+        interrupted = True
+    prog.finish(interrupted)
     load_end = _loadavg()
+
+    if interrupted:
+        # keep the sizes and scenarios that have a figure; the rest of their
+        # cells say they were not measured
+        sizes = [n for n in sizes if any(k[1] == n for k in results)]
+        scenarios = [c for c in scenarios if any(k[0] == c for k in results)]
+        for scn in scenarios:
+            for size in sizes:
+                for s in strategies:
+                    if (scn, size, s.id) not in results:
+                        record(scn, size, s, status="interrupted", reason="interrupted (Ctrl-C) before it")
+        builds = {k: b for k, b in builds.items() if k[0] in sizes}
 
     # ratios, per scenario and size, against this run's fastest and its dict
     for scn in scenarios:
@@ -984,9 +1052,100 @@ def run(
              "thread_safe": s.thread_safe, "skipped": s.skip_reason}
             for s in strategies
         ],
-        "builds": [builds[(size, s.id)] for size in sizes for s in strategies],
+        "builds": [builds[(size, s.id)] for size in sizes for s in strategies if (size, s.id) in builds],
         "results": [results[(scn, size, s.id)] for scn in scenarios for size in sizes for s in strategies],
+        "interrupted": interrupted,
+        "verdict": verdict(results, sizes, scenarios, [s.id for s in strategies]),
     }
+
+
+# --------------------------------------------------------------------------
+# verdict
+
+# (workload, what it means, scenarios to judge it by (first run one wins),
+#  candidate fastkv tables (an earlier one wins a near tie: its guarantees fit
+#  the workload best), the hand-rolled alternative it replaces)
+VERDICTS = (
+    ("read-mostly", "read-mostly data (configuration, reference data), rarely written",
+     ("read", "threads"), ("frozen", "locked"), "dict-lock"),
+    ("read/write", "data read and written by many threads",
+     ("mix", "write"), ("locked", "owner-protected"), "dict-lock"),
+    # (Agent serves any state at the same round trip: for a key-value table
+    # the table is OwnerTable)
+    ("serialized", "every operation serialized on one owner thread, in order",
+     ("mix", "read"), ("owner-private",), "queue-owner"),
+)
+TIE = 0.9  # a candidate within 10% of the fastest one counts as a tie
+
+_WORKLOAD_WORDS = {"read": "reads", "threads": "reads from several threads", "mix": "90/10 read/write mix",
+                   "write": "writes"}
+_ALTERNATIVE_WORDS = {"dict-lock": "a dict behind a threading.Lock",
+                      "queue-owner": "a hand-rolled owner thread on queue.SimpleQueue"}
+
+
+def _geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def verdict(results: Dict[tuple, Dict[str, Any]], sizes: Sequence[int], scenarios: Sequence[str],
+            strategy_ids: Sequence[str]) -> List[Dict[str, Any]]:
+    """For each workload of VERDICTS: the fastkv table to pick, from this
+    run's figures, and how many times faster than the hand-rolled
+    alternative it ran at each size (``results`` as ``run`` collects them:
+    (scenario, size, strategy id) -> figure)."""
+
+    def rate(scn, size, sid):
+        r = results.get((scn, size, sid))
+        return r["ops_per_sec"] if r is not None and r["status"] == "ok" else None
+
+    out = []
+    for workload, meaning, scns, candidates, alternative in VERDICTS:
+        entry = {"workload": workload, "meaning": meaning, "alternative": alternative}
+        best = None
+        for scn in scns:
+            if scn not in scenarios or alternative not in strategy_ids:
+                continue
+            scored = []
+            for sid in candidates:
+                if sid not in strategy_ids:
+                    continue
+                both = [n for n in sizes if rate(scn, n, sid) and rate(scn, n, alternative)]
+                if both:
+                    scored.append((sid, both, _geomean([rate(scn, n, sid) for n in both])))
+            if scored:
+                top = max(score for _, _, score in scored)
+                sid, both, _ = next(c for c in scored if c[2] >= TIE * top)
+                best = {"scenario": scn, "pick": sid, "runner_up": [c[0] for c in scored if c[0] != sid],
+                        "sizes": both, "speedup": [rate(scn, n, sid) / rate(scn, n, alternative) for n in both]}
+                break
+        if best is None:
+            entry["pick"] = None
+            entry["reason"] = (f"not measured in this run: needs the {' or '.join(scns)} scenario, "
+                               f"{' or '.join(candidates)} and {alternative}")
+        else:
+            entry.update(best)
+        out.append(entry)
+    return out
+
+
+def format_verdict(report: Dict[str, Any]) -> List[str]:
+    labels = {s["id"]: s["label"] for s in report["strategies"]}
+    out = ["verdict, from this run (the README's \"Choosing a table\" is the long form):"]
+    for v in report.get("verdict", ()):
+        if v["pick"] is None:
+            out.append(f"  {v['workload']}: {v['reason']}")
+            continue
+        label = labels[v["pick"]]
+        if v["pick"].startswith("owner-"):
+            label = f"OwnerTable(access=\"{v['pick'][6:]}\")"
+        ratios = " / ".join(f"{x:.2g}x" if x < 10 else f"{x:,.0f}x" for x in v["speedup"])
+        at = " / ".join(f"{n:,}" for n in v["sizes"])
+        faster = min(v["speedup"]) >= 1
+        out.append(f"  {v['meaning']}: use {label}.")
+        out.append(f"      {_WORKLOAD_WORDS[v['scenario']].capitalize()} ran {ratios} as fast as with "
+                   f"{_ALTERNATIVE_WORDS[v['alternative']]}, at {at} keys"
+                   + ("." if faster else " (below 1x: slower there)."))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -1013,7 +1172,7 @@ def _size_label(n):
     return f"{n:,} keys"
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: Dict[str, Any], verdict: bool = True) -> str:
     m = report["machine"]
     strategies = report["strategies"]
     sizes = report["sizes"]
@@ -1040,6 +1199,7 @@ def format_report(report: Dict[str, Any]) -> str:
     labels = {s["id"]: s["label"] for s in strategies}
     lw = max(len("strategy"), *(len(s["label"]) for s in strategies))
     notes = {}
+    unstable = False
     for scn in report["scenarios"]:
         out.append("")
         out.append(SCENARIO_TITLES[scn].format(threads=meth["threads"]))
@@ -1054,7 +1214,11 @@ def format_report(report: Dict[str, Any]) -> str:
             for size in sizes:
                 r = res[(scn, size, s["id"])]
                 if r["status"] == "ok":
-                    cells.append(f" | {_fmt_rate(r['ops_per_sec']):>8} {_fmt_ratio(r['slower_than_fastest']):>9}")
+                    mark = "~" if r.get("unstable") else ""
+                    cells.append(f" | {mark + _fmt_rate(r['ops_per_sec']):>8} {_fmt_ratio(r['slower_than_fastest']):>9}")
+                    unstable = unstable or bool(mark)
+                elif r["status"] == "interrupted":
+                    cells.append(f" | {'-':>18}")
                 else:
                     mark = r["status"]
                     note = f"{labels[s['id']]}: {r['reason']}"
@@ -1086,6 +1250,18 @@ def format_report(report: Dict[str, Any]) -> str:
         out.append("not measured:")
         for note, idx in sorted(notes.items(), key=lambda kv: kv[1]):
             out.append(f"  [{idx}] {note}")
+    if not any(s["kind"] == "reference" for s in strategies):
+        out.append("(the pure-Python reference tables are not shown: --with-reference measures them)")
+    if unstable:
+        out.append("")
+        out.append(f"~ unstable: the best run stood alone (no other run within {CONFIRM:g}x of it), even after "
+                   "re-measuring; it was dropped and the next run reported. Rerun, or use --full.")
+    if report.get("interrupted"):
+        out.append("")
+        out.append("interrupted (Ctrl-C): '-' marks figures not measured; the verdict uses what was.")
+    if verdict:
+        out.append("")
+        out.extend(format_verdict(report))
     return "\n".join(out)
 
 
@@ -1108,9 +1284,10 @@ def format_markdown(report: Dict[str, Any]) -> str:
             for size in sizes:
                 r = res[(scn, size, s["id"])]
                 if r["status"] == "ok":
-                    cells.append(f"{_fmt_rate(r['ops_per_sec'])}/s ({_fmt_ratio(r['slower_than_fastest'])})")
+                    mark = "~" if r.get("unstable") else ""
+                    cells.append(f"{mark}{_fmt_rate(r['ops_per_sec'])}/s ({_fmt_ratio(r['slower_than_fastest'])})")
                 else:
-                    cells.append(r["status"])
+                    cells.append("-" if r["status"] == "interrupted" else r["status"])
             out.append(f"| {s['label']} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -1125,28 +1302,50 @@ def _rank(res, scn, sizes, sid):
     return (1, 0)
 
 
-# Bar colours: each fastkv strategy has its hue (its reference twin the same
-# hue, hatched); dict is black; peers are muted.
-_COLORS = {
-    "dict": "#222222",
-    "frozen": "#1f77b4",
-    "module": "#17becf",
-    "module-state": "#0e6f7a",
-    "locked": "#2ca02c",
-    "owner-private": "#d62728",
-    "owner-protected": "#ff7f0e",
-    "agent": "#9467bd",
-    "immutables": "#c49c94",
-    "frozendict": "#aec7e8",
-    "cachetools": "#bcbd22",
-    "cachebox": "#8c564b",
-    "dict-lock": "#98df8a",
-    "queue-owner": "#ff9896",
+# Bar styles: one colour per family (a fastkv table with its variants and its
+# pure-Python twin; each peer; the two hand-rolled peers share grey), one
+# hatch per member of a family; reference twins are also drawn lighter. No
+# two strategies share a (colour, hatch), so 15+ bars per group stay apart.
+_BLUE, _CYAN, _GREEN, _RED, _PURPLE = "#1f77b4", "#17becf", "#2ca02c", "#d62728", "#9467bd"
+_STYLES = {
+    "dict": ("#222222", ""),
+    "frozen": (_BLUE, ""),
+    "ref-frozen": (_BLUE, "///"),
+    "module": (_CYAN, ""),
+    "module-state": (_CYAN, "..."),
+    "locked": (_GREEN, ""),
+    "ref-locked": (_GREEN, "///"),
+    "owner-private": (_RED, ""),
+    "owner-protected": (_RED, "..."),
+    "ref-owner-private": (_RED, "///"),
+    "ref-owner-protected": (_RED, "//.."),
+    "agent": (_PURPLE, ""),
+    "ref-agent": (_PURPLE, "///"),
+    "immutables": ("#8c564b", ""),
+    "frozendict": ("#e377c2", ""),
+    "cachetools": ("#bcbd22", ""),
+    "cachebox": ("#ff7f0e", ""),
+    "dict-lock": ("#8a8a8a", "\\\\\\"),
+    "queue-owner": ("#8a8a8a", "xxx"),
 }
+# bars of one family side by side, in this order
+_FAMILY_ORDER = ("dict", "frozen", "module", "locked", "owner", "agent",
+                 "immutables", "frozendict", "cachetools", "cachebox", "hand-rolled")
 
 
-def _color(sid):
-    return _COLORS.get(sid[4:] if sid.startswith("ref-") else sid, "#7f7f7f")
+def _family(sid):
+    """The family a strategy's bar is coloured by: frozen, module, locked,
+    owner, agent (fastkv, reference twins included), dict, each peer, and
+    hand-rolled (dict+Lock, SimpleQueue owner)."""
+    base = sid[4:] if sid.startswith("ref-") else sid
+    if base in ("dict-lock", "queue-owner"):
+        return "hand-rolled"
+    return base.split("-")[0]
+
+
+def _style(sid):
+    """(colour, hatch) of a strategy's bars."""
+    return _STYLES.get(sid, ("#bbbbbb", "++"))
 
 
 def plot(report: Dict[str, Any], path: str) -> None:
@@ -1162,6 +1361,8 @@ def plot(report: Dict[str, Any], path: str) -> None:
     res = {(r["scenario"], r["size"], r["strategy"]): r for r in report["results"]}
     shown = [s for s in report["strategies"]
              if any(res[(scn, size, s["id"])]["status"] == "ok" for scn in scenarios for size in sizes)]
+    order = {f: i for i, f in enumerate(_FAMILY_ORDER)}
+    shown.sort(key=lambda s: order.get(_family(s["id"]), len(order)))  # stable: families together
     nbar = max(len(shown), 1)
     width = 0.84 / nbar
     fig, axes = plt.subplots(len(scenarios), 1, squeeze=False,
@@ -1177,8 +1378,9 @@ def plot(report: Dict[str, Any], path: str) -> None:
                     xs.append(i - 0.42 + width * (j + 0.5))
                     ys.append(r["ops_per_sec"])
             ref = s["kind"] == "reference"
-            ax.bar(xs, ys, width=width, color=_color(s["id"]), label=s["label"],
-                   hatch="////" if ref else None, alpha=0.55 if ref else 1.0,
+            color, hatch = _style(s["id"])
+            ax.bar(xs, ys, width=width, color=color, label=s["label"],
+                   hatch=hatch or None, alpha=0.55 if ref else 1.0,
                    edgecolor="white", linewidth=0.4)
         ax.set_yscale("log")
         ax.set_xticks(range(len(sizes)))
@@ -1274,6 +1476,9 @@ def _parser():
                    help="worker processes in the processes scenario (default 4; see fastkv.bench_procs)")
     p.add_argument("--strategies", type=_parse_names(list(STRATEGIES), "strategy"), metavar="ID,ID,...",
                    help="strategies to measure, by id; shell-style patterns work (ref-*); see --list")
+    p.add_argument("--with-reference", action="store_true",
+                   help="also measure the pure-Python reference tables (fastkv's test oracles, "
+                        "hidden by default: not a choice)")
     p.add_argument("--threads", type=int, default=4, metavar="N",
                    help="reader threads in the threads scenario (default 4)")
     p.add_argument("--repeat", type=int, metavar="N", help="timed runs per figure, best kept")
@@ -1292,7 +1497,66 @@ def _parser():
     return p
 
 
+def _check_output(p, option, path, suffixes=None):
+    """Fail in the first second, not after the measurement: the file must be
+    creatable (its directory exists and is writable, it is no directory)."""
+    if os.path.isdir(path):
+        p.error(f"{option} {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        p.error(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        p.error(f"{option} {path}: not writable")
+    if suffixes is not None:
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        if ext not in suffixes:
+            p.error(f"{option} {path}: unknown image format {ext!r} (use one of: {', '.join(sorted(suffixes))})")
+
+
+def _list(with_reference):
+    """The strategies, one a line, in aligned columns."""
+    rows = []
+    for s in STRATEGIES.values():
+        notes = []
+        if s.kind == "reference" and not with_reference:
+            notes.append("only with --with-reference")
+        why = _check_available(s)
+        if why:
+            notes.append(f"skipped: {why}")
+        rows.append((s.id, s.label, s.kind, s.summary + (f"  [{'; '.join(notes)}]" if notes else "")))
+    head = ("id", "strategy", "kind", "what it is")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    for r in [head] + rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[3])
+    print("scenarios: " + ", ".join(SCENARIOS) + ", processes")
+
+
+def _silence_stdout():
+    """After a broken pipe (``--list | head``): send what is still buffered
+    to /dev/null, so the interpreter's last flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (130 after Ctrl-C, 141
+    when stdout is a pipe closed early, as for a process ended by SIGPIPE)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except KeyboardInterrupt:  # outside the measurement (which handles its own)
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+
+
+def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         argv = argv[1:]
@@ -1307,10 +1571,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.min_time is not None and args.min_time <= 0:
         p.error("--min-time must be > 0")
     if args.list:
-        for s in STRATEGIES.values():
-            why = _check_available(s)
-            print(f"{s.id:<16} {s.label:<22} {s.summary}" + (f"  [skipped: {why}]" if why else ""))
-        print("scenarios: " + ", ".join(SCENARIOS) + ", processes")
+        _list(args.with_reference)
         return 0
     if args.redis_only and not args.redis:
         p.error("--redis-only needs --redis URL|auto")
@@ -1318,29 +1579,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from fastkv import bench_redis
 
         return 0 if bench_redis.main(args.redis, quick=args.mode == "quick", smoke=args.redis_smoke) else 1
+    if args.json:
+        _check_output(p, "--json", args.json)
+    if args.markdown:
+        _check_output(p, "--markdown", args.markdown)
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib
+            matplotlib.use("Agg")
+            from matplotlib.figure import Figure
         except ImportError:
             p.error("--plot needs matplotlib (pip install matplotlib, or fastkv[bench])")
+        _check_output(p, "--plot", args.plot, set(Figure().canvas.get_supported_filetypes()))
     sizes = args.sizes or list(QUICK_SIZES if args.mode == "quick" else FULL_SIZES)
     scenarios = args.scenarios or list(SCENARIOS) + ["processes"]
-    ids = args.strategies or list(STRATEGIES)
+    if args.strategies:  # named ones are measured, reference ones included
+        ids = args.strategies
+    else:
+        ids = [i for i, s in STRATEGIES.items() if args.with_reference or s.kind != "reference"]
     strategies = [STRATEGIES[i] for i in STRATEGIES if i in ids]
     report = run(sizes, [s for s in scenarios if s != "processes"], strategies, mode=args.mode,
                  threads=args.threads, min_time=args.min_time, repeat=args.repeat, progress=args.progress)
-    print(format_report(report))
+    print(format_report(report, verdict=False))
     sys.stdout.flush()
-    if "processes" in scenarios:  # SharedTable across worker processes: fastkv.bench_procs
+    if "processes" in scenarios and not report["interrupted"]:
+        # SharedTable across worker processes: fastkv.bench_procs
         from fastkv import bench_procs
 
         def note(msg):
             if args.progress:
                 print(msg, file=sys.stderr, flush=True)
 
-        report["processes"] = bench_procs.run_processes(
-            max(sizes), max(1, args.procs), quick=args.mode == "quick", progress=note)
-        print("\n" + bench_procs.format_processes(report["processes"]))
+        try:
+            report["processes"] = bench_procs.run_processes(
+                max(sizes), max(1, args.procs), quick=args.mode == "quick", progress=note)
+        except KeyboardInterrupt:
+            report["interrupted"] = True
+            print("\nprocesses: interrupted (Ctrl-C)")
+        else:
+            print("\n" + bench_procs.format_processes(report["processes"]))
         sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:
@@ -1351,6 +1628,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f.write(format_markdown(report) + "\n")
             if "processes" in report:
                 f.write("\n```\n" + bench_procs.format_processes(report["processes"]) + "\n```\n")
+    if report["interrupted"]:
+        print("\n" + "\n".join(format_verdict(report)))
+        if args.plot:
+            print(f"interrupted: no chart drawn ({args.plot})", file=sys.stderr)
+        return 130
     if args.plot:
         plot(report, args.plot)
     if args.redis:
@@ -1359,6 +1641,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         if bench_redis.main(args.redis, quick=args.mode == "quick", smoke=args.redis_smoke) is None:
             return 1
+    print("\n" + "\n".join(format_verdict(report)))  # last: what a newcomer acts on
     errors = [r for r in report["results"] if r["status"] == "error"]
     errors += [r for r in report.get("processes", {}).get("results", []) if r["status"] == "error"]
     if errors:
