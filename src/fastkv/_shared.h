@@ -98,6 +98,14 @@ static inline void fk_sh_store_gen(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
+/* A dict sized for n items up front (a decoded record's fields go in without
+ * a resize); what Cython itself uses, available 3.10-3.14. */
+#if defined(PYPY_VERSION) || defined(Py_LIMITED_API)
+#define fk_sh_dict_presized(n) PyDict_New()
+#else
+#define fk_sh_dict_presized(n) ((n) <= 5 ? PyDict_New() : _PyDict_NewPresized(n))
+#endif
+
 /* Where a closed table's generation pointer points: never equal to a table's
  * cached generation (0 is never stored), so the next read takes the slow path
  * and raises ClosedError. */

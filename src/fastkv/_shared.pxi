@@ -91,6 +91,7 @@ cdef extern from "_shared.h":
     uint64_t fk_sh_load_gen(const uint64_t* p) noexcept nogil
     void fk_sh_store_gen(uint64_t* p, uint64_t v) noexcept nogil
     uint64_t fk_sh_closed_gen
+    object fk_sh_dict_presized(Py_ssize_t n)
     bint FK_SH_STR_CACHE
 
 cdef extern from "Python.h":
@@ -472,7 +473,7 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         _sh_varint(&p, end, &n)
         _sh_need(p, end, n * 2 if tag == T_DICT else n)   # every item takes a byte at least
         if tag == T_DICT:
-            out = {}
+            out = fk_sh_dict_presized(<Py_ssize_t>n)
             for i in range(n):
                 k = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
                 v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
