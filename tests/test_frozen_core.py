@@ -414,7 +414,7 @@ KEY_POOL = (
 OPS = st.lists(
     st.tuples(
         st.sampled_from(["insert", "insert", "insert", "delete", "pop", "popitem", "lookup",
-                         "resize", "trim", "copy", "copy_skip", "clear"]),
+                         "resize", "trim", "reserve", "copy", "copy_skip", "clear"]),
         st.sampled_from(range(len(KEY_POOL))),
         st.integers(0, 1000),
     ),
@@ -465,6 +465,8 @@ def test_engine_matches_dict(ops):
             t.resize(len(d) + n % 7)
         elif op == "trim":
             t.trim()
+        elif op == "reserve":
+            t.reserve()
         elif op == "copy":
             t = t.copy(len(d) + n % 3)
         elif op == "copy_skip":
@@ -492,6 +494,66 @@ def test_engine_layouts():
     t.insert(S("k1"), "sub")  # equal to "k1": replaces its value, keeps the key
     assert [k for k, _ in t.items()][1] == "k1" and type(t.items()[1][0]) is str
     assert t.lookup("k1") == "sub"
+
+
+def test_engine_int_keys_matched_on_the_hash_alone_only_when_exact():
+    # A table of exact ints whose hash is their value (intexact) matches an
+    # int probe of that kind on the hash, never reading the stored key; any
+    # other probe or stored key still compares values (dict semantics).
+    M = 2**61 - 1  # hash(M + x) == hash(x)
+    t = _EngineTable()
+    for k in (0, 5, -2, 7919, M - 1, -(M - 1)):
+        t.insert(k, k)
+    assert t.info()["intexact"]
+    t.check()
+    assert t.lookup(int("5")) == 5 and t.lookup(5.0) == 5
+    with pytest.raises(KeyError):
+        t.lookup(True)  # 1 is not stored
+    # each has the hash of a stored key (5, -2, 0, 0, 0) and another value
+    for absent in (5 + M, -1, M, 2 * M, -M, 2**64 + 5):
+        assert t.lookup_fast(absent) == -1
+        with pytest.raises(KeyError):
+            t.lookup(absent)
+    assert t.lookup(int("-2")) == -2 and t.lookup(7919.0) == 7919 and t.lookup(M - 1) == M - 1
+    t.insert(True, "true")  # equal to no stored key (no 1): added, not exact
+    assert not t.info()["intexact"]
+    t.insert(1, "one")  # 1 == True: replaces the value, keeps the key True
+    assert [k for k, _ in t.items()][-1] is True and t.lookup(1.0) == "one"
+    t.insert(5 + M, "big")  # same hash as 5, another key
+    assert t.lookup(5) == 5 and t.lookup(5 + M) == "big"
+    t.check()
+    t.clear()
+    t.insert(3, 3)
+    assert t.info()["intexact"]
+    t.insert(2**70, 0)
+    assert not t.info()["intexact"] and t.lookup(2**70) == 0 and t.lookup(3) == 3
+    t.check()
+
+
+@pytest.mark.parametrize("n", [200, 40_000, 300_000])  # int8, int16 and int32 index slots
+@pytest.mark.parametrize("kind", ["int", "str", "mixed"])
+def test_engine_tagged_index_against_dict(n, kind):
+    make = {"int": lambda i: i * 7919, "str": lambda i: f"key-{i}",
+            "mixed": lambda i: i * 7919 if i % 3 else f"key-{i}"}[kind]
+    d = {make(i): i for i in range(n)}
+    t = _EngineTable()
+    for k, v in d.items():
+        t.insert(k, v)
+    for i in range(0, n, 3):
+        t.delete(make(i))
+        del d[make(i)]
+    t.check()
+    for tab in (t, t.copy(), t.copy(len(d) * 2)):
+        assert tab.items() == list(d.items())
+        for k, v in d.items():
+            assert tab.lookup_fast(int(k) if isinstance(k, int) else "".join(k)) >= 0
+            assert tab.lookup(k) == v
+        for i in range(n):
+            k = make(i)
+            assert (tab.lookup_fast(k) >= 0) == (k in d)
+            miss = k + 1 if isinstance(k, int) else k + "!"
+            assert tab.lookup_fast(miss) == -1
+    assert t.info()["intexact"] == (kind == "int")
 
 
 def test_engine_growth_matches_dict_rate():

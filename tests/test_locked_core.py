@@ -458,6 +458,45 @@ def test_sizeof_is_honest(n):
     assert t.info() == {"size": n, "memory": size}
 
 
+@pytest.mark.parametrize("data", [{i * 7919: i for i in range(5000)},
+                                  {f"k{i}": i for i in range(5000)}, [(i, i) for i in range(5000)]],
+                         ids=["int-dict", "str-dict", "pairs"])
+def test_built_from_data_keeps_growth_room(data):
+    # issue 15: a LockedTable built from data had no spare entry slot, so its
+    # first insert rebuilt the whole table under the lock (readers blocked).
+    # Now it gets the room its index allows, as dict(d) has: the next inserts
+    # reuse the arrays (the size does not change) until the index is 2/3 full.
+    t = fastkv._core.LockedTable(data)
+    size = sys.getsizeof(t)
+    d = dict(data)
+    assert size <= sys.getsizeof(d) + 256
+    for i in range(300):  # 5,000 keys: an index of 8,192 slots, room for 5,461
+        t[f"new{i}"] = i
+        d[f"new{i}"] = i
+    assert sys.getsizeof(t) == size
+    assert t.to_dict() == d and list(t) == list(d)
+    # the memory promise holds with the room
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        t2 = fastkv._core.LockedTable(data)
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert abs(sys.getsizeof(t2) - allocated) <= 64 + allocated // 100
+
+
+def test_to_dict_keeps_order_key_objects_and_colliding_keys():
+    keys = [10**30 + 1, "a", 7, Key("x", h=7), Key("y", h=7), 7.5, True, ("t", 1)]
+    t = fastkv._core.LockedTable(zip(keys, range(len(keys))))
+    d = t.to_dict()
+    expect = dict(zip(keys, range(len(keys))))
+    assert d == expect and [type(k) for k in d] == [type(k) for k in expect]
+    assert all(a is b for a, b in zip(d, expect))
+    f = fastkv._core.FrozenTable(t)
+    assert f.to_dict() == expect and all(a is b for a, b in zip(f.to_dict(), expect))
+
+
 def test_self_cycle_is_collected(impl):
     class Obj:
         pass

@@ -21,6 +21,21 @@
 # a sized snapshot). Code outside the engine reaches entries only through
 # ``table_entry``/``table_entry_hash`` (the array is ``_entries``, bytes).
 #
+# Index slots are tagged: a slot's bits above ``log2`` (its width less the
+# sign bit less the log2 bits a position needs: 0-7 bits, 7-10 at 100k-10M
+# keys) hold the top bits of a multiplicative mix of the entry's hash
+# (``_tag``; ``_ix_put`` writes position | tag << log2, readers mask with
+# ``mask``). A probe whose tag differs is rejected without reading the entry
+# array, as SwissTable's control bytes do: a miss on a large table costs the
+# index lines it reads, not one more cache miss per occupied slot on its way
+# (dict reads each such entry to compare hashes). Same memory as untagged.
+#
+# ``intexact``: every key appended since the table was last empty is an exact
+# int whose hash equals its value (0 <= v < 2**61 - 1, and the negatives but
+# -1). Two such ints with equal hashes are equal, so an int probe of that kind
+# matches an entry on its hash alone, never reading the stored key object
+# (dict compares the two ints: a third cache miss per hit on a large table).
+#
 # Probing is CPython's: i = hash & mask, then i = (5*i + perturb + 1) & mask
 # with perturb >>= 5 each step, so every slot is visited. The index is never
 # more than 2/3 full (``capacity <= usable(2**log2)``, dummies included), so
@@ -102,6 +117,13 @@
 #                                         insertion order kept. No Python.
 #   table_trim(t) except -1               give back unused entry slots (keeps the
 #                                         index). No Python.
+#   table_reserve(t) except -1            the opposite: as many entry slots as
+#                                         the index allows (realloc, index
+#                                         kept). No Python.
+#   table_to_dict(t)                      a new dict of the items, presized,
+#                                         cached hashes reused. Runs Python
+#                                         (__eq__ of colliding keys); t must
+#                                         not change meanwhile.
 #   table_copy(dst, src, capacity, skip) except -1   dst (uninitialised or
 #                                         empty) becomes a copy of src with room
 #                                         for ``capacity`` entries, leaving out
@@ -138,7 +160,51 @@ cdef extern from *:
     static int8_t fastkv_empty_index[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
     /* int == int for two exact ints too big for a long long: long_richcompare
        (C code, no Python); returns a new reference to True or False. */
+    /* dict(items) with the hashes known (no key hashed again) where CPython
+       exports it (3.10-3.12); PyDict_SetItem (which rehashes) elsewhere. */
+    #if PY_VERSION_HEX < 0x030D0000
+    #define fastkv_dict_set_known_hash(d, k, v, h) _PyDict_SetItem_KnownHash((d), (k), (v), (h))
+    #else
+    #define fastkv_dict_set_known_hash(d, k, v, h) PyDict_SetItem((d), (k), (v))
+    #endif
+    /* hash(k) of an exact int k, without a call when k is compact (one
+       digit, |v| < 2**30: its hash is v, but -2 for -1); long_hash (C, no
+       Python, never fails) otherwise. */
+    static inline int fastkv_int_compact(PyObject *k, Py_ssize_t *v) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)k)) {
+            *v = PyUnstable_Long_CompactValue((PyLongObject *)k);
+            return 1;
+        }
+    #else
+        Py_ssize_t s = Py_SIZE(k);
+        if (s >= -1 && s <= 1) {
+            *v = s == 0 ? 0 : s * (Py_ssize_t)((PyLongObject *)k)->ob_digit[0];
+            return 1;
+        }
+    #endif
+        return 0;
+    }
+    static inline Py_hash_t fastkv_int_hash(PyObject *k) {
+        Py_ssize_t v;
+        if (fastkv_int_compact(k, &v))
+            return v == -1 ? -2 : (Py_hash_t)v;
+        return PyObject_Hash(k);
+    }
+    /* An exact int k whose hash h is its value (see intexact). */
+    static inline int fastkv_int_hash_exact(PyObject *k, Py_hash_t h) {
+        Py_ssize_t v;
+        long long w;
+        int overflow;
+        if (fastkv_int_compact(k, &v))
+            return v == h;
+        w = PyLong_AsLongLongAndOverflow(k, &overflow);
+        return overflow == 0 && w == h;
+    }
     #define fastkv_long_richcompare_eq(a, b) (PyLong_Type.tp_richcompare((a), (b), Py_EQ))
+    /* Index slot tags: a multiplicative mix of the hash (all its bits, so
+       int keys, whose hash is their value, get varied tags too). */
+    #define FASTKV_TAG_MIX(h) (((uint64_t)(h) * 0x9E3779B97F4A7C15ULL) >> 1)
     #if defined(__GNUC__) || defined(__clang__)
     #define FASTKV_PREFETCH(p) __builtin_prefetch((const void *)(p))
     #else
@@ -164,8 +230,13 @@ cdef extern from *:
         pass
     int fastkv_install_method(object type, PyMethodDef* d, void* func) except -1
     void FASTKV_PREFETCH(const void* p) noexcept nogil
+    uint64_t FASTKV_TAG_MIX(Py_hash_t h) noexcept nogil
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
+    Py_hash_t fastkv_int_hash(PyObject* k) noexcept
+    bint fastkv_int_hash_exact(PyObject* k, Py_hash_t h) noexcept
+    int fastkv_dict_set_known_hash(object d, PyObject* k, PyObject* v, Py_hash_t h) except -1
+    dict _PyDict_NewPresized(Py_ssize_t n)
     Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept nogil
     int8_t fastkv_empty_index[8]
 
@@ -213,6 +284,10 @@ ctypedef struct Table:
     int log2             # log2 of the number of index slots (>= 3)
     int ixshift          # log2 of the index width in bytes (0..3)
     int unicode          # every key is an exact str: 16-byte entries, no hash
+    int intexact         # every key appended since the table was last empty
+                         # is an exact int whose hash is its value: an int
+                         # probe of that kind matches on the hash alone
+    int tagshift         # index slot tag: (mix(hash) >> 1) >> tagshift
     Py_ssize_t stride    # bytes per entry: 16 (unicode) or 24
     uint64_t version     # bumped on every change
     void* indices        # fastkv_empty_index when nothing is allocated
@@ -297,6 +372,24 @@ cdef inline int _ixshift_for(int log2) noexcept nogil:
     return 3
 
 
+cdef inline int _tagshift_for(int log2, int ixshift) noexcept nogil:
+    """63 minus the spare bits of an index slot (its width less the sign
+    bit less the log2 bits a position needs): the shift that leaves a tag
+    of exactly those spare bits."""
+    return 63 - (((8 << ixshift) - 1) - log2)
+
+
+cdef inline Py_ssize_t _tag(const Table* t, Py_hash_t hash) noexcept nogil:
+    """The tag of ``hash`` in t's index: the bits above log2 of a slot."""
+    return <Py_ssize_t>(FASTKV_TAG_MIX(hash) >> t.tagshift)
+
+
+cdef inline bint _int_hash_exact(PyObject* k, Py_hash_t hash) noexcept:
+    """k is an exact int whose hash is its value: two such keys with equal
+    hashes are equal. No Python."""
+    return _is_int(k) and fastkv_int_hash_exact(k, hash)
+
+
 cdef inline Entry* table_entry(const Table* t, Py_ssize_t ix) noexcept nogil:
     return <Entry*>(t._entries + ix * t.stride)
 
@@ -320,6 +413,11 @@ cdef inline Py_ssize_t _ix_get(const Table* t, size_t i) noexcept nogil:
     if s == 2:
         return (<const int32_t*>t.indices)[i]
     return (<const int64_t*>t.indices)[i]
+
+
+cdef inline void _ix_put(Table* t, size_t i, Py_ssize_t ix, Py_hash_t hash) noexcept nogil:
+    """Point slot i at entry ix (whose key has this hash), tagged."""
+    _ix_set(t, i, ix | (_tag(t, hash) << t.log2))
 
 
 cdef inline void _ix_set(Table* t, size_t i, Py_ssize_t ix) noexcept nogil:
@@ -346,6 +444,8 @@ cdef inline void _set_empty(Table* t, int unicode) noexcept nogil:
     t.log2 = MIN_LOG2
     t.mask = (1 << MIN_LOG2) - 1
     t.ixshift = 0
+    t.tagshift = _tagshift_for(MIN_LOG2, 0)
+    t.intexact = True
     t.unicode = unicode
     t.stride = STRIDE_UNICODE if unicode else STRIDE_GENERAL
     t.indices = <void*>fastkv_empty_index
@@ -380,6 +480,7 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
     t.log2 = log2
     t.mask = (<size_t>1 << log2) - 1
     t.ixshift = ixshift
+    t.tagshift = _tagshift_for(log2, ixshift)
     t.indices = indices
     t._entries = entries
     return 0
@@ -413,9 +514,11 @@ cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexc
     cdef size_t mask = t.mask
     cdef size_t perturb = <size_t>hash
     cdef size_t i = <size_t>hash & mask
-    while _ix_get(t, i) != ix:
+    cdef Py_ssize_t raw = _ix_get(t, i)
+    while raw < 0 or <size_t>raw & mask != <size_t>ix:
         perturb >>= 5
         i = (i * 5 + perturb + 1) & mask
+        raw = _ix_get(t, i)
     return i
 
 
@@ -425,10 +528,12 @@ cdef void _build_index(Table* t) noexcept nogil:
     prefetched before any is written, so the cache misses overlap."""
     cdef Py_ssize_t j, base, m
     cdef Py_hash_t hashes[BUILD_CHUNK]
+    cdef Py_hash_t h
     cdef size_t mask = t.mask
     if _index_bytes(t) <= BUILD_PREFETCH_BYTES:
         for j in range(t.nentries):
-            _ix_set(t, _free_slot(t, table_entry_hash(t, j)), j)
+            h = table_entry_hash(t, j)
+            _ix_put(t, _free_slot(t, h), j, h)
         return
     base = 0
     while base < t.nentries:
@@ -440,7 +545,7 @@ cdef void _build_index(Table* t) noexcept nogil:
             hashes[j] = table_entry_hash(t, base + j)
             FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
         for j in range(m):
-            _ix_set(t, _free_slot(t, hashes[j]), base + j)
+            _ix_put(t, _free_slot(t, hashes[j]), base + j, hashes[j])
         base += m
 
 
@@ -498,6 +603,8 @@ cdef inline Py_hash_t table_hash(object key) except? -1:
         h = FASTKV_STR_HASH(<PyObject*>key)
         if h != -1:
             return h
+    elif _is_int(<PyObject*>key):
+        return fastkv_int_hash(<PyObject*>key)
     return _object_hash(<PyObject*>key)
 
 
@@ -525,29 +632,35 @@ cdef void table_clear(Table* t) noexcept:
     _free_arrays(indices, entries)
 
 
-cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_t hash) noexcept:
+cdef Py_ssize_t _lookup_str(const Table* t, PyObject* key, Py_hash_t hash) noexcept:
+    """table_lookup_fast for an exact str key."""
     cdef size_t mask = t.mask
     cdef size_t perturb = <size_t>hash
     cdef size_t i = <size_t>hash & mask
+    cdef int log2 = t.log2
+    cdef Py_ssize_t tag = _tag(t, hash)
     cdef Py_ssize_t ix
     cdef const Entry* ep
     cdef PyObject* k
-    if _is_str(key):
-        if t.unicode:
-            # every stored key is an exact str: dict's unicode_eq loop
-            while True:
-                ix = _ix_get(t, i)
-                if ix >= 0:
-                    k = (<const Entry*>(t._entries + (ix << 4))).key
-                    if k == key or (FASTKV_STR_HASH(k) == hash and _str_eq(k, key)):
-                        return ix
-                elif ix == IX_EMPTY:
-                    return IX_EMPTY
-                perturb >>= 5
-                i = (i * 5 + perturb + 1) & mask
+    if t.unicode:
+        # every stored key is an exact str: dict's unicode_eq loop
         while True:
             ix = _ix_get(t, i)
             if ix >= 0:
+                if (ix >> log2) == tag:
+                    ix &= <Py_ssize_t>mask
+                    k = (<const Entry*>(t._entries + (ix << 4))).key
+                    if k == key or (FASTKV_STR_HASH(k) == hash and _str_eq(k, key)):
+                        return ix
+            elif ix == IX_EMPTY:
+                return IX_EMPTY
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+    while True:
+        ix = _ix_get(t, i)
+        if ix >= 0:
+            if (ix >> log2) == tag:
+                ix &= <Py_ssize_t>mask
                 ep = table_entry(t, ix)
                 k = ep.key
                 if k == key:
@@ -558,36 +671,62 @@ cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_
                             return ix
                     elif not _is_int(k):
                         return IX_SLOW
-            elif ix == IX_EMPTY:
-                return IX_EMPTY
-            perturb >>= 5
-            i = (i * 5 + perturb + 1) & mask
-    if not _is_int(key):
-        return IX_SLOW
-    if t.unicode:
-        return IX_EMPTY          # an int never equals a str
-    while True:
-        ix = _ix_get(t, i)
-        if ix >= 0:
-            ep = table_entry(t, ix)
-            k = ep.key
-            if k == key:
-                return ix
-            if ep.hash == hash:
-                if _is_int(k):
-                    if _int_eq(k, key):
-                        return ix
-                elif not _is_str(k):
-                    return IX_SLOW
         elif ix == IX_EMPTY:
             return IX_EMPTY
         perturb >>= 5
         i = (i * 5 + perturb + 1) & mask
 
 
+cdef Py_ssize_t _lookup_int(const Table* t, PyObject* key, Py_hash_t hash) noexcept:
+    """table_lookup_fast for an exact int key in a general table."""
+    cdef size_t mask = t.mask
+    cdef size_t perturb = <size_t>hash
+    cdef size_t i = <size_t>hash & mask
+    cdef int log2 = t.log2
+    cdef Py_ssize_t tag = _tag(t, hash)
+    cdef Py_ssize_t ix
+    cdef const Entry* ep
+    cdef PyObject* k
+    # Every stored key a hash-exact int (t.intexact) and so is this one: an
+    # equal hash is an equal key, and the stored key object is never read
+    # (one cache miss less than dict's compare on a large table).
+    cdef bint exact = t.intexact and fastkv_int_hash_exact(key, hash)
+    while True:
+        ix = _ix_get(t, i)
+        if ix >= 0:
+            if (ix >> log2) == tag:
+                ix &= <Py_ssize_t>mask
+                ep = table_entry(t, ix)
+                k = ep.key
+                if k == key:
+                    return ix
+                if ep.hash == hash:
+                    if exact:
+                        return ix
+                    if _is_int(k):
+                        if _int_eq(k, key):
+                            return ix
+                    elif not _is_str(k):
+                        return IX_SLOW
+        elif ix == IX_EMPTY:
+            return IX_EMPTY
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+
+
+cdef inline Py_ssize_t table_lookup_fast(const Table* t, PyObject* key, Py_hash_t hash) noexcept:
+    if _is_str(key):
+        return _lookup_str(t, key, hash)
+    if not _is_int(key):
+        return IX_SLOW
+    if t.unicode:
+        return IX_EMPTY          # an int never equals a str
+    return _lookup_int(t, key, hash)
+
+
 cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
     cdef size_t mask, perturb, i
-    cdef Py_ssize_t ix
+    cdef Py_ssize_t ix, tag
     cdef Entry* ep
     cdef PyObject* startkey
     cdef uint64_t version
@@ -601,9 +740,11 @@ cdef Py_ssize_t table_lookup(Table* t, PyObject* key, Py_hash_t hash) except -2:
         mask = t.mask
         perturb = <size_t>hash
         i = <size_t>hash & mask
+        tag = _tag(t, hash)
         while True:
             ix = _ix_get(t, i)
-            if ix >= 0:
+            if ix >= 0 and (ix >> t.log2) == tag:
+                ix &= <Py_ssize_t>mask
                 ep = table_entry(t, ix)
                 startkey = ep.key
                 if startkey == key:
@@ -657,6 +798,7 @@ cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
             k += 1
     n.nentries = n.used = k
     n.usable = n.capacity - k
+    n.intexact = t.intexact
     _build_index(&n)
     _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
@@ -703,7 +845,9 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     elif t.usable <= 0:
         _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
-    _ix_set(t, _free_slot(t, hash), j)
+    _ix_put(t, _free_slot(t, hash), j, hash)
+    if t.intexact and not _int_hash_exact(key, hash):
+        t.intexact = False
     ep = table_entry(t, j)
     ep.key = key
     ep.value = value
@@ -723,6 +867,8 @@ cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyOb
     The caller guarantees room (nentries < capacity), that the layout fits
     the key, and that the key is distinct from every other."""
     cdef Entry* ep = table_entry(t, t.nentries)
+    if t.intexact and not _int_hash_exact(key, hash):
+        t.intexact = False
     ep.key = key
     ep.value = value
     if not t.unicode:
@@ -801,6 +947,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
     cdef Entry* ep
     cdef Entry* dp
     _set_empty(dst, src.unicode)
+    dst.intexact = src.intexact
     dst.version = 0
     if capacity < src.used:
         capacity = src.used
@@ -832,6 +979,47 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
     dst.nentries = dst.used = k
     dst.usable = dst.capacity - k
     _build_index(dst)
+    return 0
+
+
+cdef dict table_to_dict(const Table* t):
+    """A new dict of t's live items in insertion order, presized, each key
+    stored with its cached hash (nothing rehashed on 3.10-3.12). t must not
+    change meanwhile (a snapshot or a private table): a dict insert may run a
+    key's __eq__ when two keys' hashes collide."""
+    cdef dict d = _PyDict_NewPresized(t.used)
+    cdef Py_ssize_t j
+    cdef const Entry* ep
+    for j in range(t.nentries):
+        ep = table_entry(t, j)
+        if ep.key != NULL:
+            fastkv_dict_set_known_hash(d, ep.key, ep.value, _entry_hash(t, ep))
+    return d
+
+
+cdef int table_reserve(Table* t) except -1:
+    """Give t every entry slot its index allows (dict's growth room), by
+    growing the entry array in place: the next appends need no rebuild. The
+    index is kept; its filled slots (entries and dummies) are counted, so any
+    table will do. No Python."""
+    cdef Py_ssize_t filled = 0, room, cap
+    cdef size_t i
+    cdef char* entries
+    if t.capacity == 0:
+        return 0
+    for i in range(t.mask + 1):
+        if _ix_get(t, i) != IX_EMPTY:
+            filled += 1
+    room = _usable(t.log2) - filled
+    if room <= t.usable:
+        return 0
+    cap = t.nentries + room
+    entries = <char*>PyMem_Realloc(t._entries, <size_t>cap * <size_t>t.stride)
+    if entries == NULL:
+        raise MemoryError()
+    t._entries = entries
+    t.capacity = cap
+    t.usable = room
     return 0
 
 
@@ -969,6 +1157,11 @@ cdef class _EngineTable:
             fk_wrong_self(self, _EngineTable)
         table_trim(&self.tab)
 
+    def reserve(self):
+        if not isinstance(self, _EngineTable):
+            fk_wrong_self(self, _EngineTable)
+        table_reserve(&self.tab)
+
     def copy(self, Py_ssize_t capacity=-1, skip_key=_NO_KEY):
         if not isinstance(self, _EngineTable):
             fk_wrong_self(self, _EngineTable)
@@ -999,6 +1192,7 @@ cdef class _EngineTable:
         return {"used": self.tab.used, "nentries": self.tab.nentries,
                 "capacity": self.tab.capacity, "log2": self.tab.log2,
                 "unicode": bool(self.tab.unicode), "stride": self.tab.stride,
+                "intexact": bool(self.tab.intexact),
                 "version": self.tab.version, "sizeof": table_sizeof(&self.tab)}
 
     cdef bint _indexed(self, Py_ssize_t j):
@@ -1008,7 +1202,9 @@ cdef class _EngineTable:
         cdef Py_ssize_t ix
         while True:
             ix = _ix_get(&self.tab, i)
-            if ix == j:
+            if ix >= 0 and <size_t>ix & self.tab.mask == <size_t>j:
+                if (ix >> self.tab.log2) != _tag(&self.tab, h):
+                    raise AssertionError("wrong tag")
                 return True
             if ix == IX_EMPTY:
                 return False
@@ -1031,6 +1227,8 @@ cdef class _EngineTable:
             live += 1
             if self.tab.unicode and not _is_str(ep.key):
                 raise AssertionError("non-str key in a unicode table")
+            if self.tab.intexact and not _int_hash_exact(ep.key, table_entry_hash(&self.tab, j)):
+                raise AssertionError("intexact with another key")
             if table_entry_hash(&self.tab, j) != hash(<object>ep.key):
                 raise AssertionError("stale hash")
             if not self._indexed(j):
@@ -1041,6 +1239,8 @@ cdef class _EngineTable:
             raise AssertionError("trailing hole")
         for i in range(self.tab.mask + 1):
             ix = _ix_get(&self.tab, i)
+            if ix >= 0:
+                ix &= <Py_ssize_t>self.tab.mask
             if ix >= self.tab.nentries or ix < IX_DUMMY:
                 raise AssertionError("bad index slot")
             if ix >= 0 and table_entry(&self.tab, ix).key == NULL:

@@ -245,7 +245,7 @@ cdef _Snapshot _stage(object data, dict kwargs):
                     _append_unindexed(&st.tab, k, h, v)
                     continue
                 if _is_int(k) and not st.tab.unicode:
-                    _append_unindexed(&st.tab, k, h if h != -1 else _object_hash(k), v)
+                    _append_unindexed(&st.tab, k, h if h != -1 else fastkv_int_hash(k), v)
                     continue
                 _reindex(&st.tab)
                 bulk = False
@@ -332,7 +332,7 @@ cdef inline object _lookup(FrozenTable self, object key, object missing):
         if h == -1:
             h = _object_hash(k)        # str hashing runs no Python
     elif _is_int(k):
-        h = _object_hash(k)
+        h = fastkv_int_hash(k)
     else:
         return _lookup_slow(self, key, missing)
     fk_rd_enter()
@@ -365,7 +365,7 @@ cdef inline int _contains(FrozenTable self, object key) except -1:
         if h == -1:
             h = _object_hash(k)
     elif _is_int(k):
-        h = _object_hash(k)
+        h = fastkv_int_hash(k)
     else:
         return _contains_slow(self, key)
     fk_rd_enter()
@@ -392,7 +392,7 @@ cdef inline Py_ssize_t _get_fast_ix(const Table* t, PyObject* k) noexcept:
             h = _object_hash(k)        # str hashing: no Python, no error
         return table_lookup_fast(t, k, h)
     if _is_int(k):
-        return table_lookup_fast(t, k, _object_hash(k))
+        return table_lookup_fast(t, k, fastkv_int_hash(k))
     return IX_SLOW
 
 
@@ -452,7 +452,7 @@ cdef inline Py_hash_t _fast_hash(PyObject* k) noexcept:
             h = _object_hash(k)
         return h
     if _is_int(k):
-        return _object_hash(k)
+        return fastkv_int_hash(k)
     return -1
 
 
@@ -487,13 +487,14 @@ cdef int _get_many_pipelined(Table* t, object seq, Py_ssize_t n, list result,
             if h != -1:
                 ix = _ix_get(t, <size_t>h & mask)
                 if ix >= 0:
-                    FASTKV_PREFETCH(table_entry(t, ix))
+                    FASTKV_PREFETCH(table_entry(t, ix & <Py_ssize_t>mask))
         j = i + AHEAD // 4
         if j < n:
             h = ring[j & (RING - 1)]
             if h != -1:
                 ix = _ix_get(t, <size_t>h & mask)
                 if ix >= 0:
+                    ix &= <Py_ssize_t>mask
                     FASTKV_PREFETCH(table_entry(t, ix).key)
                     FASTKV_PREFETCH(table_entry(t, ix).value)
         h = ring[i & (RING - 1)]
@@ -918,13 +919,7 @@ cdef class FrozenTable:
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
         cdef _Snapshot snap = _snap_ref(self)
-        cdef dict d = {}
-        cdef Py_ssize_t pos = 0
-        cdef PyObject* k
-        cdef PyObject* v
-        while table_next(&snap.tab, &pos, &k, &v):
-            d[<object>k] = <object>v
-        return d
+        return table_to_dict(&snap.tab)
 
     def __reversed__(self):
         """``reversed(t)``: the keys in reverse insertion order, over the

@@ -197,10 +197,12 @@ cdef Py_ssize_t _lt_probe_racy(const Table* t, PyObject* key, Py_hash_t hash) no
     cdef bint is_str = _is_str(key)
     if not is_str and (t.unicode or not _is_int(key)):
         return IX_EMPTY if t.unicode and _is_int(key) else IX_SLOW
+    cdef Py_ssize_t tag = _tag(t, hash)
     while steps <= mask:
         steps += 1
         ix = _ix_get(t, i)
-        if ix >= 0:
+        if ix >= 0 and (ix >> t.log2) == tag:        # tagged slots: _engine.pxi
+            ix &= <Py_ssize_t>mask
             if ix >= t.nentries:
                 return IX_SLOW
             ep = table_entry(t, ix)
@@ -473,7 +475,7 @@ cdef class LockedTable:
             if h == -1:
                 h = _object_hash(k)          # str hashing runs no Python
         elif _is_int(k):
-            h = _object_hash(k)
+            h = fastkv_int_hash(k)
         else:
             return self._find_ref_slow(key, out)
         if FASTKV_FREE_THREADED:
@@ -550,7 +552,7 @@ cdef class LockedTable:
             if h == -1:
                 h = _object_hash(k)
         elif _is_int(k):
-            h = _object_hash(k)
+            h = fastkv_int_hash(k)
         else:
             h = table_hash(key)
         cdef PyObject* v
@@ -587,7 +589,7 @@ cdef class LockedTable:
             if h == -1:
                 h = _object_hash(k)
         elif _is_int(k):
-            h = _object_hash(k)
+            h = fastkv_int_hash(k)
         else:
             h = table_hash(key)
         return self._put_h(key, h, value)
@@ -687,6 +689,10 @@ cdef class LockedTable:
                 if self._tab.used == 0:
                     # Empty: adopt the staged arrays whole (staged is private;
                     # it takes our empty table and frees it later).
+                    # A sized table has no spare entry slot: give it the
+                    # room its index allows (dict's), or the first insert
+                    # would rebuild the whole table under the lock.
+                    table_reserve(&staged.tab)
                     tmp = self._tab
                     self._tab = staged.tab
                     staged.tab = tmp
@@ -806,16 +812,10 @@ cdef class LockedTable:
     def to_dict(self):
         """A new ``dict`` with the items, copied atomically. O(n)."""
         cdef _Snapshot snap
-        cdef dict d = {}
-        cdef Py_ssize_t pos = 0
-        cdef PyObject* k
-        cdef PyObject* v
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
         snap = self._snapshot()
-        while table_next(&snap.tab, &pos, &k, &v):
-            d[<object>k] = <object>v
-        return d
+        return table_to_dict(&snap.tab)
 
     def keys(self):
         """A live, set-like view of the keys (``collections.abc.KeysView``);
