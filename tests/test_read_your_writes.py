@@ -140,3 +140,20 @@ def test_a_read_that_must_wait_inside_a_protected_read_raises(impl_name):
         assert t["side"] == 1
     finally:
         kind.close_all()
+
+
+def test_reference_owner_whose_thread_cannot_start_is_not_left_registered(monkeypatch):
+    # found running CPython's mapping tests on a free-threaded build: a
+    # reference OwnerTable whose owner thread failed to start stayed in the
+    # exit hook's registry, which then tried to join a thread never started
+    import fastkv.reference as ref
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        ref.OwnerTable()
+    monkeypatch.undo()
+    for core in list(ref._OPEN_CORES):
+        assert core.thread.ident is not None     # every registered core was started

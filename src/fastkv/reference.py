@@ -981,7 +981,15 @@ class _OwnerCore:
         )
         with _OPEN_CORES_LOCK:
             _OPEN_CORES.add(self)
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            # no owner (e.g. "can't start new thread"): not registered, closed,
+            # as the compiled engine does; the exit hook must not join it
+            with _OPEN_CORES_LOCK:
+                _OPEN_CORES.discard(self)
+            self.closed = True
+            raise
 
     def closed_error(self):
         if self.forked:
