@@ -73,6 +73,9 @@
 #                                         empty table with room for n entries
 #                                         (n == 0: no allocation). MemoryError.
 #                                         No Python.
+#   table_size_hint(hint, extra) noexcept  what to pass table_init for a
+#                                         length hint (a user's __len__ may
+#                                         lie): clamped to [0, MAX_PRESIZE].
 #   table_clear(t) noexcept               drop every entry; t becomes empty (the
 #                                         static index, nothing allocated). The
 #                                         table is consistent before the DECREFs,
@@ -340,6 +343,9 @@ cdef enum:
     IX_DUMMY = -2        # index slot: a deleted entry
     IX_SLOW = -3         # table_lookup_fast: undecided without Python code
     MIN_LOG2 = 3         # smallest index: 8 slots
+    MAX_LOG2 = 60        # largest index _alloc makes (_usable(61) still fits)
+    MAX_PRESIZE = 1 << 17  # entries a size hint may reserve up front (dict's
+                           # max_presize): a hint is not trusted beyond it
     MAX_RESTARTS = 100   # lookups restarted because __eq__ changed the table
     STRIDE_UNICODE = 16  # sizeof {key, value}
     STRIDE_GENERAL = 24  # sizeof(Entry)
@@ -355,9 +361,13 @@ cdef inline Py_ssize_t _usable(int log2) noexcept nogil:
 
 
 cdef inline int _log2_for(Py_ssize_t n) noexcept nogil:
-    """Smallest index size (log2, >= 3) that may reference n entries."""
+    """Smallest index size (log2, >= 3) that may reference n entries; past
+    MAX_LOG2 (no machine has that memory) MAX_LOG2 + 1, which _alloc refuses
+    with MemoryError (never a shift by 63 or more, never an endless loop)."""
     cdef int k = MIN_LOG2
     while _usable(k) < n:
+        if k > MAX_LOG2:
+            return k
         k += 1
     return k
 
@@ -461,7 +471,7 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
     cdef size_t nbytes
     cdef void* indices
     cdef char* entries = NULL
-    if capacity < 0 or <size_t>capacity > (<size_t>0x7fffffffffffffff) // <size_t>t.stride or log2 > 60:
+    if capacity < 0 or <size_t>capacity > (<size_t>0x7fffffffffffffff) // <size_t>t.stride or log2 > MAX_LOG2:
         raise MemoryError()
     nbytes = (<size_t>1 << log2) << ixshift
     indices = PyMem_Malloc(nbytes)
@@ -830,11 +840,27 @@ cdef int table_trim(Table* t) except -1:
 
 
 cdef inline Py_ssize_t _grow_capacity(Py_ssize_t used) noexcept nogil:
-    """dict's GROWTH_RATE: an index of next_pow2(3 * used) slots, full use."""
+    """dict's GROWTH_RATE: an index of next_pow2(3 * used) slots, full use
+    (past MAX_LOG2: a capacity _alloc refuses with MemoryError)."""
     cdef int k = MIN_LOG2
     while (<Py_ssize_t>1 << k) < used * 3:
+        if k > MAX_LOG2:
+            return used * 2
         k += 1
     return _usable(k)
+
+
+cdef inline Py_ssize_t table_size_hint(Py_ssize_t hint, Py_ssize_t extra) noexcept nogil:
+    """Entries to reserve for a hint of ``hint`` plus ``extra`` more (both
+    from ``len()`` or ``__length_hint__`` of an argument, which may lie):
+    clamped to [0, MAX_PRESIZE]; the table grows past it as entries come."""
+    if hint < 0:
+        hint = 0
+    if extra < 0:
+        extra = 0
+    if hint > MAX_PRESIZE or extra > MAX_PRESIZE - hint:
+        return MAX_PRESIZE
+    return hint + extra
 
 
 cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
@@ -958,9 +984,11 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
             and src.capacity - src.usable == src.nentries):
         # Same index, no holes, no dummies (every append since the index was
         # built is still there): two memcpy and the INCREFs (dict.copy's way).
-        memcpy(dst.indices, src.indices, _index_bytes(src))
-        memcpy(dst._entries, src._entries, <size_t>src.used * <size_t>src.stride)
         k = src.used
+        if k == 0:
+            return 0        # (src has no entry array: memcpy from NULL is UB)
+        memcpy(dst.indices, src.indices, _index_bytes(src))
+        memcpy(dst._entries, src._entries, <size_t>k * <size_t>src.stride)
         for j in range(k):
             ep = table_entry(dst, j)
             _incref(ep.key)

@@ -25,7 +25,8 @@
 #   when two first writers race (a critical section on the table).
 #
 # Writers serialize on a per-table lock (allocated on the first write, waited
-# for without the GIL), so no write is lost. A write that re-enters the same
+# for without the GIL; the main thread's wait wakes for signals, so Ctrl-C
+# stops it, nothing written), so no write is lost. A write that re-enters the same
 # table from its own thread (a key's ``__eq__`` calling ``put``) raises
 # RuntimeError instead of deadlocking. Input is read and hashed before the lock
 # is taken; the old snapshot is released after the lock is, so destructors
@@ -35,12 +36,24 @@
 # FrozenTable directly (no second copy).
 
 cimport cython
-cdef extern from "_locked.h":
-    unsigned fastkv_fork_gen            # forks this process descends from
-    unsigned long fastkv_fork_ident     # the thread that made the last one
 from cpython.pythread cimport (
     PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
     PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+cdef extern from "_locked.h":
+    unsigned fastkv_fork_gen            # forks this process descends from
+    unsigned long fastkv_fork_ident     # the thread that made the last one
+    unsigned long fastkv_main_ident     # the thread signal handlers run in
+    long long FK_SIGNAL_POLL_US         # how often a main-thread wait looks
+                                        # for signals at the latest
+
+cdef extern from "Python.h":
+    ctypedef enum PyLockStatus:
+        PY_LOCK_FAILURE
+        PY_LOCK_ACQUIRED
+        PY_LOCK_INTR
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long us,
+                                             int intr_flag) nogil
+    int PyErr_CheckSignals() except -1
 from cpython.dict cimport PyDict_Next
 from cpython.list cimport PyList_New
 from cpython.object cimport PyObject_RichCompareBool, PyObject_LengthHint
@@ -99,6 +112,26 @@ cdef extern from *:
 
 
 cdef object _MISSING = object()
+
+
+cdef int fk_wait_pylock(PyThread_type_lock lock) except -1:
+    """Acquire ``lock`` (a PyThread lock another thread holds), waiting
+    without the GIL. The main thread wakes for signals (a lock wait is
+    interrupted by one, and anyway every FK_SIGNAL_POLL_US) and runs their
+    handlers: one that raises (KeyboardInterrupt) ends the wait with that
+    exception, the lock not taken. Other threads, which handlers never run
+    in, just wait."""
+    cdef PyLockStatus r
+    if PyThread_get_thread_ident() != fastkv_main_ident:
+        with nogil:
+            PyThread_acquire_lock(lock, WAIT_LOCK)
+        return 0
+    while True:
+        with nogil:
+            r = PyThread_acquire_lock_timed(lock, FK_SIGNAL_POLL_US, 1)
+        if r == PY_LOCK_ACQUIRED:
+            return 0
+        PyErr_CheckSignals()
 
 # What PyThread_allocate_lock allocates for a writers' lock: a sem_t (32 bytes
 # on 64-bit Linux and macOS); counted by __sizeof__ once the lock exists.
@@ -258,7 +291,7 @@ cdef _Snapshot _stage(object data, dict kwargs):
         src = _snap_ref(<FrozenTable>data)
         table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
     elif hasattr(data, "keys"):
-        table_init(&st.tab, PyObject_LengthHint(data, 0) + extra)
+        table_init(&st.tab, table_size_hint(PyObject_LengthHint(data, 0), extra))
         for key in data.keys():
             value = data[key]
             table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
@@ -759,6 +792,12 @@ cdef class FrozenTable:
 
     # --- writers -------------------------------------------------------------
 
+    cdef inline bint _orphaned(self) noexcept:
+        """The writers' lock was held when the process forked, by a thread
+        that does not exist in this child (it was inside a key's __eq__)."""
+        return (self._writer != 0 and self._wgen != fastkv_fork_gen
+                and self._writer != fastkv_fork_ident)
+
     cdef int _lock(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         cdef PyThread_type_lock lk
@@ -770,24 +809,23 @@ cdef class FrozenTable:
                     if lk == NULL:
                         raise MemoryError()
                     self._wlock = lk
-        elif self._writer == me:
+        elif self._writer == me and not self._orphaned():
+            # (an orphaned holder is a parent's thread whose id a thread of
+            # this child may have been given again: not a re-entry)
             raise RuntimeError(
                 f"re-entrant write to a {type(self).__name__} from the thread that "
                 "is writing it (a key's __eq__/__hash__ or a destructor wrote to "
                 "the table during a write)")
         if not PyThread_acquire_lock(self._wlock, NOWAIT_LOCK):
-            if (self._writer != 0 and self._wgen != fastkv_fork_gen
-                    and self._writer != fastkv_fork_ident):
-                # held when the process forked by a thread that does not exist
-                # in this child (it was inside a key's __eq__): take it over
+            if self._orphaned():
+                # take it over: nobody in this process will ever release it
                 PyThread_free_lock(self._wlock)
                 self._wlock = PyThread_allocate_lock()
                 if self._wlock == NULL:
                     raise MemoryError()
                 PyThread_acquire_lock(self._wlock, WAIT_LOCK)
             else:
-                with nogil:
-                    PyThread_acquire_lock(self._wlock, WAIT_LOCK)
+                fk_wait_pylock(self._wlock)
         self._writer = me
         self._wgen = fastkv_fork_gen
         return 0

@@ -102,6 +102,15 @@ static uintptr_t fastkv_fork_thread = 0;      /* its fastkv_thread_id() */
 static unsigned long fastkv_fork_ident = 0;   /* its PyThread_get_thread_ident()
                                                  (FrozenTable's writer lock) */
 
+/* Signals: their Python handlers run only in the main thread (the thread that
+   forked, in a fork child), so only a wait there must wake for them. Such a
+   wait returns to its caller at least every FK_SIGNAL_POLL_US (and when a
+   signal interrupts it), which takes the GIL and runs the handlers
+   (PyErr_CheckSignals): Ctrl-C reaches a thread waiting for a lock whose
+   holder never lets go. Set at import (threading.main_thread()). */
+static unsigned long fastkv_main_ident = 0;
+#define FK_SIGNAL_POLL_US 50000LL
+
 /* --- atomics -------------------------------------------------------------- */
 
 #if defined(_MSC_VER) && !defined(__clang__)
@@ -216,6 +225,7 @@ static void fastkv_after_fork_child(void) {
     fastkv_fork_gen++;
     fastkv_fork_thread = fastkv_thread_id();
     fastkv_fork_ident = PyThread_get_thread_ident();
+    fastkv_main_ident = fastkv_fork_ident;   /* CPython's view too */
 }
 static int fastkv_lock_module_init(void) {
     fastkv_buckets_reset();
@@ -308,32 +318,46 @@ static inline void fastkv_lock_release(fastkv_lock *l) {
 #endif
 }
 
-/* Called WITHOUT the GIL after a failed fastkv_lock_try: return once the lock
-   has been seen free (the caller retries; someone else may win). */
-static void fastkv_lock_wait(fastkv_lock *l) {
+/* Called WITHOUT the GIL after a failed fastkv_lock_try: return 0 once the
+   lock has been seen free (the caller retries; someone else may win). With
+   ``signals`` (the main thread), return 1 instead once the wait has lasted
+   about FK_SIGNAL_POLL_US without seeing it free: the caller takes the GIL,
+   runs the signal handlers and calls again, passing back ``*park_us`` (the
+   current park length, 0 on the first call). */
+static int fastkv_lock_wait(fastkv_lock *l, int signals, long *park_us) {
     fastkv_bucket *b;
-    long us = FASTKV_PARK_MIN_US;
-    int i;
-    for (i = 0; i < FASTKV_SPINS; i++) {
-        if (fastkv_load_relaxed(&l->holder) == 0)
-            return;
-        FASTKV_CPU_RELAX();
-    }
-    for (i = 0; i < FASTKV_YIELDS; i++) {
-        FASTKV_YIELD();
-        if (fastkv_load_relaxed(&l->holder) == 0)
-            return;
+    long us = *park_us, waited = 0;
+    int i, r = 0;
+    if (us == 0) {
+        for (i = 0; i < FASTKV_SPINS; i++) {
+            if (fastkv_load_relaxed(&l->holder) == 0)
+                return 0;
+            FASTKV_CPU_RELAX();
+        }
+        for (i = 0; i < FASTKV_YIELDS; i++) {
+            FASTKV_YIELD();
+            if (fastkv_load_relaxed(&l->holder) == 0)
+                return 0;
+        }
+        us = FASTKV_PARK_MIN_US;
     }
     b = fastkv_bucket_of(l);
     FASTKV_BUCKET_LOCK(b);
     fastkv_waiters_add(&l->waiters, 1);
     while (fastkv_load_relaxed(&l->holder) != 0) {
+        if (signals && waited >= FK_SIGNAL_POLL_US) {
+            r = 1;
+            break;
+        }
         fastkv_bucket_wait(b, us);
+        waited += us;
         if (us < FASTKV_PARK_MAX_US)
             us *= 2;
     }
     fastkv_waiters_add(&l->waiters, -1);
     FASTKV_BUCKET_UNLOCK(b);
+    *park_us = us;
+    return r;
 }
 
 #endif /* FASTKV_LOCKED_H */

@@ -35,7 +35,9 @@
 #   (waiting would deadlock on ourselves);
 # - otherwise releases the GIL (``with nogil``) and waits in C: spin, yield,
 #   then park on a shared condition variable until the lock has been seen free;
-#   then it takes the GIL back and tries again. The holder may be running
+#   then it takes the GIL back and tries again. The main thread also comes
+#   back every ~50 ms to run signal handlers: Ctrl-C ends its wait with
+#   KeyboardInterrupt (nothing taken, nothing changed). The holder may be running
 #   Python under the lock, so it must be able to get the GIL while we wait: we
 #   never hold the GIL while waiting for the lock, and never hold the lock while
 #   waiting for the GIL.
@@ -135,7 +137,7 @@ cdef extern from "_locked.h":
     bint fastkv_lock_orphaned(fastkv_lock* l) noexcept              # GIL held
     void fastkv_lock_reset(fastkv_lock* l) noexcept                 # GIL held
     void fastkv_lock_release(fastkv_lock* l) noexcept               # GIL held
-    void fastkv_lock_wait(fastkv_lock* l) noexcept nogil
+    int fastkv_lock_wait(fastkv_lock* l, int signals, long* park_us) noexcept nogil
     int fastkv_lock_module_init() noexcept
     int FASTKV_LOCK_CAS
     uint64_t fastkv_seq_begin(fastkv_lock* l) noexcept nogil
@@ -152,18 +154,13 @@ cdef extern from *:
     object fastkv_long_add(PyObject* a, PyObject* b)
 
 cdef extern from "Python.h":
-    ctypedef enum PyLockStatus:
-        PY_LOCK_FAILURE
-        PY_LOCK_ACQUIRED
-        PY_LOCK_INTR
-    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long us,
-                                             int intr_flag) nogil
-    int PyErr_CheckSignals() except -1
     bint _is_long "PyLong_Check"(PyObject* o) noexcept
     object PySequence_Tuple(object o)
 
 if fastkv_lock_module_init() != 0:
     raise ImportError("fastkv: cannot initialise the LockedTable parking lot")
+import threading as _lt_threading
+fastkv_main_ident = _lt_threading.main_thread().ident
 
 # True when the lock is acquired with a compare-and-swap (free-threaded builds,
 # or a build with -DFASTKV_LOCK_CAS); False: GIL-serialized test-and-set.
@@ -357,7 +354,7 @@ class _LockedValuesView(_FrozenValuesView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_VALUES)
+        return _iterate((<LockedTable?>self._mapping)._snapshot(), ITER_VALUES)
 
     def __reversed__(self):
         return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_VALUES)
@@ -368,7 +365,7 @@ class _LockedItemsView(_FrozenItemsView):
     __slots__ = ()
 
     def __iter__(self):
-        return _iterate((<LockedTable>self._mapping)._snapshot(), ITER_ITEMS)
+        return _iterate((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
 
     def __reversed__(self):
         return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
@@ -435,6 +432,8 @@ cdef class LockedTable:
 
     @cython.final
     cdef int _acquire_slow(self, uintptr_t me) except -1:
+        cdef int main = -1, polled
+        cdef long park_us = 0
         while True:
             if fastkv_lock_orphaned(&self._lk):
                 fastkv_lock_reset(&self._lk)    # its holder is in the parent process
@@ -446,9 +445,13 @@ cdef class LockedTable:
                     f"re-entrant use of a {type(self).__name__} from the thread "
                     "holding its lock (a key's __eq__/__hash__ or a destructor "
                     "used the table during an operation on it)")
+            if main < 0:
+                main = PyThread_get_thread_ident() == fastkv_main_ident
             with nogil:
-                fastkv_lock_wait(&self._lk)
-            if fastkv_lock_try(&self._lk, me):
+                polled = fastkv_lock_wait(&self._lk, main, &park_us)
+            if polled:
+                PyErr_CheckSignals()        # KeyboardInterrupt: nothing taken
+            elif fastkv_lock_try(&self._lk, me):
                 return 0
 
     @cython.final

@@ -233,6 +233,8 @@ typedef struct fk_req {
     int state;                 /* FK_PENDING/DONE/PARKED/ABANDONED, atomic */
     int64_t done_ns;           /* when the owner completed it, if the caller PARKED */
     Py_hash_t hash;            /* the key's hash, computed by the caller */
+    PyObject *box;             /* owned: the state it runs against (an
+                                  OwnerTable's storage, an Agent's box) */
     PyObject *fn;              /* owned references (or NULL) held until served */
     PyObject *a;
     PyObject *b;

@@ -79,8 +79,8 @@
 # ends.
 #
 # OwnerTable and Agent: an Agent's state is any object, replaced by update and
-# cast. An OwnerTable's state is a compiled LockedTable (what call(fn)
-# receives); the owner runs table requests through the LockedTable's C-level
+# cast (held by an _AgentBox). An OwnerTable's state is a compiled LockedTable
+# (what call(fn) receives); the owner runs table requests through the LockedTable's C-level
 # methods (_get, _put, _take...), and runs a batch's put casts without the
 # request dispatch. Under access="protected" the reading thread calls those
 # same methods itself: the LockedTable's lock makes the read atomic against
@@ -140,6 +140,22 @@
 # was queued is still stored. Direct (protected) reads hash once anyway.
 #
 # A request holds None as NULL: every argument is read back through fk_arg.
+#
+# Who keeps what alive. The owner thread holds the engine (its target), so
+# the engine must not hold the state: a table whose values refer back to it
+# (``t["self"] = t``), or an agent whose state does, would be reachable from
+# the running thread and never collected (its thread never ending). The
+# table/agent holds its state box (the storage LockedTable, or an _AgentBox)
+# and the engine; the engine keeps only a borrowed pointer to the box
+# (``box``, set by the table/agent, cleared by its __dealloc__), and every
+# request holds its own reference to the box until served. So queued casts
+# are still applied after the table is dropped, and an unreachable table --
+# in a cycle or not -- is collected: its __dealloc__ closes the engine, whose
+# owner serves what is queued and exits. OwnerTable and Agent are
+# no_gc_clear: Cython's tp_clear would set ``_eng`` to None before
+# __dealloc__ (which must close it); their cycles are broken by clearing the
+# other members (the storage's entries, the box's state, a subclass's
+# __dict__).
 #
 # References: a request owns references to its arguments from the moment it is
 # filled until the owner has served it (the owner drops them, with the GIL);
@@ -239,6 +255,7 @@ cdef extern from "_owner.h" nogil:
         int failed
         int state
         Py_hash_t hash
+        PyObject *box
         PyObject *fn
         PyObject *a
         PyObject *b
@@ -351,11 +368,13 @@ cdef inline int fk_req_lockable(fk_req *r) except -1:
 
 cdef inline void fk_req_clear(fk_req *r) noexcept:
     """Drop the request's references (may run any __del__). GIL."""
+    cdef PyObject *box = r.box
     cdef PyObject *fn = r.fn
     cdef PyObject *a = r.a
     cdef PyObject *b = r.b
     cdef PyObject *res = r.result
-    r.fn = r.a = r.b = r.result = NULL
+    r.box = r.fn = r.a = r.b = r.result = NULL
+    Py_XDECREF(box)
     Py_XDECREF(fn)
     Py_XDECREF(a)
     Py_XDECREF(b)
@@ -385,10 +404,14 @@ cdef void fk_req_release(fk_req *r) noexcept:
         fk_raw_free(r)
 
 
-cdef inline fk_req *fk_req_make(int op, object fn, object a, object b) except NULL:
-    """A request holding references to its arguments (None: no reference). GIL."""
+cdef inline fk_req *fk_req_make(PyObject *box, int op, object fn, object a,
+                                object b) except NULL:
+    """A request holding references to the state box and its arguments
+    (None: no reference). GIL."""
     cdef fk_req *r = fk_req_new()
     r.op = op
+    Py_INCREF(<object>box)
+    r.box = box
     if fn is not None:
         Py_INCREF(fn)
         r.fn = <PyObject *>fn
@@ -422,14 +445,15 @@ cdef class _Owner:
     cdef bint q_ready
     cdef int status
     cdef unsigned long ident
-    cdef object state
+    cdef PyObject *box          # BORROWED: the state box of the table/agent
+                                # (alive while it is); NULL once it is gone
+    cdef bint agent             # box is an _AgentBox (else a LockedTable)
     cdef object thread
     cdef object kind
     cdef Py_ssize_t served      # requests served by the owner loop
     cdef Py_ssize_t errors      # casts that raised
     cdef Py_ssize_t pushed      # casts queued (GIL); calls: q.calls_counted
     cdef Py_ssize_t taken       # queued requests served or dropped
-    cdef LockedTable table      # an OwnerTable's storage (the state), else None
     cdef fk_req *pend_head      # casts not pushed yet, newest first (GIL)
     cdef fk_req *pend_tail      # ... the oldest of them
     cdef int npend
@@ -461,10 +485,14 @@ cdef class _Owner:
             fk_queue_free(&self.q)
         self.q_ready = False
 
-    cdef int start(self, object kind, object state) except -1:
+    cdef int start(self, object kind, object box) except -1:
+        """Start the owner thread, serving requests against ``box`` (which
+        the caller holds, and un-borrows with ``self.box = NULL`` in its
+        __dealloc__)."""
         global _fk_nthreads
         self.kind = kind
-        self.state = state
+        self.agent = isinstance(box, _AgentBox)
+        self.box = <PyObject *>box
         _fk_nthreads += 1
         self.thread = _fk_threading.Thread(
             target=self._run, name="fastkv-%s-owner-%d" % (kind, _fk_nthreads), daemon=True)
@@ -624,13 +652,19 @@ cdef class _Owner:
                     fk_req_release(r)
             r = nxt
 
-    cdef object _apply(self, int op, object fn, object a, object b, Py_hash_t h):
-        """Run one request against the state (owner thread, GIL); returns its
-        answer or raises what it raises. Table ops go straight to the
-        LockedTable's C-level methods; h is the key's hash as the caller
+    cdef object _apply(self, object box, int op, object fn, object a, object b,
+                       Py_hash_t h):
+        """Run one request against the state in ``box`` (owner thread, GIL);
+        returns its answer or raises what it raises. Table ops go straight to
+        the LockedTable's C-level methods; h is the key's hash as the caller
         computed it (-1: none), reused rather than hashing the key again."""
-        cdef LockedTable table = self.table
+        cdef LockedTable table = None
+        cdef _AgentBox abox = None
         cdef object state
+        if self.agent:
+            abox = <_AgentBox>box
+        else:
+            table = <LockedTable>box
         if op == FK_OP_GET:
             return table._get_h(a, h, b) if h != -1 else table._get(a, b)
         if op == FK_OP_PUT:
@@ -640,7 +674,7 @@ cdef class _Owner:
                 table._put(a, b)
             return None
         if op == FK_OP_CALL:
-            state = self.state
+            state = abox.state if self.agent else table
             return fn(state, *a) if a else fn(state)
         if op == FK_OP_GETITEM:
             state = table._get_h(a, h, _MISSING) if h != -1 else table._get(a, _MISSING)
@@ -650,14 +684,14 @@ cdef class _Owner:
         if op == FK_OP_CONTAINS:
             return (table._contains_h(a, h) if h != -1 else table._contains(a)) == 1
         if op == FK_OP_UPDATE:
-            state = self.state
-            self.state = fn(state, *a) if a else fn(state)
+            state = abox.state
+            abox.state = fn(state, *a) if a else fn(state)
             return None
         if op == FK_OP_GET_AND_UPDATE:
-            state = self.state
+            state = abox.state
             res = fn(state, *a) if a else fn(state)
             reply, new_state = res
-            self.state = new_state
+            abox.state = new_state
             return reply
         if op == FK_OP_SYNC:
             return None
@@ -702,7 +736,8 @@ cdef class _Owner:
         cdef object out = None
         self.taken += 1             # out of the queue: no longer waiting
         try:
-            out = self._apply(r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b), r.hash)
+            out = self._apply(<object>r.box, r.op, fk_arg(r.fn), fk_arg(r.a), fk_arg(r.b),
+                              r.hash)
         except BaseException as exc:
             if r.cast:
                 self._cast_failed()
@@ -722,9 +757,9 @@ cdef class _Owner:
         self.taken += 1
         try:
             if r.hash != -1:        # the caller's hash of the key
-                self.table._put_h(fk_arg(r.a), r.hash, fk_arg(r.b))   # None travels as NULL
+                (<LockedTable>r.box)._put_h(fk_arg(r.a), r.hash, fk_arg(r.b))   # None travels as NULL
             else:
-                self.table._put(fk_arg(r.a), fk_arg(r.b))
+                (<LockedTable>r.box)._put(fk_arg(r.a), fk_arg(r.b))
         except BaseException:
             self._cast_failed()
         self.served += 1
@@ -761,8 +796,8 @@ cdef class _Owner:
         if self.status != FK_OPEN:
             raise self.closed_error()
         if fk_thread_ident() == self.ident:
-            return self._apply(op, fn, a, b, h)
-        r = fk_req_make(op, fn, a, b)
+            return self._apply(<object>self.box, op, fn, a, b, h)
+        r = fk_req_make(self.box, op, fn, a, b)
         r.hash = h                  # the key's hash (-1: none), for the owner
         if r.lock is NULL:
             try:
@@ -812,7 +847,7 @@ cdef class _Owner:
         cdef fk_req *r
         if self.status != FK_OPEN:
             raise self.closed_error()
-        r = fk_req_make(op, fn, a, b)
+        r = fk_req_make(self.box, op, fn, a, b)
         r.cast = 1
         r.hash = h                  # the key's hash (-1: none), for the owner
         FK_MUTEX_LOCK(&self.mu)
@@ -937,8 +972,9 @@ def _fk_after_fork_in_child():
     """os.fork() child: the owner threads did not survive; every OwnerTable
     and Agent created before the fork raises ClosedError from now on."""
     for eng in list(_fk_engines):
-        (<_Owner>eng).status = FK_FORKED
-        (<_Owner>eng).ident = 0
+        if isinstance(eng, _Owner):     # the registry is reachable by any code
+            (<_Owner>eng).status = FK_FORKED
+            (<_Owner>eng).ident = 0
     _fk_engines.clear()
 
 
@@ -948,7 +984,7 @@ def _fk_close_at_exit():
     wait for an owner goes on while it makes progress and is abandoned after 5
     seconds without any request served."""
     cdef _Owner eng
-    engines = list(_fk_engines)
+    engines = [e for e in list(_fk_engines) if isinstance(e, _Owner)]
     for eng in engines:
         eng.shutdown()
     for eng in engines:
@@ -982,6 +1018,15 @@ def _fk_replaced(state, new):
     return new
 
 
+@cython.final
+@cython.auto_pickle(False)
+cdef class _AgentBox:
+    """An Agent's state, held by the Agent and by each of its queued
+    requests -- never by the owner thread's engine."""
+    cdef object state
+
+
+@cython.no_gc_clear
 cdef class Agent:
     """Any state, changed only by functions run on its owner thread (Elixir's
     ``Agent``: a GenServer holding a value).
@@ -996,18 +1041,21 @@ cdef class Agent:
     every method raises ``ClosedError``.
     """
     cdef _Owner _eng
+    cdef _AgentBox _box
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
+        self._box = _AgentBox.__new__(_AgentBox)
         self._eng = _Owner()
-        self._eng.start("Agent", None)
+        self._eng.start("Agent", self._box)
 
     def __init__(self, state=None):
         self._eng.check_open()
-        self._eng.state = state  # no request can be queued yet
+        self._box.state = state  # no request can be queued yet
 
     def __dealloc__(self):
         if self._eng is not None:
+            self._eng.box = NULL  # the queued requests hold the box
             self._eng.shutdown()  # the owner applies what is queued, then exits
 
     def get(self, fn, /, *args):
@@ -1147,6 +1195,7 @@ class _OwnerItemsView(_fk_abc.ItemsView):
         return reversed(self._mapping.to_dict().items())
 
 
+@cython.no_gc_clear
 cdef class OwnerTable:
     """A table owned by one thread, which performs every operation in arrival
     order (the BEAM's private/protected ``:ets`` behind a GenServer).
@@ -1181,7 +1230,6 @@ cdef class OwnerTable:
         self._storage = LockedTable()
         self._protected = False
         self._eng = _Owner()
-        self._eng.table = self._storage
         self._eng.start("OwnerTable", self._storage)
 
     def __init__(self, data=(), /, access="private", **kwargs):
@@ -1196,6 +1244,7 @@ cdef class OwnerTable:
 
     def __dealloc__(self):
         if self._eng is not None:
+            self._eng.box = NULL  # the queued requests hold the storage
             self._eng.shutdown()  # the owner applies what is queued, then exits
 
     # -- reads: calls, or direct under access="protected" ---------------------
@@ -1479,9 +1528,16 @@ cdef class OwnerTable:
         """Stop accepting requests, let the owner apply everything already
         queued, then stop it. Waits up to ``timeout`` seconds (None: until
         done); True if the owner finished in time. Idempotent; afterwards
-        every method raises ``ClosedError``."""
+        every method raises ``ClosedError``. Called during a direct read of
+        this table by the same thread (a key's ``__eq__``/``__hash__`` or a
+        destructor under ``access="protected"``), it closes without waiting
+        -- the owner needs that read to end first -- and returns False unless
+        the owner had already finished."""
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
+        if fk_storage_held(self._storage):
+            return self._eng.close(0)   # waiting would deadlock: the owner
+                                        # waits for the lock this thread holds
         return self._eng.close(timeout)
 
     def info(self):

@@ -1413,7 +1413,14 @@ class OwnerTable(_TableAPI):
         """Stop accepting requests, let the owner apply everything already
         queued, then stop it. Waits up to ``timeout`` seconds (None: until
         done); True if the owner finished in time. Idempotent; afterwards
-        every method raises ``ClosedError``."""
+        every method raises ``ClosedError``. Called during a direct read of
+        this table by the same thread (a key's ``__eq__``/``__hash__`` or a
+        destructor under ``access="protected"``), it closes without waiting
+        -- the owner needs that read to end first -- and returns False unless
+        the owner had already finished."""
+        if self._storage._lock.held():
+            return self._core.close(timeout=0)  # waiting would deadlock: the owner
+            # waits for the storage lock this thread holds
         return self._core.close(timeout)
 
     def info(self):
