@@ -1262,6 +1262,11 @@ def format_report(report: Dict[str, Any], verdict: bool = True) -> str:
     if verdict:
         out.append("")
         out.extend(format_verdict(report))
+    if report.get("scale"):
+        from fastkv.bench_scale import format_scale_markdown
+
+        out.append("")
+        out.append(format_scale_markdown(report["scale"]))
     return "\n".join(out)
 
 
@@ -1289,6 +1294,11 @@ def format_markdown(report: Dict[str, Any]) -> str:
                 else:
                     cells.append("-" if r["status"] == "interrupted" else r["status"])
             out.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        out.append("")
+    if report.get("scale"):
+        from fastkv.bench_scale import format_scale_markdown
+
+        out.append(format_scale_markdown(report["scale"]))
         out.append("")
     return "\n".join(out)
 
@@ -1494,6 +1504,12 @@ def _parser():
                         "at URL, or on a local redis-server started for the run ('auto'); needs redis-py")
     p.add_argument("--redis-only", action="store_true", help="with --redis: only the RedisTable measurements")
     p.add_argument("--redis-smoke", action="store_true", help=argparse.SUPPRESS)  # tests: a few ops each
+    p.add_argument("--scale", dest="scale", action="store_true", default=None,
+                   help="also measure at scale (int keys, misses, builds, pickling, sustained "
+                        "threads; see fastkv.bench_scale); on by default with --full")
+    p.add_argument("--no-scale", dest="scale", action="store_false", help="skip the scale part")
+    p.add_argument("--scale-sizes", type=_parse_sizes, metavar="N,N,...",
+                   help="key counts of the scale part (default 1M,10M)")
     return p
 
 
@@ -1598,8 +1614,22 @@ def _main(argv):
     else:
         ids = [i for i, s in STRATEGIES.items() if args.with_reference or s.kind != "reference"]
     strategies = [STRATEGIES[i] for i in STRATEGIES if i in ids]
+    scale = None
+    if args.scale if args.scale is not None else args.mode == "full":
+        # first, so that a run stopped with Ctrl-C in the tables keeps it
+        from fastkv import bench_scale
+
+        say = (lambda text: print(f"[scale] {text}", file=sys.stderr, flush=True)) if args.progress else None
+        cfg = MODES[args.mode]
+        scale_load = _loadavg()
+        scale = bench_scale.run_scale(
+            args.scale_sizes or bench_scale.SCALE_SIZES, repeat=args.repeat or cfg["repeat"] // 2,
+            min_time=args.min_time or cfg["min_time"], progress=say)
     report = run(sizes, [s for s in scenarios if s != "processes"], strategies, mode=args.mode,
                  threads=args.threads, min_time=args.min_time, repeat=args.repeat, progress=args.progress)
+    if scale is not None:
+        report["scale"] = scale
+        report["machine"]["loadavg_start"] = scale_load
     print(format_report(report, verdict=False))
     sys.stdout.flush()
     if "processes" in scenarios and not report["interrupted"]:
