@@ -14,11 +14,9 @@ stale figure behind.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
