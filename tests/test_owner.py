@@ -417,7 +417,7 @@ def test_interpreter_exit_applies_pending_casts_without_hanging(impl):
             def __hash__(self):
                 return 1
             def __eq__(self, other):
-                time.sleep(0.2)
+                time.sleep(1.0)   # 0.2 s let a loaded machine drain the queue first
                 return self is other
 
         t = m.OwnerTable()
