@@ -629,6 +629,55 @@ def test_fork_child_inherits_the_table(cls, name):
         assert t["child"] == pid
 
 
+def test_threads_refreshing_at_once_lose_no_write(cls, name):
+    """Regression (a SIGBUS on the free-threaded build, files left behind on
+    3.14): threads of one process that remap at once could leave the table
+    holding one snapshot's map under another's generation; a writer that
+    trusted it wrote generation G+1's file again with O_TRUNC under its
+    readers and lost the writes published since. Every write must land and
+    every read see a whole snapshot, with threads switching every 10 us."""
+    from _support import run_threads
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        with cls.create(name, {"a": 0, "b": 0}, cache_size=2) as t:
+            def work(i):
+                if i < 2:
+                    for n in range(40):
+                        t.put(f"w{i}-{n}", n)
+                        t.put_many({"a": n, "b": n})
+                else:
+                    for n in range(400):
+                        a, b = t.get_many(["a", "b"])
+                        assert a == b
+                        t.get(f"w{n % 2}-{n % 40}")
+
+            run_threads(work, 5)
+            assert {k: t[k] for k in t if k[0] == "w"} == {f"w{i}-{n}": n for i in range(2) for n in range(40)}
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_segment_refuses_to_publish_from_a_stale_generation(name):
+    """The last line of defence behind the one above: a publish from a
+    generation that is no longer current raises instead of rewriting the
+    live snapshot's file."""
+    t = fastkv.reference.SharedTable.create(name, {"a": 1})
+    try:
+        seg = t._seg
+        gen = seg.generation()
+        t.put("a", 2)
+        live = _shm.snapshot_path(seg.path, seg.token, gen + 1)
+        before = os.stat(live)
+        with pytest.raises(RuntimeError, match="stale|generation"):
+            seg.publish(gen, lambda path: pytest.fail("wrote " + path), lambda g: pytest.fail("stored"))
+        assert os.stat(live).st_ino == before.st_ino and os.stat(live).st_size == before.st_size
+        assert t["a"] == 2 and seg.generation() == gen + 1
+    finally:
+        t.close()
+
+
 def test_threads_share_one_table(cls, name):
     """Readers on several threads and writers on two, one SharedTable object
     (the free-threaded build's critical sections): every read sees a whole

@@ -519,6 +519,10 @@ cdef class _SharedMap:
     cdef uint64_t size, count, nslots, mask, seed, entries_off, data_len
     cdef bint allow_pickle
     cdef PyObject* strs[_SH_STRS]   # _sh_ascii's cache (owned references)
+    # the decoded values of this snapshot (the table's bounded cache): a cache
+    # that belongs to its map cannot be filled with another snapshot's values
+    # by a thread that decoded them before a refresh
+    cdef dict cache
 
     def __dealloc__(self):
         cdef int i
@@ -537,6 +541,7 @@ cdef _SharedMap _sh_map_new(object mm, object dmm, Py_ssize_t dsize, uint64_t ge
                             bint verify):
     cdef _SharedMap m = _SharedMap.__new__(_SharedMap)
     cdef uint64_t a = 0, b = 0
+    m.cache = {}
     PyObject_GetBuffer(mm, &m.view, PyBUF_SIMPLE)
     m.has_view = True
     m.base = <const unsigned char*>m.view.buf
@@ -835,7 +840,6 @@ cdef class SharedTable:
     cdef uint64_t* _genw
     cdef uint64_t _gen
     cdef _SharedMap _map
-    cdef dict _cache
     cdef Py_ssize_t _cache_max
     cdef bint _pickle
     cdef bint _verify
@@ -846,7 +850,6 @@ cdef class SharedTable:
     def __cinit__(self):
         self._genp = &fk_sh_closed_gen
         self._gen = _SH_CLOSED
-        self._cache = {}
 
     def __init__(self, *args, **kwargs):
         raise TypeError("use SharedTable.create(name, data) or SharedTable.open(name)")
@@ -894,9 +897,15 @@ cdef class SharedTable:
             raise ClosedError("SharedTable is closed")
         gen, mm, dmm, dsize = self._seg.load(self._generation)
         m = _sh_map_new(mm, dmm, dsize, gen, self._pickle, self._verify)
+        # _map and _gen change together: the old map (and its cache) is
+        # released only after both are stored (unmapping releases the GIL: a
+        # thread that ran in between saw a map with another snapshot's
+        # generation, and a writer that trusted that pair published over a
+        # live snapshot)
+        old = self._map
         self._map = m
         self._gen = gen
-        self._cache.clear()
+        old = None
         return 0
 
     def _generation(self):
@@ -924,22 +933,21 @@ cdef class SharedTable:
         cdef bint cacheable = t is str or t is int or t is bytes or t is tuple
         if fk_sh_load_gen(self._genp) != self._gen:
             self._refresh()
+        m = self._map
         if cacheable:
-            hit = _sh_PyDict_GetItemWithError(self._cache, key)
+            hit = _sh_PyDict_GetItemWithError(m.cache, key)
             if hit != NULL:
                 return <object>hit
-        m = self._map
         idx = _sh_find(m, key)
         if idx < 0:
             if raise_missing:
                 raise KeyError(key)
             return default
         value = _sh_value_at(m, idx)
-        if cacheable and self._map is m:
-            if _sh_PyDict_GET_SIZE(self._cache) >= self._cache_max:
-                self._cache.clear()
-            if self._cache_max:
-                _sh_PyDict_SetItem(self._cache, key, value)
+        if cacheable and self._cache_max:
+            if _sh_PyDict_GET_SIZE(m.cache) >= self._cache_max:
+                m.cache.clear()
+            _sh_PyDict_SetItem(m.cache, key, value)
         return value
 
     def __getitem__(self, key):
@@ -956,7 +964,7 @@ cdef class SharedTable:
         cdef _SharedMap m
         with cython.critical_section(self):
             m = self._current()
-            if (t is str or t is int or t is bytes) and _sh_PyDict_GetItemWithError(self._cache, key) != NULL:
+            if (t is str or t is int or t is bytes) and _sh_PyDict_GetItemWithError(m.cache, key) != NULL:
                 return True
         return _sh_find(m, key) >= 0
 
@@ -1044,7 +1052,7 @@ cdef class SharedTable:
             fk_wrong_self(self, SharedTable)
         cdef _SharedMap m = self._current()
         return {"path": self._seg.path, "generation": m.gen, "count": m.count, "index_size": m.size,
-                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(self._cache)}
+                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(m.cache)}
 
     # -- writes --------------------------------------------------------------------
 
@@ -1125,7 +1133,6 @@ cdef class SharedTable:
         self._genw = NULL
         self._gen = _SH_CLOSED
         self._map = None
-        self._cache = {}
         if self._has_ctlview:
             PyBuffer_Release(&self._ctlview)
             self._has_ctlview = False

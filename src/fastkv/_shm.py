@@ -358,6 +358,13 @@ class Segment:
         complete snapshot of gen+1 (returning how many entries changed; 0:
         nothing written, nothing published), then it is published and gen's
         file unlinked."""
+        current = self.generation()
+        if current != gen:
+            # never from a stale snapshot: the file of gen+1 may be the live,
+            # mapped one (O_TRUNC under its readers is SIGBUS), and the writes
+            # published since would be lost
+            raise RuntimeError(
+                f"SharedTable: internal error: publishing over generation {gen}, the current one is {current}")
         path = snapshot_path(self.path, self.token, gen + 1)
         changed, retired = write(path)
         if not changed:

@@ -1836,7 +1836,7 @@ def _sh_decode(buf, p, end, allow_pickle, depth):
 class _SharedMap:
     """One mapped snapshot (its index and data files), its header validated."""
 
-    __slots__ = ("mm", "dmm", "hdr", "gen", "allow_pickle", "data_len")
+    __slots__ = ("mm", "dmm", "hdr", "gen", "allow_pickle", "data_len", "cache")
 
     def __init__(self, mm, dmm, dsize, gen, allow_pickle, verify):
         hdr = _shm.Header(mm, len(mm), dsize, _sh_checksum)
@@ -1856,6 +1856,9 @@ class _SharedMap:
                 "(unpickling executes code from whoever can write the file)")
         self.mm, self.dmm, self.hdr, self.gen, self.allow_pickle = mm, dmm, hdr, gen, allow_pickle
         self.data_len = hdr.data_len
+        # the decoded values of this snapshot: a cache that belongs to its map
+        # cannot be filled with another snapshot's values by a slow thread
+        self.cache = {}
 
     def entry(self, idx):
         """(data offset, key length, value length) of entry idx, bounds-checked."""
@@ -2012,7 +2015,7 @@ class SharedTable:
     ``mode`` says otherwise.
     """
 
-    __slots__ = ("_seg", "_gen", "_map", "_cache", "_cache_max", "_pickle", "_verify", "__weakref__")
+    __slots__ = ("_seg", "_map", "_cache_max", "_pickle", "_verify", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("use SharedTable.create(name, data) or SharedTable.open(name)")
@@ -2053,25 +2056,32 @@ class SharedTable:
         return _U64.unpack_from(self._seg.ctl, _shm.GEN_OFFSET)[0]
 
     def _refresh(self):
-        if self._seg is None:
+        seg = self._seg
+        if seg is None:
             raise ClosedError("SharedTable is closed")
-        gen, mm, dmm, dsize = self._seg.load(self._generation)
-        self._map = _SharedMap(mm, dmm, dsize, gen, self._pickle, self._verify)
-        self._gen = gen
-        self._cache.clear()
+        gen, mm, dmm, dsize = seg.load(self._generation)
+        m = self._map = _SharedMap(mm, dmm, dsize, gen, self._pickle, self._verify)
+        return m
 
     def _current(self):
-        if self._seg is None or self._generation() != self._gen:
-            self._refresh()
-        return self._map
+        # One attribute holds the mapped snapshot, its generation and its
+        # cache: threads that refresh at once each install a whole map (an
+        # older one only makes the next read refresh again), never a map with
+        # another snapshot's generation (a writer that trusted such a pair
+        # would publish over a live snapshot).
+        m = self._map
+        if m is None or self._seg is None or self._generation() != m.gen:
+            m = self._refresh()
+        return m
 
     def _lookup(self, key, default, raise_missing):
         m = self._current()
+        cache = m.cache
         t = type(key)
         cacheable = t is str or t is int or t is bytes or t is tuple
         if cacheable:
             try:
-                return self._cache[key]
+                return cache[key]
             except KeyError:
                 pass
         idx = m.find(key)
@@ -2080,11 +2090,10 @@ class SharedTable:
                 raise KeyError(key)
             return default
         value = m.value_at(idx)
-        if cacheable and self._map is m:
-            if len(self._cache) >= self._cache_max:
-                self._cache.clear()
-            if self._cache_max:
-                self._cache[key] = value
+        if cacheable and self._cache_max:
+            if len(cache) >= self._cache_max:
+                cache.clear()
+            cache[key] = value
         return value
 
     def __getitem__(self, key):
@@ -2096,7 +2105,7 @@ class SharedTable:
 
     def __contains__(self, key):
         m = self._current()
-        if type(key) in (str, int, bytes) and key in self._cache:
+        if type(key) in (str, int, bytes) and key in m.cache:
             return True
         return m.find(key) >= 0
 
@@ -2165,7 +2174,7 @@ class SharedTable:
         """{"path", "generation", "count", "index_size", "data_size", "garbage", "cached"}."""
         m = self._current()
         return {"path": self._seg.path, "generation": m.gen, "count": m.hdr.count, "index_size": m.hdr.size,
-                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(self._cache)}
+                "data_size": m.data_len, "garbage": m.hdr.garbage, "cached": len(m.cache)}
 
     # -- writes ----------------------------------------------------------------
 
@@ -2221,7 +2230,6 @@ class SharedTable:
             return
         self._seg = None
         self._map = None
-        self._cache = {}
         seg.close()
 
     def __enter__(self):
@@ -2252,7 +2260,7 @@ def _sh_attach(cls, seg, allow_pickle, verify, cache_size):
         seg.close()
         raise ValueError("cache_size must be >= 0")
     t = object.__new__(cls)
-    t._seg, t._gen, t._map, t._cache = seg, None, None, {}
+    t._seg, t._map = seg, None
     t._cache_max, t._pickle, t._verify = cache_size, allow_pickle, verify
     try:
         t._refresh()
