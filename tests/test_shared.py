@@ -83,6 +83,66 @@ def test_read_api(cls, name):
         cls()
 
 
+
+def test_dict_parity(cls, name):
+    """What a dict user writes works as for a dict (the result a dict where a
+    SharedTable would need a name), or is a clear TypeError (fromkeys)."""
+    data = {"a": 1, 0: "zero", 1: "one", ("t", 2): [1.5, None], b"b": {"x": True}}
+    with cls.create(name, data) as t:
+        items = t.items()
+        # items view membership, as dict's: never unpacks a non-pair
+        for probe in (1, "a", (), ("a",), ("a", 1, 2), [("a", 1)], ("a", 1), ("a", 2), (1, "one"),
+                      (True, "one"), (1.0, "one"), ("nope", None), ((("t", 2)), [1.5, None]), (1.5, "x")):
+            assert (probe in items) == (probe in data.items()), probe
+        with pytest.raises(TypeError):
+            ([], 1) in items   # an unhashable key, as dict
+        # copy(): an independent dict of one snapshot
+        c = t.copy()
+        assert type(c) is dict and c == data
+        c["a"] = 99
+        assert t["a"] == 1
+        # | gives a dict, either side, the right operand's values winning
+        other = {"a": 2, "new": 3}
+        assert type(t | other) is dict and list((t | other).items()) == list((data | other).items())
+        assert type(other | t) is dict and list((other | t).items()) == list((other | data).items())
+        assert t | fastkv.reference.FrozenTable(other) == data | other
+        with cls.open(name) as u:
+            assert list((t | u).items()) == list(data.items())
+        with pytest.raises(TypeError):
+            t | [("a", 1)]
+        with pytest.raises(TypeError):
+            [("a", 1)] | t
+        # reversed() over the table and its views: one snapshot, last first
+        # (with keys 0 and 1 the sequence fallback would have read t[1], t[0])
+        assert list(reversed(t)) == list(reversed(data))
+        assert list(reversed(t.keys())) == list(reversed(data.keys()))
+        assert list(reversed(t.values())) == list(reversed(data.values()))
+        assert list(reversed(t.items())) == list(reversed(data.items()))
+        # set operations on the keys and items views, == with dicts and views
+        assert t.keys() & {"a", "q", 0} == data.keys() & {"a", "q", 0}
+        assert {"a", "q"} & t.keys() == {"a"} and t.keys() | {"q"} == data.keys() | {"q"}
+        assert t.keys() - {"a"} == data.keys() - {"a"} and t.keys() ^ {"a", "q"} == data.keys() ^ {"a", "q"}
+        assert t.keys() == data.keys() and t.keys() == set(data) and t.keys().isdisjoint({"q"})
+        assert t.items() & {("a", 1), ("a", 2)} == {("a", 1)}
+        assert t == data and data == t and not (t != data) and t != {**data, "a": 2} and t != []
+        assert t.values() != t.values()   # as dict's values views: identity
+        # |= publishes (put_many: a mapping or pairs) and keeps the table
+        u = t
+        u |= {"a": 5}
+        u |= [("p", 6)]
+        assert u is t and t["a"] == 5 and t["p"] == 6 and t.info()["generation"] == 3
+        with pytest.raises(TypeError):
+            t |= 5
+        # fromkeys makes no sense without a name: a TypeError that says what to do
+        with pytest.raises(TypeError, match=r"SharedTable.create\(name, dict.fromkeys"):
+            cls.fromkeys(["a"], 0)
+        # repr stays a handle's: O(1), what is mapped, never the contents
+        assert repr(t).startswith("<SharedTable ") and "len=6" in repr(t) and "'a'" not in repr(t)
+        assert dict(t) == t.to_dict() and bool(t)
+    with cls.create(name) as e:
+        assert list(reversed(e)) == [] and e.copy() == {} and not e and e | {} == {}
+
+
 def test_writes(cls, name):
     with cls.create(name, {"a": 1}) as t, other(cls).open(name) as u:
         t.put("b", 2)

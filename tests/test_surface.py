@@ -24,7 +24,7 @@ PROTOCOL = {
 }
 PROTOCOL["LockedTable"] = PROTOCOL["FrozenTable"] | {"__setitem__", "__delitem__"}
 PROTOCOL["OwnerTable"] = PROTOCOL["LockedTable"]
-PROTOCOL["SharedTable"] = PROTOCOL["FrozenTable"]
+PROTOCOL["SharedTable"] = PROTOCOL["FrozenTable"] | {"__reversed__", "__or__", "__ror__", "__ior__"}
 
 
 def public_methods(cls):

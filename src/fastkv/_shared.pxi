@@ -764,10 +764,12 @@ _SH_CODEC = _types.SimpleNamespace(
 @cython.final
 @cython.auto_pickle(False)
 cdef class _SharedIter:
-    """Iterator over one snapshot: keys (0), values (1) or items (2)."""
+    """Iterator over one snapshot: keys (0), values (1) or items (2), in
+    insertion order, or in reverse (``rev``, for reversed())."""
     cdef _SharedMap m
     cdef Py_ssize_t i
     cdef int what
+    cdef bint rev
 
     def __iter__(self):
         return self
@@ -778,6 +780,8 @@ cdef class _SharedIter:
             self.m = None
             raise StopIteration
         self.i = i + 1
+        if self.rev:
+            i = <Py_ssize_t>self.m.count - 1 - i
         if self.what == 0:
             return _sh_key_at(self.m, i)
         if self.what == 1:
@@ -974,6 +978,12 @@ cdef class SharedTable:
     def __iter__(self):
         return _sh_iter(self._current(), 0)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys of one snapshot, last inserted first."""
+        if not isinstance(self, SharedTable):
+            fk_wrong_self(self, SharedTable)
+        return _sh_iter(self._current(), 3)
+
     def _iter_snapshot(self, int what):
         if not isinstance(self, SharedTable):
             fk_wrong_self(self, SharedTable)
@@ -1023,6 +1033,49 @@ cdef class SharedTable:
         if isinstance(other, (SharedTable, Mapping)):
             return self.to_dict() == (other.to_dict() if isinstance(other, SharedTable) else dict(other.items()))
         return NotImplemented
+
+    def copy(self):
+        """A ``dict`` with one snapshot's items (O(n) decode). A SharedTable
+        is named by its files: ``SharedTable.create(name, t)`` makes another."""
+        if not isinstance(self, SharedTable):
+            fk_wrong_self(self, SharedTable)
+        return self.to_dict()
+
+    def __or__(self, other):
+        """``t | other``: a new ``dict`` with one snapshot's items, then those
+        of ``other`` (a mapping; its values win). O(n + m); t is unchanged.
+        ``NotImplemented`` for anything but a mapping."""
+        if not isinstance(other, (dict, SharedTable, Mapping)):
+            return NotImplemented
+        out = self.to_dict()
+        out.update(other)
+        return out
+
+    def __ror__(self, other):
+        """``other | t`` for a mapping ``other`` that does not handle it (a
+        dict): a new ``dict`` with other's items, then t's (t's values win)."""
+        if not isinstance(other, (dict, SharedTable, Mapping)):
+            return NotImplemented
+        out = dict(other)
+        out.update(self.to_dict())
+        return out
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or pairs): one
+        publish, seen by every process; t itself is the result (the name is
+        not rebound to a dict)."""
+        if not isinstance(self, SharedTable):
+            fk_wrong_self(self, SharedTable)
+        self.put_many(other)
+        return self
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """Not supported: a SharedTable is created with a name. TypeError;
+        use ``SharedTable.create(name, dict.fromkeys(iterable, value))``."""
+        raise TypeError(
+            "SharedTable.fromkeys: a SharedTable needs a name; use "
+            "SharedTable.create(name, dict.fromkeys(iterable, value))")
 
     def __ne__(self, other):
         r = self.__eq__(other)
@@ -1164,9 +1217,14 @@ def _sh_reopen(path, pickle, cache_size):
 
 
 cdef _SharedIter _sh_iter(_SharedMap m, int what):
+    """An iterator over m: keys (0), values (1), items (2); 3-5 the same in
+    reverse insertion order."""
     cdef _SharedIter it = _SharedIter.__new__(_SharedIter)
+    if what < 0 or what > 5:
+        raise ValueError(f"SharedTable: no iteration {what}")
     it.m = m
-    it.what = what
+    it.what = what % 3
+    it.rev = what >= 3
     return it
 
 

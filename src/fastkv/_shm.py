@@ -169,30 +169,53 @@ def pack_header(mv, flags, size, count, nslots, seed, epoch, data_len, garbage, 
 
 
 class SharedKeysView(KeysView):
-    """keys() of a SharedTable: iterates one snapshot."""
+    """keys() of a SharedTable: iterates one snapshot (reversed() too)."""
 
     __slots__ = ()
 
     def __iter__(self):
         return self._mapping._iter_snapshot(0)
 
+    def __reversed__(self):
+        return self._mapping._iter_snapshot(3)
+
 
 class SharedValuesView(ValuesView):
-    """values() of a SharedTable: iterates one snapshot."""
+    """values() of a SharedTable: iterates one snapshot (reversed() too)."""
 
     __slots__ = ()
 
     def __iter__(self):
         return self._mapping._iter_snapshot(1)
 
+    def __reversed__(self):
+        return self._mapping._iter_snapshot(4)
+
+
+_ABSENT = object()
+
 
 class SharedItemsView(ItemsView):
-    """items() of a SharedTable: iterates one snapshot."""
+    """items() of a SharedTable: iterates one snapshot (reversed() too)."""
 
     __slots__ = ()
 
+    def __contains__(self, item):
+        """As dict's items view: anything but a 2-tuple is not an item (False,
+        where the abc's unpacking raised); an unhashable key is a TypeError."""
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        v = self._mapping.get(key, _ABSENT)
+        if v is _ABSENT:
+            return False
+        return v is value or v == value
+
     def __iter__(self):
         return self._mapping._iter_snapshot(2)
+
+    def __reversed__(self):
+        return self._mapping._iter_snapshot(5)
 
 
 # -- the segment: control file, locks, publish, reclamation ---------------------------

@@ -2115,7 +2115,13 @@ class SharedTable:
     def __iter__(self):
         return self._iter_snapshot(0)
 
+    def __reversed__(self):
+        """``reversed(t)``: the keys of one snapshot, last inserted first."""
+        return self._iter_snapshot(3)
+
     def _iter_snapshot(self, what):
+        if what < 0 or what > 5:
+            raise ValueError(f"SharedTable: no iteration {what}")
         m = self._current()
         return _sh_iterate(m, what)
 
@@ -2149,6 +2155,45 @@ class SharedTable:
         if isinstance(other, (SharedTable, Mapping)):
             return self.to_dict() == (other.to_dict() if isinstance(other, SharedTable) else dict(other.items()))
         return NotImplemented
+
+    def copy(self):
+        """A ``dict`` with one snapshot's items (O(n) decode). A SharedTable
+        is named by its files: ``SharedTable.create(name, t)`` makes another."""
+        return self.to_dict()
+
+    def __or__(self, other):
+        """``t | other``: a new ``dict`` with one snapshot's items, then those
+        of ``other`` (a mapping; its values win). O(n + m); t is unchanged.
+        ``NotImplemented`` for anything but a mapping."""
+        if not isinstance(other, (dict, SharedTable, Mapping)):
+            return NotImplemented
+        out = self.to_dict()
+        out.update(other)
+        return out
+
+    def __ror__(self, other):
+        """``other | t`` for a mapping ``other`` that does not handle it (a
+        dict): a new ``dict`` with other's items, then t's (t's values win)."""
+        if not isinstance(other, (dict, SharedTable, Mapping)):
+            return NotImplemented
+        out = dict(other)
+        out.update(self.to_dict())
+        return out
+
+    def __ior__(self, other):
+        """``t |= other``: ``t.put_many(other)`` (a mapping or pairs): one
+        publish, seen by every process; t itself is the result (the name is
+        not rebound to a dict)."""
+        self.put_many(other)
+        return self
+
+    @classmethod
+    def fromkeys(cls, iterable, value=None, /):
+        """Not supported: a SharedTable is created with a name. TypeError;
+        use ``SharedTable.create(name, dict.fromkeys(iterable, value))``."""
+        raise TypeError(
+            "SharedTable.fromkeys: a SharedTable needs a name; use "
+            "SharedTable.create(name, dict.fromkeys(iterable, value))")
 
     def __ne__(self, other):
         r = self.__eq__(other)
@@ -2246,7 +2291,11 @@ class SharedTable:
 
 
 def _sh_iterate(m, what):
-    for i in range(m.hdr.count):
+    """keys (0), values (1), items (2) of m; 3-5 the same in reverse order."""
+    count = m.hdr.count
+    indexes = range(count - 1, -1, -1) if what >= 3 else range(count)
+    what %= 3
+    for i in indexes:
         if what == 0:
             yield m.key_at(i)
         elif what == 1:

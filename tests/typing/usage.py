@@ -157,6 +157,12 @@ def shared() -> None:
         t.put_many([("c", 3)])
         assert_type(t.delete("c"), bool)
         assert_type(t.info()["generation"], int)
+        assert_type(t.copy(), dict[str, int])
+        assert_type(t | {"d": 4}, dict[str, int])
+        assert_type({"d": 4} | t, dict[str, int])
+        t |= {"d": 4}
+        assert_type(t, SharedTable[str, int])
+        t.delete("d")
         with SharedTable.open(t.path) as u:
             assert u.to_dict() == {"a": 1, "b": 2}
 
