@@ -267,6 +267,12 @@ cdef extern from "_ft.h":
     void fk_rd_synchronize() noexcept nogil
     int fk_rd_init() except -1
     PyObject* FK_LOAD_RELAXED(PyObject** p) noexcept nogil
+    # a Py_ssize_t word read by other threads without a lock (counters):
+    # relaxed atomics on a free-threaded build, plain accesses on a GIL build
+    Py_ssize_t fk_ssize_load "FK_LOAD_RELAXED" (Py_ssize_t* p) noexcept nogil
+    void fk_ssize_store "FK_STORE_RELAXED" (Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    Py_ssize_t fk_ssize_load_acquire "FK_LOAD_ACQUIRE" (Py_ssize_t* p) noexcept nogil
+    void fk_ssize_store_release "FK_STORE_RELEASE" (Py_ssize_t* p, Py_ssize_t v) noexcept nogil
     bint FASTKV_FREE_THREADED
 
 
@@ -883,7 +889,7 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     _incref(value)
     t.nentries = j + 1
     t.usable -= 1
-    t.used += 1
+    fk_ssize_store(&t.used, t.used + 1)   # len() without the lock reads it
     t.version += 1
     return 0
 
@@ -903,7 +909,7 @@ cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyOb
     _incref(value)
     t.nentries += 1
     t.usable -= 1
-    t.used += 1
+    fk_ssize_store(&t.used, t.used + 1)   # len() without the lock reads it
 
 
 cdef inline void _reindex(Table* t) noexcept:
@@ -937,7 +943,7 @@ cdef void table_detach_at(Table* t, Py_ssize_t ix, PyObject** key, PyObject** va
     value[0] = ep.value
     ep.key = NULL
     ep.value = NULL
-    t.used -= 1
+    fk_ssize_store(&t.used, t.used - 1)
     t.version += 1
     while t.nentries > 0 and table_entry(t, t.nentries - 1).key == NULL:
         t.nentries -= 1

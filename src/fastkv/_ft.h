@@ -163,6 +163,11 @@ static void fk_rd_synchronize(void) {
 /* A pointer published in *slot, loaded inside a section (acquire). */
 #define FK_LOAD_PTR(slot)        __atomic_load_n((slot), __ATOMIC_ACQUIRE)
 #define FK_LOAD_RELAXED(p)       __atomic_load_n((p), __ATOMIC_RELAXED)
+/* A word another thread reads without a lock (a counter, a timestamp): its
+   writer stores it relaxed, an acquire load pairs with a release store. */
+#define FK_STORE_RELAXED(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define FK_LOAD_ACQUIRE(p)       __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define FK_STORE_RELEASE(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 /* Publish p in *slot (release): the caller gives its reference to the slot and
    gets the slot's old one back, to drop after fk_rd_synchronize(). */
 #define FK_SWAP_PTR(slot, p)     __atomic_exchange_n((slot), (p), __ATOMIC_ACQ_REL)
@@ -179,6 +184,9 @@ static inline int fk_rd_init(void) { return 0; }
 #define fk_rd_synchronize()  ((void)0)
 #define FK_LOAD_PTR(slot)    (*(slot))
 #define FK_LOAD_RELAXED(p)   (*(p))
+#define FK_STORE_RELAXED(p, v) ((void)(*(p) = (v)))
+#define FK_LOAD_ACQUIRE(p)   (*(p))
+#define FK_STORE_RELEASE(p, v) ((void)(*(p) = (v)))
 #define FK_SWAP_PTR(slot, p) \
     __extension__ ({ __typeof__(*(slot)) fk_old_ = *(slot); *(slot) = (p); fk_old_; })
 

@@ -584,6 +584,15 @@ cdef class LockedTable:
         return n
 
     @cython.final
+    cdef Py_ssize_t _len_nowait(self) noexcept:
+        """Number of keys without waiting for the lock (OwnerTable.info(),
+        while the owner may sit in a key's __eq__ holding it for as long as
+        that takes): the count as of the holder's last completed insert or
+        delete. One relaxed load (the engine stores ``used`` relaxed); a
+        whole-table swap (put_many, clear) copies it as a plain word."""
+        return fk_ssize_load(&self._tab.used)
+
+    @cython.final
     cdef int _put(self, object key, object value) except -1:
         cdef PyObject* k = <PyObject*>key
         cdef Py_hash_t h

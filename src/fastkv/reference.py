@@ -1429,13 +1429,13 @@ class OwnerTable(_TableAPI):
         "protected"}``. Read without a round trip."""
         core = self._core
         core.check_open()
-        return {
-            "size": len(self._storage),
-            "queue": core.queue.qsize(),
-            "served": core.served,
-            "errors": core.errors,
-            "access": "protected" if self._protected else "private",
-        }
+        info = {"size": 0, "queue": core.queue.qsize(), "served": core.served,
+                "errors": core.errors}
+        # never waits for the storage's lock (the owner may hold it while a
+        # key's __eq__ runs): the count as of the last completed change
+        info["size"] = len(self._storage._data)
+        info["access"] = "protected" if self._protected else "private"
+        return info
 
 
 def _keys_list(table):
