@@ -11,6 +11,8 @@
 - ``assert_same``: compare a table against a dict oracle, order included.
 - ``run_python``: run a script in a fresh interpreter that imports the same
   fastkv as the test process (fork and interpreter-exit tests).
+- ``no_immortalization``: free-threaded 3.13 only, keep CPython from making
+  new modules and functions immortal (tests of what ModuleTable releases).
 """
 
 import collections.abc as cabc
@@ -18,6 +20,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 
@@ -293,3 +296,33 @@ def run_threads(target, n, args=()):
     assert not any(thread.is_alive() for thread in threads), "threads deadlocked"
     if errors:
         raise errors[0]
+
+
+@contextlib.contextmanager
+def no_immortalization():
+    """Free-threaded CPython 3.13 immortalizes every object that would use
+    deferred reference counting -- module objects, their ``__dict__``,
+    top-level functions, heap types -- once the first non-main thread has
+    started, and every such object created afterwards (gh-117783; removed in
+    3.14). A ModuleTable's generated module and its dict are such objects:
+    after any thread started (the suite starts many), they and the data the
+    dict holds are never freed, whatever fastkv does. Tests of what
+    ModuleTable itself keeps alive run their body under CPython's own switch
+    for its refleak tests (what ``test.support.suppress_immortalization``
+    does): new objects get deferred refcounts, which ``gc.collect()`` frees.
+    A no-op on every other build."""
+    if not (sysconfig.get_config_var("Py_GIL_DISABLED") and sys.version_info[:2] == (3, 13)):
+        yield
+        return
+    try:
+        import _testinternalcapi
+    except ImportError:
+        import pytest
+
+        pytest.xfail("free-threaded 3.13 without _testinternalcapi: generated modules are "
+                     "immortal once a thread has started (gh-117783) and cannot be released")
+    _testinternalcapi.suppress_immortalization(True)
+    try:
+        yield
+    finally:
+        _testinternalcapi.suppress_immortalization(False)

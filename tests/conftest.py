@@ -26,6 +26,7 @@ from _support import (
     OWNER_KIND_PARAMS,
     Kind,
     kind_id,
+    no_immortalization,
 )
 
 
@@ -58,6 +59,14 @@ def mapping_kind(request):
 @pytest.fixture(params=OWNER_KIND_PARAMS, ids=[kind_id(p) for p in OWNER_KIND_PARAMS])
 def owner_kind(request):
     return _kind(request)
+
+
+@pytest.fixture
+def released_modules():
+    """Modules made during the test can be freed: free-threaded 3.13 makes
+    them immortal otherwise (``_support.no_immortalization``)."""
+    with no_immortalization():
+        yield
 
 
 # -- RedisTable: a real redis-server for the session ----------------------------

@@ -6,7 +6,6 @@ ModuleTable exists once (Python by nature), so these tests take no ``impl``.
 import gc
 import importlib
 import sys
-import sysconfig
 import threading
 import types
 import weakref
@@ -163,9 +162,7 @@ def test_build_memory_is_the_data_not_a_compiler_peak():
     assert write_peak < 4 * dict_peak, (write_peak, dict_peak)
 
 
-@pytest.mark.xfail(bool(sysconfig.get_config_var("Py_GIL_DISABLED")), strict=False,
-                   reason="free-threaded 3.13: a ModuleTable's generated module and its data are not released by gc.collect() (deferred refcounts of modules/functions; not investigated)")
-def test_cycle_through_the_data_is_collected():
+def test_cycle_through_the_data_is_collected(released_modules):
     # a value that refers to the module holding it: module -> state() -> its
     # data -> value -> module. The collector must see the whole cycle (a
     # code object's constants would hide the data from it: a leak)

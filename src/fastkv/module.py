@@ -159,6 +159,12 @@ class ModuleTable(_TableAPI):
     ``copy.copy``, ``copy.deepcopy``, or loaded by ``pickle`` -- is a new
     table in a new module with a new default name, never the original's
     name (which the original table, if alive, still holds).
+
+    Free-threaded CPython 3.13 only: once a second thread has started, that
+    interpreter makes every new module object and its ``__dict__`` immortal
+    (gh-117783; gone in 3.14), so each version of the module -- its data
+    included -- stays in memory until the process exits. Writes in a loop
+    grow memory there; prefer another table for data that changes often.
     """
 
     __slots__ = ("_data", "_module", "_name", "_write_lock", "__weakref__")
