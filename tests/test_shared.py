@@ -468,6 +468,32 @@ def test_fuzz_mutated_files(fuzz_tables, impl, target, mutations, hostile):
     assert t.to_dict() == FUZZ_DATA
 
 
+def test_hostile_record_fields(cls, name):
+    """The record fast path (a dict's short str keys and values decoded in
+    its loop) checks what the general path does: non-ASCII bytes in an ASCII
+    str, a length past the entry and an unhashable dict key are ValueError."""
+    rec = {"name": "ab", "xy": "cd"}
+    enc = fastkv._core._sh_value_bytes(rec, False)
+    assert enc == fastkv.reference._sh_value_bytes(rec, False)
+    with cls.create(name, {"r": rec}) as t:
+        index, data = _current_bytes(t)
+        assert data.count(enc) == 1
+        for bad, msg in ((enc.replace(b"cd", b"c\xff"), "ASCII"),
+                         (enc.replace(b"\x02cd", b"\x7fcd"), "past its entry"),
+                         (enc.replace(b"\x06\x02xy", b"\x09\x02\x00\x00"), "unhashable")):
+            assert len(bad) == len(enc) and bad != enc
+            _publish_raw(t, index, data.replace(enc, bad))
+            for u in (t, other(cls).open(t.path)):
+                with pytest.raises(ValueError, match=msg):
+                    u["r"]
+                with pytest.raises(ValueError, match=msg):
+                    list(u.values())
+                if u is not t:
+                    u.close()
+        _publish_raw(t, index, data)
+        assert t["r"] == rec
+
+
 def test_foreign_and_truncated_files(cls, name, tmp_path):
     with cls.create(name, {"a": 1}) as t:
         _publish_raw(t, *_current_bytes(t))  # the data file now has an epoch of its own (1000+)

@@ -60,6 +60,52 @@ static inline uint64_t fk_sh_hash(uint64_t seed, const unsigned char *p, size_t 
     return h;
 }
 
+/* The slot of a short string (n <= 16 bytes) in a short-string cache of
+ * mask + 1 slots: its first and last (up to) 8 bytes and its length, mixed
+ * once. Not the key hash (no seed, no format): only spreads the slots. */
+static inline size_t fk_sh_str_slot(const unsigned char *p, size_t n, size_t mask) {
+    uint64_t a, b;
+    if (n >= 8) {
+        a = fk_sh_ld64(p);
+        b = fk_sh_ld64(p + n - 8);
+    } else if (n >= 4) {
+        a = fk_sh_ld32(p);
+        b = fk_sh_ld32(p + n - 4);
+    } else {
+        a = n ? ((uint64_t)p[0] | ((uint64_t)p[n / 2] << 8) | ((uint64_t)p[n - 1] << 16)) : 0;
+        b = 0;
+    }
+    uint64_t h = (a ^ (b << 1) ^ ((uint64_t)n << 56)) * FK_SH_K1;
+    h ^= h >> 29;
+    return (size_t)((h * FK_SH_K2) >> 40) & mask;
+}
+
+/* 1 if the n bytes at a and b are equal, for n <= 16 (two overlapping
+ * loads per side instead of a call to memcmp). */
+static inline int fk_sh_eq_short(const unsigned char *a, const unsigned char *b, size_t n) {
+    if (n >= 8)
+        return fk_sh_ld64(a) == fk_sh_ld64(b) && fk_sh_ld64(a + n - 8) == fk_sh_ld64(b + n - 8);
+    if (n >= 4)
+        return fk_sh_ld32(a) == fk_sh_ld32(b) && fk_sh_ld32(a + n - 4) == fk_sh_ld32(b + n - 4);
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+/* 1 if the n bytes at p are all ASCII (< 0x80), else 0. */
+static inline int fk_sh_is_ascii(const unsigned char *p, size_t n) {
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w; memcpy(&w, p + i, 8);
+        acc |= w;
+    }
+    for (; i < n; i++)
+        acc |= p[i];
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
 /* The checksum: Fletcher-style sums over LE u64 words (tail zero-padded);
  * every single-bit flip changes ``a``. */
 static inline uint64_t fk_sh_checksum(const unsigned char *p, size_t n) {

@@ -86,6 +86,9 @@ cdef extern from "_shared.h":
     void fk_sh_st64(unsigned char* p, uint64_t v) noexcept nogil
     void fk_sh_st32(unsigned char* p, uint32_t v) noexcept nogil
     uint64_t fk_sh_hash(uint64_t seed, const unsigned char* p, size_t n) noexcept nogil
+    size_t fk_sh_str_slot(const unsigned char* p, size_t n, size_t mask) noexcept nogil
+    bint fk_sh_is_ascii(const unsigned char* p, size_t n) noexcept nogil
+    bint fk_sh_eq_short(const unsigned char* a, const unsigned char* b, size_t n) noexcept nogil
     uint64_t fk_sh_checksum(const unsigned char* p, size_t n) noexcept nogil
     void fk_sh_fletcher(uint64_t* a, uint64_t* b, const unsigned char* p, size_t n) noexcept nogil
     uint64_t fk_sh_load_gen(const uint64_t* p) noexcept nogil
@@ -123,6 +126,10 @@ cdef extern from "Python.h":
     object _sh_PyList_New "PyList_New"(Py_ssize_t n)
     PyObject* _sh_PyDict_GetItemWithError "PyDict_GetItemWithError"(object d, object k) except? NULL
     int _sh_PyDict_SetItem "PyDict_SetItem"(object d, object k, object v) except -1
+    int _sh_PyDict_SetItem_nocheck "PyDict_SetItem"(object d, object k, object v) noexcept
+    object _sh_PyUnicode_New "PyUnicode_New"(Py_ssize_t n, Py_UCS4 maxchar)
+    bint _sh_PyErr_ExceptionMatches "PyErr_ExceptionMatches"(object exc) noexcept
+    void _sh_PyErr_Clear "PyErr_Clear"() noexcept
     Py_ssize_t _sh_PyDict_GET_SIZE "PyDict_GET_SIZE"(object d)
     void _sh_Py_INCREF "Py_INCREF"(object o)
 
@@ -390,50 +397,78 @@ cdef inline int _sh_need(const unsigned char* p, const unsigned char* end, uint6
 
 
 cdef enum:
-    _SH_STRS = 512          # slots of a map's short-string cache
+    _SH_STRS = 512          # slots of each half of a map's short-string cache
     _SH_STR_MAX = 16        # longest string it holds
 
 
-cdef object _sh_ascii(const unsigned char* p, Py_ssize_t n, PyObject** strs):
+cdef inline object _sh_new_ascii(const unsigned char* p, Py_ssize_t n):
+    """A new str of the n bytes at p (ValueError unless they are all ASCII):
+    checked a word at a time and copied into a fresh compact str."""
+    if not fk_sh_is_ascii(p, <size_t>n):
+        _sh_corrupt("non-ASCII bytes in an ASCII string")
+    s = _sh_PyUnicode_New(n, 127)
+    if n:
+        memcpy(_sh_PyUnicode_DATA(s), p, <size_t>n)
+    return s
+
+
+cdef inline object _sh_ascii(const unsigned char* p, Py_ssize_t n, PyObject** strs):
     """The str of n ASCII bytes (ValueError if they are not ASCII). Short ones
-    come from a direct-mapped cache of the strings this snapshot decoded last:
-    record field names and small values repeat, and a cached str also brings
-    its cached hash to the dict it is put in."""
+    come from a direct-mapped cache (``strs``: _SH_STRS slots, or NULL) of the
+    strings this snapshot decoded last: record field names and small values
+    repeat, and a cached str also brings its cached hash to the dict it is put
+    in. Dict keys have their own half of the map's cache (_sh_decode), so the
+    field names are not evicted by the values of every record read."""
     cdef size_t slot
     cdef PyObject* o
     if strs == NULL or n > _SH_STR_MAX:
-        try:
-            return _sh_PyUnicode_DecodeASCII(<const char*>p, n, NULL)
-        except UnicodeDecodeError:
-            _sh_corrupt("non-ASCII bytes in an ASCII string")
-    slot = fk_sh_hash(0, p, n) & (_SH_STRS - 1)
+        return _sh_new_ascii(p, n)
+    slot = fk_sh_str_slot(p, <size_t>n, _SH_STRS - 1)
     o = strs[slot]
-    if o != NULL and _sh_PyUnicode_GET_LENGTH(<object>o) == n and memcmp(_sh_PyUnicode_DATA(<object>o), p, n) == 0:
+    if o != NULL and _sh_PyUnicode_GET_LENGTH(<object>o) == n and fk_sh_eq_short(
+            <const unsigned char*>_sh_PyUnicode_DATA(<object>o), p, <size_t>n):
         return <object>o
-    try:
-        s = _sh_PyUnicode_DecodeASCII(<const char*>p, n, NULL)
-    except UnicodeDecodeError:
-        _sh_corrupt("non-ASCII bytes in an ASCII string")
+    s = _sh_new_ascii(p, n)
     Py_XDECREF(o)
     Py_INCREF(s)
     strs[slot] = <PyObject*>s
     return s
 
 
+cdef int _sh_setitem_failed() except -1:
+    """PyDict_SetItem of a decoded pair failed (its error set): an unhashable
+    key is the file's fault (ValueError); anything else propagates."""
+    if _sh_PyErr_ExceptionMatches(TypeError):
+        _sh_PyErr_Clear()
+        _sh_corrupt("an unhashable dict key")
+    return -1
+
+
 cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint allow_pickle, int depth,
-                       PyObject** strs=NULL):
+                       PyObject** strs=NULL, int half=0):
     """Decode one item at pp[0] (advanced past it), never reading at or past
-    ``end``; ValueError for anything malformed. ``strs``: a short-string
-    cache (_sh_ascii) or NULL."""
+    ``end``; ValueError for anything malformed. ``strs``: a map's short-string
+    cache (2 * _SH_STRS slots) or NULL; ``half`` 1 for what is inside a dict
+    key (the second half of the cache), else 0."""
     cdef const unsigned char* p = pp[0]
     cdef unsigned char tag
     cdef uint64_t n, z, i
     cdef double d
     cdef object out
+    cdef Py_ssize_t ln
+    cdef PyObject** kstrs
     if p >= end:
         _sh_corrupt("truncated item")
     tag = p[0]
     p += 1
+    if tag == T_ASCII and p < end and p[0] < 0x80:   # the common case: a short str
+        n = p[0]
+        p += 1
+        if <Py_ssize_t>n > end - p:
+            _sh_corrupt("an item runs past its entry")
+        out = _sh_ascii(p, <Py_ssize_t>n, strs + half * _SH_STRS if strs != NULL else NULL)
+        pp[0] = p + n
+        return out
     if tag == T_NONE:
         out = None
     elif tag == T_TRUE:
@@ -447,7 +482,7 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         _sh_varint(&p, end, &n)
         _sh_need(p, end, n)
         if tag == T_ASCII:
-            out = _sh_ascii(p, <Py_ssize_t>n, strs)
+            out = _sh_ascii(p, <Py_ssize_t>n, strs + half * _SH_STRS if strs != NULL else NULL)
         elif tag == T_UTF8:
             try:
                 out = PyUnicode_DecodeUTF8(<const char*>p, <Py_ssize_t>n, "surrogatepass")
@@ -473,24 +508,41 @@ cdef object _sh_decode(const unsigned char** pp, const unsigned char* end, bint 
         _sh_varint(&p, end, &n)
         _sh_need(p, end, n * 2 if tag == T_DICT else n)   # every item takes a byte at least
         if tag == T_DICT:
+            # a record: short str keys and values are decoded here, without
+            # a call per item (the rest through _sh_decode)
+            kstrs = strs + _SH_STRS if strs != NULL else NULL
             out = fk_sh_dict_presized(<Py_ssize_t>n)
             for i in range(n):
-                k = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
-                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
-                try:
-                    _sh_PyDict_SetItem(out, k, v)
-                except TypeError:
-                    _sh_corrupt("an unhashable dict key")
+                if end - p > 1 and p[0] == T_ASCII and p[1] < 0x80:
+                    ln = p[1]
+                    p += 2
+                    if ln > end - p:
+                        _sh_corrupt("an item runs past its entry")
+                    k = _sh_ascii(p, ln, kstrs)
+                    p += ln
+                else:
+                    k = _sh_decode(&p, end, allow_pickle, depth + 1, strs, 1)
+                if end - p > 1 and p[0] == T_ASCII and p[1] < 0x80:
+                    ln = p[1]
+                    p += 2
+                    if ln > end - p:
+                        _sh_corrupt("an item runs past its entry")
+                    v = _sh_ascii(p, ln, strs)
+                    p += ln
+                else:
+                    v = _sh_decode(&p, end, allow_pickle, depth + 1, strs, 0)
+                if _sh_PyDict_SetItem_nocheck(out, k, v) < 0:
+                    _sh_setitem_failed()
         elif tag == T_LIST:
             out = _sh_PyList_New(<Py_ssize_t>n)
             for i in range(n):
-                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
+                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs, half)
                 _sh_Py_INCREF(v)
                 _sh_PyList_SET_ITEM(out, <Py_ssize_t>i, v)
         else:
             out = _sh_PyTuple_New(<Py_ssize_t>n)
             for i in range(n):
-                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs)
+                v = _sh_decode(&p, end, allow_pickle, depth + 1, strs, half)
                 _sh_Py_INCREF(v)
                 _sh_PyTuple_SET_ITEM(out, <Py_ssize_t>i, v)
     else:
@@ -518,7 +570,7 @@ cdef class _SharedMap:
     cdef const unsigned char* dbase  # data
     cdef uint64_t size, count, nslots, mask, seed, entries_off, data_len
     cdef bint allow_pickle
-    cdef PyObject* strs[_SH_STRS]   # _sh_ascii's cache (owned references)
+    cdef PyObject* strs[2 * _SH_STRS]   # _sh_ascii's cache (owned references; dict keys in the second half)
     # the decoded values of this snapshot (the table's bounded cache): a cache
     # that belongs to its map cannot be filled with another snapshot's values
     # by a thread that decoded them before a refresh
@@ -526,7 +578,7 @@ cdef class _SharedMap:
 
     def __dealloc__(self):
         cdef int i
-        for i in range(_SH_STRS):
+        for i in range(2 * _SH_STRS):
             Py_XDECREF(self.strs[i])
             self.strs[i] = NULL
         if self.has_view:
