@@ -17,20 +17,15 @@ import json
 import re
 import sys
 
+from fastkv.bench import _fmt_rate, _sig as _bench_sig
+
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def _sig(x, digits=2):
     """x to ``digits`` significant figures, as text (1.2, 12, 650, 1,200)."""
-    if x == 0:
-        return "0"
-    s = f"{x:.{digits}g}"
-    if "e" in s:
-        s = f"{float(s):.0f}"
-    if "." not in s and abs(float(s)) >= 1000:
-        s = f"{int(float(s)):,}"
-    return s
+    return _bench_sig(x, digits)
 
 
 def _x(x):
@@ -40,11 +35,7 @@ def _x(x):
 
 def _rate(ops):
     """ops/s as prose: 375 k/s, 1.2 M/s, 79/s."""
-    if ops >= 1e6:
-        return f"{_sig(ops / 1e6)} M/s"
-    if ops >= 1e3:
-        return f"{_sig(ops / 1e3)} k/s"
-    return f"{_sig(ops)}/s"
+    return _fmt_rate(ops, 2, " ") + "/s"
 
 
 def _us(us):

@@ -255,6 +255,37 @@ def run_python(code, timeout=60, flags=()):
     )
 
 
+def run_fork_while_held(table, hold, after_fork, timeout=60):
+    """Run, in a fresh interpreter, ``t = table(k=1)`` (``table`` a dotted
+    name) with a thread ``a`` running ``hold`` (an expression over ``t`` and
+    ``Slow()``, a key whose ``__eq__`` blocks until ``go`` is set) and held
+    inside that ``__eq__``, under the table's lock; then ``after_fork``
+    (dedented code that forks, and must ``go.set()`` and join ``a``). The
+    fork-while-locked tests of test_locked.py and test_hardening.py."""
+    module, _, name = table.rpartition(".")
+    prologue = f"""
+        import os, threading, warnings
+        import {module} as m
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
+
+        inside, go = threading.Event(), threading.Event()
+
+        class Slow:
+            def __hash__(self):
+                return hash("k")
+            def __eq__(self, other):
+                inside.set()
+                go.wait()
+                return False
+
+        t = m.{name}(k=1)
+        a = threading.Thread(target=lambda: {hold})
+        a.start()
+        inside.wait()            # A holds the table's lock, in __eq__
+    """
+    return run_python(textwrap.dedent(prologue) + textwrap.dedent(after_fork), timeout=timeout)
+
+
 class PlainMapping(cabc.Mapping):
     """A Mapping that is no dict and has no ``|`` of its own."""
 

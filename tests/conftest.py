@@ -16,6 +16,8 @@ is restricted to the MutableMapping kinds (LockedTable, OwnerTable),
 ``owner_kind`` to the OwnerTable kinds.
 """
 
+import sys
+
 import pytest
 
 from _support import (
@@ -67,6 +69,18 @@ def released_modules():
     them immortal otherwise (``_support.no_immortalization``)."""
     with no_immortalization():
         yield
+
+
+@pytest.fixture
+def fast_switching():
+    """Hand the GIL over every 10 us (sys.setswitchinterval) for the test, so
+    that thread interleavings actually happen: Python code under a table's
+    lock (a key's __eq__) is interrupted while other threads want the lock.
+    Thread-stress files use it for every test (pytestmark usefixtures)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(old)
 
 
 # -- RedisTable: a real redis-server for the session ----------------------------

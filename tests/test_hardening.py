@@ -20,7 +20,7 @@ import pytest
 
 import fastkv
 import fastkv.reference
-from _support import IMPLS, JOIN_TIMEOUT, run_python
+from _support import IMPLS, JOIN_TIMEOUT, run_fork_while_held, run_python
 
 IMPL_NAMES = sorted(IMPLS)
 
@@ -356,26 +356,7 @@ def test_fork_child_thread_reusing_the_writer_id_can_write(table):
     # (glibc reuses the dead thread's stack) and its write raised a false
     # "re-entrant write": FrozenTable checked the writer id before noticing
     # the lock was orphaned by the fork
-    module, _, name = table.rpartition(".")
-    proc = run_python(f"""
-        import os, threading, warnings
-        import {module} as m
-        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
-
-        inside, go = threading.Event(), threading.Event()
-
-        class Slow:
-            def __hash__(self):
-                return hash("k")
-            def __eq__(self, other):
-                inside.set()
-                go.wait()
-                return False
-
-        t = m.{name}(k=1)
-        a = threading.Thread(target=lambda: t.put(Slow(), 0))
-        a.start()
-        inside.wait()            # A holds the writer lock, in __eq__
+    proc = run_fork_while_held(table, "t.put(Slow(), 0)", """
         pid = os.fork()
         if pid == 0:
             out = []

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _support import JOIN_TIMEOUT, assert_same, run_python
+from _support import JOIN_TIMEOUT, assert_same, run_fork_while_held, run_python
 
 
 
@@ -634,27 +634,7 @@ def test_fork_while_another_thread_holds_the_lock(table):
     # thread forks: in the child A does not exist, and the table must still
     # be usable -- the child takes the orphaned lock over instead of waiting
     # forever for A
-    module, _, name = table.rpartition(".")
-    proc = run_python(f"""
-        import os, threading, warnings
-        import {module} as m
-        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
-
-        inside, go = threading.Event(), threading.Event()
-
-        class Slow:
-            def __hash__(self):
-                return hash("k")
-            def __eq__(self, other):
-                inside.set()
-                go.wait()
-                return False
-
-        t = m.{name}(k=1)
-        locked = hasattr(t, "insert_new")
-        a = threading.Thread(target=lambda: t.get(Slow()) if locked else t.put(Slow(), 0))
-        a.start()
-        inside.wait()            # A holds the table's lock, in __eq__
+    proc = run_fork_while_held(table, 't.get(Slow()) if hasattr(t, "insert_new") else t.put(Slow(), 0)', """
         pid = os.fork()
         if pid == 0:
             try:

@@ -40,16 +40,6 @@ KEY_MAKERS = {
 }
 
 
-@pytest.fixture
-def fast_switching():
-    """Hand the GIL over every few microseconds: Python code under the lock
-    (a key's __eq__) is interrupted while other threads want the lock."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(old)
-
-
 # --- references: nothing leaks, nothing is freed early --------------------------
 
 

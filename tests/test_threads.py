@@ -4,7 +4,6 @@ put/delete/iteration never raise or show a torn state), FrozenTable readers
 always see one complete snapshot while a writer replaces it, OwnerTable loses
 nothing cast by several producers. No timing assertions: only outcomes."""
 
-import sys
 import threading
 
 import pytest
@@ -14,13 +13,8 @@ from _support import JOIN_TIMEOUT, run_threads
 N_THREADS = 4
 
 
-@pytest.fixture(autouse=True)
-def fast_switching():
-    # switch threads often so that the interleavings actually happen
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(old)
+# switch threads often so that the interleavings actually happen
+pytestmark = pytest.mark.usefixtures("fast_switching")
 
 
 # -- LockedTable ----------------------------------------------------------------

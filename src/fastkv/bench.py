@@ -1152,14 +1152,26 @@ def format_verdict(report: Dict[str, Any]) -> List[str]:
 # output
 
 
-def _fmt_rate(x):
-    if x >= 1e9:
-        return f"{x / 1e9:.3g}G"
-    if x >= 1e6:
-        return f"{x / 1e6:.3g}M"
-    if x >= 1e3:
-        return f"{x / 1e3:.3g}k"
-    return f"{x:.3g}"
+def _sig(x, digits=3):
+    """x to ``digits`` significant figures, as text (1.2, 12, 650, 1,200)."""
+    if x == 0:
+        return "0"
+    s = f"{x:.{digits}g}"
+    if "e" in s:
+        s = f"{float(s):.0f}"
+    if "." not in s and abs(float(s)) >= 1000:
+        s = f"{int(float(s)):,}"
+    return s
+
+
+def _fmt_rate(x, digits=3, sep=""):
+    """A rate with an SI prefix: 950, 12.3k, 1.2M (``sep`` before the prefix).
+    The one formatter of ops/s: bench_scale and benchmarks/readme_bench.py
+    use it too."""
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{_sig(x / div, digits)}{sep}{prefix}"
+    return _sig(x, digits)
 
 
 def _fmt_ratio(x):

@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from fastkv.bench import _fmt_rate
+
 SCALE_SIZES = (1_000_000, 10_000_000)
 PROBES = 100_000  # probe keys per list (runs walk it cyclically)
 SUSTAIN_SECONDS = 0.25
@@ -267,10 +269,7 @@ def run_scale(sizes=SCALE_SIZES, repeat=20, min_time=0.01, progress=None) -> Dic
 
 
 def _rate(x):
-    for div, unit in ((1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return f"{x / div:.3g}{unit}/s"
-    return f"{x:.3g}/s"
+    return _fmt_rate(x) + "/s"
 
 
 def format_scale_markdown(scale: Optional[Dict[str, Any]]) -> str:
