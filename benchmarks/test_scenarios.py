@@ -41,28 +41,10 @@ def store(request, work):
     built.close()
 
 
-def _bench(benchmark, scenario, store, work):
+@pytest.mark.parametrize("scenario", ["read", "write", "mix", "threads"])
+def test_scenario(benchmark, scenario, store, work):
     run, unit_ops = bench.scenario_runner(scenario, store, work)
     n = OPS[scenario] if scenario == "threads" else max(1, OPS[scenario] // unit_ops)
+    benchmark.group = scenario
     benchmark.extra_info.update(size=SIZE, ops_per_round=n * unit_ops)
     benchmark(run, n)
-
-
-@pytest.mark.benchmark(group="read")
-def test_read(benchmark, store, work):
-    _bench(benchmark, "read", store, work)
-
-
-@pytest.mark.benchmark(group="write")
-def test_write(benchmark, store, work):
-    _bench(benchmark, "write", store, work)
-
-
-@pytest.mark.benchmark(group="mix")
-def test_mix(benchmark, store, work):
-    _bench(benchmark, "mix", store, work)
-
-
-@pytest.mark.benchmark(group="threads")
-def test_threads(benchmark, store, work):
-    _bench(benchmark, "threads", store, work)

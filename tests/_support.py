@@ -17,12 +17,14 @@
 
 import collections.abc as cabc
 import contextlib
+import gc
 import os
 import subprocess
 import sys
 import sysconfig
 import textwrap
 import threading
+import weakref
 
 import fastkv
 import fastkv.module
@@ -253,6 +255,37 @@ def run_python(code, timeout=60, flags=()):
         text=True,
         timeout=timeout,
     )
+
+
+def run_script(impl, body, timeout=60):
+    """Run ``body`` (dedented) in a fresh interpreter with ``m`` bound to
+    ``impl`` (fastkv or fastkv.reference), warnings ignored; returns the
+    CompletedProcess (never hangs: a timeout fails the test). Functions
+    appended to ``AT_EXIT`` run at exit after fastkv's own atexit hook (they
+    are registered before fastkv is imported; atexit is LIFO)."""
+    script = (
+        "import atexit, importlib\n"
+        "AT_EXIT = []\n"
+        "atexit.register(lambda: [fn() for fn in AT_EXIT])\n"
+        f"m = importlib.import_module({impl.__name__!r})\n"
+    ) + textwrap.dedent(body)
+    return run_python(script, timeout=timeout, flags=("-W", "ignore"))
+
+
+def assert_dropping_stops_the_owner(make, owner_ident):
+    """``make()`` builds an owner (OwnerTable, Agent), ``owner_ident(obj)``
+    asks it for its owner thread's ident: dropping the last reference frees
+    the object and ends that thread."""
+    obj = make()
+    ident = owner_ident(obj)
+    ref = weakref.ref(obj)
+    del obj
+    gc.collect()
+    assert ref() is None
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            thread.join(10)
+            assert not thread.is_alive()
 
 
 def run_fork_while_held(table, hold, after_fork, timeout=60):

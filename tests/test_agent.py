@@ -5,27 +5,11 @@ Every test runs on the compiled and the reference implementation (``impl``).
 
 import logging
 import os
-import textwrap
 import threading
-import weakref
 
 import pytest
 
-from _support import run_python
-
-SUBPROCESS_TIMEOUT = 60
-
-
-def run_script(impl, body):
-    """Run ``body`` in a fresh interpreter with ``m`` bound to ``impl``;
-    functions appended to ``AT_EXIT`` run after fastkv's atexit hook."""
-    script = (
-        "import atexit, importlib\n"
-        "AT_EXIT = []\n"
-        "atexit.register(lambda: [fn() for fn in AT_EXIT])\n"
-        f"m = importlib.import_module({impl.__name__!r})\n"
-    ) + textwrap.dedent(body)
-    return run_python(script, timeout=SUBPROCESS_TIMEOUT, flags=("-W", "ignore"))
+from _support import assert_dropping_stops_the_owner, run_script
 
 
 def block(agent):
@@ -214,18 +198,8 @@ def test_requests_from_the_owner_thread_do_not_deadlock(agent):
 
 
 def test_dropped_agent_stops_its_owner(impl):
-    agent = impl.Agent(0)
-    owner_ident = agent.get(lambda s: threading.get_ident())
-    ref = weakref.ref(agent)
-    del agent
-    import gc
-
-    gc.collect()
-    assert ref() is None
-    for thread in threading.enumerate():
-        if thread.ident == owner_ident:
-            thread.join(10)
-            assert not thread.is_alive()
+    assert_dropping_stops_the_owner(lambda: impl.Agent(0),
+                                    lambda a: a.get(lambda s: threading.get_ident()))
 
 
 def test_fork_child_gets_closed_error_and_never_hangs(impl):

@@ -7,30 +7,12 @@ reference implementation (``impl``).
 
 import logging
 import os
-import textwrap
 import threading
-import weakref
 
 
 import pytest
 
-from _support import run_python
-
-SUBPROCESS_TIMEOUT = 60
-
-
-def run_script(impl, body):
-    """Run ``body`` in a fresh interpreter with ``m`` bound to ``impl``;
-    returns the CompletedProcess (never hangs: a timeout fails the test).
-    Functions appended to ``AT_EXIT`` run at exit after fastkv's own atexit
-    hook (they are registered before fastkv is imported; atexit is LIFO)."""
-    script = (
-        "import atexit, importlib\n"
-        "AT_EXIT = []\n"
-        "atexit.register(lambda: [fn() for fn in AT_EXIT])\n"
-        f"m = importlib.import_module({impl.__name__!r})\n"
-    ) + textwrap.dedent(body)
-    return run_python(script, timeout=SUBPROCESS_TIMEOUT, flags=("-W", "ignore"))
+from _support import assert_dropping_stops_the_owner, run_script
 
 
 class Blocker:
@@ -389,18 +371,8 @@ def test_requests_from_the_owner_thread_do_not_deadlock(table):
 
 
 def test_dropped_table_stops_its_owner(impl):
-    table = impl.OwnerTable({"a": 1})
-    owner_ident = table.call(lambda s: threading.get_ident())
-    ref = weakref.ref(table)
-    del table
-    import gc
-
-    gc.collect()
-    assert ref() is None
-    for thread in threading.enumerate():
-        if thread.ident == owner_ident:
-            thread.join(10)
-            assert not thread.is_alive()
+    assert_dropping_stops_the_owner(lambda: impl.OwnerTable({"a": 1}),
+                                    lambda t: t.call(lambda s: threading.get_ident()))
 
 
 def test_fork_child_gets_closed_error_and_never_hangs(impl):
