@@ -30,6 +30,26 @@ import fastkv
 import fastkv.module
 import fastkv.reference
 
+# FASTKV_TEST_SCOPE: how much of the suite a run covers (CI sets it per step,
+# see .ci/run; conftest.py applies it and says so in the summary):
+#   full      (default) every test, every hypothesis example: what the README's
+#             test command and a bare `pytest` run;
+#   interp    on a further interpreter: the tests marked `once` (their outcome
+#             does not depend on the interpreter: mypy, the bench CLI and
+#             README prose, CPython's mapping tests) are deselected and
+#             hypothesis runs a quarter of its examples;
+#   compiled  for instrumented builds of the C code (debug, ASan): as interp,
+#             and the reference implementation's parametrizations are
+#             deselected (pure Python: nothing there for the build to check).
+TEST_SCOPES = ("full", "interp", "compiled")
+TEST_SCOPE = os.environ.get("FASTKV_TEST_SCOPE", "") or "full"
+
+
+def examples(n):
+    """A hypothesis example budget ``n``, cut to a quarter outside a full run."""
+    return n if TEST_SCOPE == "full" else max(10, n // 4)
+
+
 IMPLS = {"compiled": fastkv, "reference": fastkv.reference}
 
 # (impl name, kind name): every table kind of both implementations; ModuleTable

@@ -16,6 +16,7 @@ is restricted to the MutableMapping kinds (LockedTable, OwnerTable),
 ``owner_kind`` to the OwnerTable kinds.
 """
 
+import re
 import sys
 
 import pytest
@@ -26,10 +27,55 @@ from _support import (
     MAPPING_ONLY_KIND_PARAMS,
     MUTABLE_KIND_PARAMS,
     OWNER_KIND_PARAMS,
+    TEST_SCOPE,
+    TEST_SCOPES,
     Kind,
     kind_id,
     no_immortalization,
 )
+
+
+# -- FASTKV_TEST_SCOPE (see _support.py): what CI deselects on some steps ------
+
+_REFERENCE_ID = re.compile(r"(?:^|[-_.\[])reference(?:[-_.\]]|$)")
+_DESELECTED = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "once: the outcome does not depend on the interpreter or build (mypy, the bench "
+        "CLI, README prose, CPython's mapping tests); FASTKV_TEST_SCOPE=interp/compiled "
+        "deselects it, CI runs it on one interpreter")
+    if TEST_SCOPE not in TEST_SCOPES:
+        raise pytest.UsageError(f"FASTKV_TEST_SCOPE={TEST_SCOPE!r}: one of {', '.join(TEST_SCOPES)}")
+
+
+def _reference_only(item):
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and _REFERENCE_ID.search(callspec.id):
+        return True
+    cls = getattr(item, "cls", None)  # unittest classes per implementation
+    return cls is not None and cls.__name__.endswith("_reference")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_SCOPE == "full":
+        return
+    keep, dropped = [], []
+    for item in items:
+        if item.get_closest_marker("once") is not None:
+            why = "once"
+        elif TEST_SCOPE == "compiled" and _reference_only(item):
+            why = "reference"
+        else:
+            keep.append(item)
+            continue
+        dropped.append(item)
+        _DESELECTED[why] = _DESELECTED.get(why, 0) + 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(params=sorted(IMPLS), ids=sorted(IMPLS))
@@ -139,6 +185,10 @@ def redis_kind(request, redis_server):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if TEST_SCOPE != "full":
+        what = ", ".join(f"{n} {k}" for k, n in sorted(_DESELECTED.items())) or "nothing"
+        terminalreporter.write_sep(
+            "-", f"FASTKV_TEST_SCOPE={TEST_SCOPE}: deselected {what}; hypothesis at 1/4 of its examples")
     if _redis_support._UNAVAILABLE:
         reason = _redis_support._UNAVAILABLE[0]
         terminalreporter.write_sep("!", "RedisTable tests SKIPPED: no redis-server", red=True, bold=True)

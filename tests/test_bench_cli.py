@@ -22,6 +22,8 @@ import pytest
 import fastkv
 from fastkv import bench
 
+pytestmark = pytest.mark.once  # the bench command's behaviour does not depend on the interpreter: CI runs it once
+
 FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2", "--procs", "2"]
 SIZES = [10, 200]
 

@@ -23,6 +23,8 @@ import pytest
 
 from _support import IMPLS
 
+pytestmark = pytest.mark.once  # CI runs CPython's mapping tests on the full steps only (README's 3.11, free-threaded 3.13)
+
 mapping_tests = pytest.importorskip(
     "test.mapping_tests",
     reason="this interpreter was installed without its test package (test.mapping_tests)",

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from _support import KIND_PARAMS, EqError, HashError, HashKey, Kind, assert_same, crashing, kind_id
+from _support import KIND_PARAMS, EqError, HashError, HashKey, Kind, assert_same, crashing, examples, kind_id
 
 KEYS = st.one_of(
     st.integers(-3, 6),
@@ -349,7 +349,8 @@ def machine_for(param, settle=True):
     return type(f"{base.__name__}_{kind_id(param)}", (base,), attrs)
 
 
-# Budgets: the whole file runs in well under a minute on one core. Copy-on-write
+# Budgets (cut to a quarter outside a full run, _support.examples): the whole
+# file runs in well under a minute on one core. Copy-on-write
 # kinds (FrozenTable O(n) writes, ModuleTable a compile per write) and owner
 # kinds (a thread per table, a round trip per read) get fewer examples.
 EXAMPLES = {"frozen": 80, "locked": 120, "owner-private": 50, "owner-protected": 50, "module": 30}
@@ -357,7 +358,7 @@ EXAMPLES = {"frozen": 80, "locked": 120, "owner-private": 50, "owner-protected":
 
 def _settings(name):
     return settings(
-        max_examples=EXAMPLES[name],
+        max_examples=examples(EXAMPLES[name]),
         stateful_step_count=25,
         deadline=None,
         database=None,

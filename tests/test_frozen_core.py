@@ -14,7 +14,18 @@ import tracemalloc
 import pytest
 
 import fastkv
-from _support import Key
+from _support import Key, examples
+
+
+class Boom(Exception):
+    pass
+
+
+class BadEq(Key):
+    def __eq__(self, other):
+        raise Boom
+
+    __hash__ = Key.__hash__
 
 
 def refcounts(*objs):
@@ -83,15 +94,6 @@ def test_refcounts_writes(impl, make_key):
 
 
 def test_refcounts_error_paths(impl):
-    class Boom(Exception):
-        pass
-
-    class BadEq(Key):
-        def __eq__(self, other):
-            raise Boom
-
-        __hash__ = Key.__hash__
-
     class BadHash:
         def __hash__(self):
             raise Boom
@@ -319,15 +321,6 @@ def test_eq_that_drops_the_snapshot_while_comparing(impl):
 
 
 def test_raising_eq_and_hash_propagate(impl):
-    class Boom(Exception):
-        pass
-
-    class BadEq(Key):
-        def __eq__(self, other):
-            raise Boom
-
-        __hash__ = Key.__hash__
-
     t = impl.FrozenTable({Key("a", h=3): 1, "s": 2})
     with pytest.raises(Boom):
         t[BadEq("b", h=3)]
@@ -430,7 +423,7 @@ def _same(t, d):
     assert len(t) == len(d)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(OPS)
 def test_engine_matches_dict(ops):
     t, d = _EngineTable(), {}

@@ -23,6 +23,8 @@ import fastkv.reference
 from _support import IMPLS, JOIN_TIMEOUT, run_fork_while_held, run_python
 
 IMPL_NAMES = sorted(IMPLS)
+main_thread_only = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                     reason="signals are handled in the main thread")
 
 
 # -- 1. views and iterators trust no writable attribute ----------------------
@@ -293,8 +295,7 @@ def _interrupt_while_held(hold, write):
     return outcome
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signals are handled in the main thread")
+@main_thread_only
 @pytest.mark.parametrize("impl_name", IMPL_NAMES)
 def test_ctrl_c_while_waiting_for_a_locked_table(impl_name):
     # item 5: fastkv_lock_wait never looked at signals: SIGINT arrived only
@@ -309,8 +310,7 @@ def test_ctrl_c_while_waiting_for_a_locked_table(impl_name):
     assert t.to_dict() == {"k": 1, "w": 2}
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signals are handled in the main thread")
+@main_thread_only
 @pytest.mark.parametrize("impl_name", IMPL_NAMES)
 def test_ctrl_c_while_waiting_for_a_protected_owner_table_read(impl_name):
     # item 5: a protected read takes the storage's lock, held by the owner
@@ -327,8 +327,7 @@ def test_ctrl_c_while_waiting_for_a_protected_owner_table_read(impl_name):
         assert t.close(timeout=JOIN_TIMEOUT)
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signals are handled in the main thread")
+@main_thread_only
 @pytest.mark.parametrize("impl_name", IMPL_NAMES)
 def test_ctrl_c_while_waiting_for_a_frozen_table_writer_lock(impl_name):
     # item 5: FrozenTable's writer lock was waited for with

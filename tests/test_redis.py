@@ -603,6 +603,7 @@ def test_fork_child_gets_its_own_near_cache(make, redis_server):
     assert "ok" in res.stdout
 
 
+@pytest.mark.once
 def test_bench_cli_redis_scenario(redis_server):
     res = run_python(f"""
         import sys
@@ -740,6 +741,7 @@ fastkv.RedisTable("redis://localhost:6379/0", codec="json")  # E: codec
 '''
 
 
+@pytest.mark.once
 def test_mypy_types_redis_table(tmp_path, typed_copy):  # noqa: F811
     source = textwrap.dedent(REDIS_TYPED).lstrip()
     path = tmp_path / "redis_usage.py"

@@ -15,6 +15,8 @@ import pytest
 import fastkv
 import fastkv.reference
 
+pytestmark = pytest.mark.once  # mypy over the stubs: CI runs it once
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TYPING = ROOT / "tests" / "typing"
 PACKAGE = pathlib.Path(fastkv.__file__).resolve().parent  # the installed package
