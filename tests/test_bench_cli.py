@@ -9,6 +9,7 @@ The runs use tiny sizes and `--repeat 1 --min-time 0.001`: these tests check
 the command, never its timings.
 """
 
+import importlib.util
 import json
 import os
 import select
@@ -20,7 +21,7 @@ import time
 import pytest
 
 import fastkv
-from fastkv import bench
+from fastkv import bench, bench_procs
 
 pytestmark = pytest.mark.once  # the bench command's behaviour does not depend on the interpreter: CI runs it once
 
@@ -66,6 +67,56 @@ def test_quick_run_has_the_processes_scenario(quick_run):
     assert set(report["processes"]["targets"]) >= {
         "hot_read_ns", "dict_read_ns", "cold_read_us", "manager_read_us", "open_ms", "unpickle_ms",
         "publish_ms", "frozen_put_ms"}
+
+
+PEERS = {"lmdb": "lmdb", "ultradict": "UltraDict", "shm-dict": "shared_memory_dict"}
+
+
+def test_quick_run_runs_each_installed_peer_or_skips_it(quick_run):
+    """The processes scenario's peers (the bench extra) are measured where
+    installed and a "skipped" row where not: never an error, never required."""
+    proc, report = quick_run
+    results = report["processes"]["results"]
+    for store, module in PEERS.items():
+        rows = [r for r in results if r["store"] == store]
+        label = bench_procs.LABELS[store]
+        if importlib.util.find_spec(module) is None:
+            assert rows == [{"store": store, "status": "skipped", "reason": f"{module} not installed"}]
+            assert f"{label} skipped: {module} not installed" in " ".join(proc.stdout.split())
+            continue
+        assert sorted(r["method"] for r in rows) == ["fork", "spawn"], rows
+        for r in rows:
+            assert r["status"] == "ok" and r["reads_per_s"] > 0 and r["procs"] == 2 and r["keys"] > 0, r
+            assert {"added_uss", "added_pss", "uss"} <= set(r), r
+        assert sum(line.split() [:len(label.split())] == label.split()
+                   for line in proc.stdout.splitlines()) >= 2, label
+
+
+def test_peers_leave_nothing_behind():
+    """Each installed peer runs under fork and spawn and its segments and
+    files are gone afterwards (no resource-tracker warning either); a peer
+    that is not installed is skipped. Structure only, never timings."""
+    installed = [s for s, m in PEERS.items() if importlib.util.find_spec(m) is not None]
+    code = ("import json, os; from fastkv import bench_procs as b; "
+            "rep = b.run_processes(300, 2, quick=True, stores=('lmdb', 'ultradict', 'shm-dict'), "
+            "with_targets=False); print(json.dumps({'pid': os.getpid(), 'results': rep['results']}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {(r["store"], r.get("method")): r for r in out["results"]}
+    for store, module in PEERS.items():
+        if store in installed:
+            for method in ("fork", "spawn"):
+                assert rows[store, method]["status"] == "ok", rows[store, method]
+        else:
+            assert rows[store, None]["status"] == "skipped"
+    pid = out["pid"]
+    left = [f for f in os.listdir("/dev/shm") if f"fkvbench{pid}" in f or f"fastkv-bench-lmdb-{pid}-" in f]
+    assert not left, left
+    assert "leaked shared_memory" not in proc.stderr and "resource_tracker" not in proc.stderr, proc.stderr[-2000:]
+    if not installed:
+        pytest.skip("none of the peers (lmdb, UltraDict, shared-memory-dict) is installed: "
+                    "only the skipped rows were checked")
 
 
 def test_quick_run_prints_header_and_one_table_per_scenario(quick_run):

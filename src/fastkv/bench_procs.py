@@ -114,7 +114,7 @@ def _setup(store: str, size: int, tag: str, cleanup: List[Any]):
         return (d, n)
     if store == "lmdb":
         import lmdb
-        path = tempfile.mkdtemp(prefix="fastkv-bench-lmdb-", dir="/dev/shm")
+        path = tempfile.mkdtemp(prefix=f"fastkv-bench-lmdb-{os.getpid()}-", dir="/dev/shm")
         cleanup.append(lambda: shutil.rmtree(path, ignore_errors=True))
         env = lmdb.open(path, map_size=1 << 33, max_readers=256)
         with env.begin(write=True) as txn:
@@ -126,8 +126,7 @@ def _setup(store: str, size: int, tag: str, cleanup: List[Any]):
         from UltraDict import UltraDict
         name = f"fkvbench{os.getpid()}{tag}"
         u = UltraDict(make_data(n), name=name, buffer_size=1 << 27, auto_unlink=True)
-        cleanup.append(u.unlink if hasattr(u, "unlink") else (lambda: None))
-        cleanup.append(lambda u=u: None)
+        cleanup.append(u.unlink)   # its segments: control, stream and full dump
         return (name, n)
     if store == "shm-dict":
         from shared_memory_dict import SharedMemoryDict
@@ -136,7 +135,8 @@ def _setup(store: str, size: int, tag: str, cleanup: List[Any]):
         data = make_data(n)
         s = SharedMemoryDict(name=name, size=len(pickle.dumps(data)) * 2 + 4096)
         s.update(data)
-        cleanup.append(lambda: (s.shm.close(), s.shm.unlink()) if hasattr(s, "shm") else None)
+        block = s._memory_block   # it never unlinks its segment itself
+        cleanup.append(lambda: (block.close(), block.unlink()))
         return (name, n)
     raise ValueError(store)
 
@@ -170,8 +170,21 @@ def _open(store: str, handle, n: int):
     if store == "shm-dict":
         from shared_memory_dict import SharedMemoryDict
         s = SharedMemoryDict(name=handle, size=0)
+        _untrack(s._memory_block)
         return s.get, (lambda: None)
     raise ValueError(store)
+
+
+def _untrack(shm) -> None:
+    """A worker that attaches to a SharedMemory registers it with the
+    resource tracker (before Python 3.13), which then unlinks it, and warns,
+    when the worker exits: the parent owns the segment and unlinks it."""
+    if sys.version_info < (3, 13):
+        from multiprocessing import resource_tracker
+        try:
+            resource_tracker.unregister(shm._name, "shared_memory")
+        except Exception:
+            pass
 
 
 def _worker(store, handle, n, duration, touch_all, barrier, q, index):
@@ -320,7 +333,10 @@ def targets(size: int, quick: bool) -> Dict[str, Any]:
 
 
 def run_processes(size: int, procs: int = 4, quick: bool = True, stores=STORES,
-                  methods=("fork", "spawn"), progress=None) -> Dict[str, Any]:
+                  methods=("fork", "spawn"), progress=None, with_targets: bool = True) -> Dict[str, Any]:
+    """Each store of ``stores`` (a peer that is not installed is a "skipped"
+    row) read by ``procs`` workers per start method, then SharedTable's
+    target figures (unless ``with_targets`` is false)."""
     duration = 0.5 if quick else 2.0
     results = []
     for store in stores:
@@ -346,6 +362,8 @@ def run_processes(size: int, procs: int = 4, quick: bool = True, stores=STORES,
                         fn()
                     except Exception:
                         pass
+    if not with_targets:
+        return {"size": size, "procs": procs, "results": results}
     if progress:
         progress("processes: SharedTable targets")
     return {"size": size, "procs": procs, "results": results, "targets": targets(size, quick)}
