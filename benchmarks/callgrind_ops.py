@@ -11,7 +11,8 @@ and the ratio to a plain ``dict`` measured the same way::
 The loop is ``for k in probe: t[k]`` (``getitem``), ``t.get(k)`` (``get``,
 pre-bound), ``t.get(k)`` of absent keys (``miss``), ``k in t``
 (``contains``); ``build`` is one ``type(t)(data)`` from the dict and
-``pickle`` one ``pickle.dumps(t, 5)`` (per key, not per probe); ``none`` is
+``pickle`` one ``pickle.dumps(t, 5)``, ``unpickle`` one ``pickle.loads`` of
+it (all three per key, not per probe); ``none`` is
 the bare loop, subtracted in the ``net`` column.
 Probe keys are equal copies of the stored keys (not the same objects), in
 random (``--order shuffled``, default) or insertion (``sequential``) order.
@@ -34,7 +35,7 @@ import sys
 import tempfile
 
 STORES = ("dict", "FrozenTable", "LockedTable", "OwnerTable", "none")
-OPS = ("getitem", "get", "miss", "contains", "build", "pickle")
+OPS = ("getitem", "get", "miss", "contains", "build", "pickle", "unpickle")
 
 
 def _child(store, op, size, keys, order, probes):
@@ -86,6 +87,20 @@ def _child(store, op, size, keys, order, probes):
         if store != "none":
             pickle.dumps(t, 5)
         os.getppid()
+    elif op == "unpickle":
+        import pickle
+
+        blob = pickle.dumps(t, 5)
+        t2 = None
+        os.getppid()
+        if store != "none":
+            t2 = pickle.loads(blob)
+            if store == "OwnerTable":
+                t2.sync()
+        os.getppid()
+        if store == "OwnerTable":
+            t2.close()
+        del t2
     elif store == "none":
         os.getppid()
         for k in probe:
@@ -165,10 +180,11 @@ def main(argv=None):
         ref = None
         for store in args.stores.split(","):
             ev = measure(store, op, args.size, args.keys, args.order, n, args.cache_sim)
-            per = args.size if op in ("build", "pickle") else n
-            if op in ("build", "pickle"):
+            bulk = op in ("build", "pickle", "unpickle")
+            per = args.size if bulk else n
+            if bulk:
                 ev = {c: v * n / per for c, v in ev.items()}
-            net = (ev["Ir"] - (0 if op in ("build", "pickle") else base["Ir"])) / n
+            net = (ev["Ir"] - (0 if bulk else base["Ir"])) / n
             if ref is None:
                 ref = ev
                 ref_net = net

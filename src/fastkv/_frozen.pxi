@@ -305,6 +305,65 @@ cdef _Snapshot _stage(object data, dict kwargs):
     return st
 
 
+# The items of a pickled table (the state every table's __reduce__ gives,
+# see fk_reduce_state): one flat list ``[_ITEMS_MARK, k0, v0, k1, v1, ...]``.
+# A list is written by pickle without a dict to build first (to_dict was a
+# third of the cost of pickle.dumps at 1M keys: a hash insert per key) and
+# loads without one either. The mark (a str that is not a pair) tells it from
+# the states older pickles hold, a dict or a list of pairs, which still load
+# through _stage. Same list in fastkv.reference.
+_ITEMS_MARK = "fastkv.items"
+
+
+cdef list _flat_items(const Table* t):
+    """t's live items as a new ``[_ITEMS_MARK, k0, v0, ...]`` list, in
+    insertion order. t must not change meanwhile (a snapshot or a private
+    table). No Python (but allocation)."""
+    cdef list out = PyList_New(1 + 2 * t.used)
+    cdef Py_ssize_t j, k = 1
+    cdef const Entry* ep
+    _incref(<PyObject*>_ITEMS_MARK)
+    _list_set(out, 0, <PyObject*>_ITEMS_MARK)
+    for j in range(t.nentries):
+        ep = table_entry(t, j)
+        if ep.key != NULL:
+            _incref(ep.key)
+            _list_set(out, k, ep.key)
+            _incref(ep.value)
+            _list_set(out, k + 1, ep.value)
+            k += 2
+    return out
+
+
+cdef _Snapshot _state_stage(object items):
+    """A pickled state's items (see _ITEMS_MARK; older pickles: a dict or
+    pairs, read by _stage) as a new private snapshot, later keys winning.
+    A marked list of even length (a key without its value) is ValueError;
+    an unhashable key TypeError. Runs Python (hashing, __eq__)."""
+    cdef _Snapshot st
+    cdef Py_ssize_t n, j
+    if type(items) is not list or len(<list>items) == 0:
+        return _stage(items, None)
+    mark = (<list>items)[0]
+    if not (type(mark) is str and mark == _ITEMS_MARK):   # (no Python: exact str)
+        return _stage(items, None)
+    n = len(<list>items)
+    if n % 2 == 0:
+        raise ValueError(
+            f"a pickled table's items have a key without a value ({n - 1} after the mark)")
+    st = _snapshot_new()
+    if n > 1 and not _is_str(<PyObject*>(<list>items)[1]):
+        _set_empty(&st.tab, False)          # general layout from the start
+    _alloc(&st.tab, n // 2)    # the list holds them all: an honest size
+    j = 1
+    while j + 1 < len(<list>items):         # (a key's __hash__ may shrink it)
+        key = (<list>items)[j]
+        value = (<list>items)[j + 1]
+        table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
+        j += 2
+    return st
+
+
 cdef _Snapshot _merge(_Snapshot old, _Snapshot staged):
     """old updated with staged's items, as a new snapshot (or one of the two
     when the other is empty). Runs Python (__eq__); called under the lock."""
@@ -1052,23 +1111,26 @@ cdef class FrozenTable:
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is:
         ``cls.__new__(cls)`` made empty first (a subclass's ``__init__`` is
         not called), then filled by ``__setstate__`` from
-        the state ``(items, attrs)`` (``attrs``: a subclass instance's
-        ``__dict__``), so an item that refers back to the table -- the table
-        itself included -- loads as the new table. O(n)."""
+        the state ``(items, attrs)`` (``items``: the flat list
+        ``["fastkv.items", k0, v0, k1, v1, ...]``, no dict built; ``attrs``:
+        a subclass instance's ``__dict__``), so an item that refers back to
+        the table -- the table itself included -- loads as the new table. O(n)."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
-        return (_fk_newobj, (type(self),), fk_reduce_state(self, self.to_dict()))
+        cdef _Snapshot snap = _snap_ref(self)
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, _flat_items(&snap.tab)))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
-        subclass instance's ``__dict__``, then the items in one ``put_many``
-        (one snapshot swap), never a subclass's override. On a table already
-        in use it only adds: keys the state does not name are kept."""
+        subclass instance's ``__dict__``, then the items (the flat list
+        ``__reduce__`` makes, or a dict or pairs) in one ``put_many`` (one
+        snapshot swap), never a subclass's override. On a table already in
+        use it only adds: keys the state does not name are kept."""
         if not isinstance(self, FrozenTable):
             fk_wrong_self(self, FrozenTable)
         items = fk_setstate_attrs(self, state)
         if items:
-            self._update(_stage(items, None))
+            self._update(_state_stage(items))
 
     # --- dict's operators and fromkeys -------------------------------------------
 

@@ -1218,23 +1218,26 @@ cdef class LockedTable:
     def __reduce__(self):
         """Pickle (and ``copy.deepcopy``) as a dict is: ``cls.__new__(cls)``
         made empty first (a subclass's ``__init__`` is not called), then filled by ``__setstate__`` from the state
-        ``(items, attrs)`` (``attrs``: a subclass instance's ``__dict__``),
-        so an item that refers back to the table -- the table itself
-        included -- loads as the new table. O(n)."""
+        ``(items, attrs)`` (``items``: the flat list ``["fastkv.items", k0,
+        v0, k1, v1, ...]`` of an atomic copy, no dict built; ``attrs``: a
+        subclass instance's ``__dict__``), so an item that refers back to the
+        table -- the table itself included -- loads as the new table. O(n)."""
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
-        return (_fk_newobj, (type(self),), fk_reduce_state(self, self.to_dict()))
+        cdef _Snapshot snap = self._snapshot()
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, _flat_items(&snap.tab)))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
-        subclass instance's ``__dict__``, then the items in one ``put_many``
-        (one lock hold), never a subclass's override. On a table already in
-        use it only adds: keys the state does not name are kept."""
+        subclass instance's ``__dict__``, then the items (the flat list
+        ``__reduce__`` makes, or a dict or pairs) in one ``put_many`` (one
+        lock hold), never a subclass's override. On a table already in use
+        it only adds: keys the state does not name are kept."""
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
         items = fk_setstate_attrs(self, state)
         if items:
-            self._put_many(_locked_stage(items, None))
+            self._put_many(_state_stage(items))
 
     # --- dict's operators and fromkeys -------------------------------------------
 

@@ -1579,8 +1579,9 @@ cdef class OwnerTable:
         return None
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
-        access level (one call to the owner): loading starts a new, empty
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items (the
+        flat list ``["fastkv.items", k0, v0, ...]`` of a copy the owner makes
+        in one call) and the access level: loading starts a new, empty
         OwnerTable with its own owner thread (``cls.__new__(cls)``, as for a
         dict subclass: a subclass's ``__init__`` is not called), then fills
         it (``__setstate__``), so an item that refers back to the table -- the
@@ -1589,8 +1590,9 @@ cdef class OwnerTable:
         if not isinstance(self, OwnerTable):
             fk_wrong_self(self, OwnerTable)
         access = "protected" if self._protected else "private"
+        cdef _Snapshot snap = self._snapshot()
         return (_fk_newobj, (type(self),),
-                fk_reduce_state(self, self.to_dict()) + (access,))
+                fk_reduce_state(self, _flat_items(&snap.tab)) + (access,))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs, access)`` state (``access`` may be
@@ -1611,7 +1613,7 @@ cdef class OwnerTable:
             self._protected = access == "protected"
         items = fk_setstate_attrs(self, state)
         if items:
-            OwnerTable.put_many(self, items)
+            self._eng.cast(FK_OP_PUT_MANY, None, _state_stage(items), None)
             OwnerTable.sync(self)
 
     # -- dict's operators and fromkeys ---------------------------------------

@@ -22,7 +22,8 @@ import weakref
 
 from collections.abc import Mapping
 
-from fastkv.reference import _FROZEN_REENTRY, _MISSING, _collect, _HolderLock, _missing, _reduce_state, _TableAPI
+from fastkv.reference import (_FROZEN_REENTRY, _MISSING, _collect, _flat_items, _HolderLock, _missing, _reduce_state,
+                              _TableAPI)
 
 __all__ = ["ModuleTable"]
 
@@ -265,9 +266,10 @@ class ModuleTable(_TableAPI):
         empty table of t's class with a new default name (``__new__``, then
         ModuleTable's own ``__init__``: a subclass's ``__init__`` is not
         called), then filled by ``__setstate__`` from the state ``(items,
-        attrs)``, so an item that refers back to the table loads as the new
-        table. O(n) and one module build."""
-        return (_new_empty, (type(self),), _reduce_state(self, self.to_dict()))
+        attrs)`` (``items``: the flat list ``["fastkv.items", k0, v0, ...]``),
+        so an item that refers back to the table loads as the new table. O(n)
+        and one module build."""
+        return (_new_empty, (type(self),), _reduce_state(self, _flat_items(self.to_dict())))
 
     def get(self, key, default=None):
         """The value for ``key``, else ``default``. O(1), never blocks."""

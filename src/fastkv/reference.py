@@ -197,20 +197,22 @@ class _TableAPI:
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as a dict is:
         ``cls.__new__(cls)`` made empty first (a subclass's ``__init__`` is
         not called), then filled by ``__setstate__`` from
-        the state ``(items, attrs)`` (``attrs``: a subclass instance's
-        ``__dict__``), so an item that refers back to the table -- the table
-        itself included -- loads as the new table. O(n)."""
-        return (copyreg.__newobj__, (type(self),), _reduce_state(self, self.to_dict()))
+        the state ``(items, attrs)`` (``items``: the flat list
+        ``["fastkv.items", k0, v0, k1, v1, ...]``, no dict built; ``attrs``:
+        a subclass instance's ``__dict__``), so an item that refers back to
+        the table -- the table itself included -- loads as the new table. O(n)."""
+        return (copyreg.__newobj__, (type(self),), _reduce_state(self, _flat_items(self.to_dict())))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
-        subclass instance's ``__dict__``, then the items in one ``put_many``
-        of the table's fastkv class (``_load_items``), never a subclass's
-        override. On a table already in use it only adds: keys the state
-        does not name are kept."""
+        subclass instance's ``__dict__``, then the items (the flat list
+        ``__reduce__`` makes, or a dict or pairs) in one ``put_many`` of the
+        table's fastkv class (``_load_items``), never a subclass's override.
+        On a table already in use it only adds: keys the state does not name
+        are kept."""
         items = _setstate_attrs(self, state)
         if items:
-            self._load_items(items)
+            self._load_items(_state_items(items))
 
     # -- dict's operators and fromkeys -----------------------------------------------
     # Each table says how a new table of its own fastkv class adopts a dict
@@ -259,6 +261,39 @@ def _reduce_state(obj, data):
     memoized, then given this state by ``__setstate__``: as for a dict, items
     that refer back to it find it in the memo."""
     return (data, getattr(obj, "__dict__", None) or None)
+
+
+# The items of a pickled table (the state every table's __reduce__ gives,
+# see _reduce_state): one flat list ``[_ITEMS_MARK, k0, v0, k1, v1, ...]``,
+# which pickle writes and loads without a dict to build. The mark (a str that
+# is not a pair) tells it from the states older pickles hold, a dict or a list
+# of pairs, which still load as such. Same list in the compiled core.
+_ITEMS_MARK = "fastkv.items"
+
+
+def _flat_items(items):
+    """A dict's items as ``[_ITEMS_MARK, k0, v0, ...]``, in order."""
+    out = [_ITEMS_MARK]
+    for item in items.items():
+        out += item
+    return out
+
+
+def _state_items(items):
+    """A pickled state's items as what ``put_many`` takes: the marked flat
+    list as a dict (later keys winning), anything else (older pickles: a dict
+    or pairs) as it is. A marked list of even length (a key without its
+    value) is ValueError; an unhashable key TypeError."""
+    if type(items) is not list or not items:
+        return items
+    mark = items[0]
+    if not (type(mark) is str and mark == _ITEMS_MARK):
+        return items
+    n = len(items)
+    if n % 2 == 0:
+        raise ValueError(
+            f"a pickled table's items have a key without a value ({n - 1} after the mark)")
+    return dict(zip(items[1::2], items[2::2]))
 
 
 def _setstate_attrs(obj, state):
@@ -1288,15 +1323,17 @@ class OwnerTable(_TableAPI):
         return OwnerTable(self.to_dict(), access=access)
 
     def __reduce__(self):
-        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items and the
-        access level (one call to the owner): loading starts a new, empty
+        """Pickle (and ``copy.copy``/``copy.deepcopy``) as the items (the
+        flat list ``["fastkv.items", k0, v0, ...]`` of a copy the owner makes
+        in one call) and the access level: loading starts a new, empty
         OwnerTable with its own owner thread (``cls.__new__(cls)``, as for a
         dict subclass: a subclass's ``__init__`` is not called), then fills
         it (``__setstate__``), so an item that refers back to the table -- the
         table itself included -- loads as the new table, as in a dict.
         ``ClosedError`` once closed."""
         access = "protected" if self._protected else "private"
-        return (copyreg.__newobj__, (type(self),), _reduce_state(self, self.to_dict()) + (access,))
+        return (copyreg.__newobj__, (type(self),),
+                _reduce_state(self, _flat_items(self.to_dict())) + (access,))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs, access)`` state (``access`` may be
