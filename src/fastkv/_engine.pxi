@@ -273,6 +273,8 @@ cdef extern from "_ft.h":
     void fk_ssize_store "FK_STORE_RELAXED" (Py_ssize_t* p, Py_ssize_t v) noexcept nogil
     Py_ssize_t fk_ssize_load_acquire "FK_LOAD_ACQUIRE" (Py_ssize_t* p) noexcept nogil
     void fk_ssize_store_release "FK_STORE_RELEASE" (Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    double fk_double_load_relaxed(double* p) noexcept nogil
+    void fk_double_store_relaxed(double* p, double v) noexcept nogil
     bint FASTKV_FREE_THREADED
 
 

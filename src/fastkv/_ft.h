@@ -168,6 +168,15 @@ static void fk_rd_synchronize(void) {
 #define FK_STORE_RELAXED(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define FK_LOAD_ACQUIRE(p)       __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define FK_STORE_RELEASE(p, v)   __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+/* A double another thread reads without a lock (the near cache's lease). */
+static inline double fk_double_load_relaxed(double *p) {
+    double v;
+    __atomic_load(p, &v, __ATOMIC_RELAXED);
+    return v;
+}
+static inline void fk_double_store_relaxed(double *p, double v) {
+    __atomic_store(p, &v, __ATOMIC_RELAXED);
+}
 /* Publish p in *slot (release): the caller gives its reference to the slot and
    gets the slot's old one back, to drop after fk_rd_synchronize(). */
 #define FK_SWAP_PTR(slot, p)     __atomic_exchange_n((slot), (p), __ATOMIC_ACQ_REL)
@@ -187,6 +196,8 @@ static inline int fk_rd_init(void) { return 0; }
 #define FK_STORE_RELAXED(p, v) ((void)(*(p) = (v)))
 #define FK_LOAD_ACQUIRE(p)   (*(p))
 #define FK_STORE_RELEASE(p, v) ((void)(*(p) = (v)))
+#define fk_double_load_relaxed(p)     (*(p))
+#define fk_double_store_relaxed(p, v) ((void)(*(p) = (v)))
 #define FK_SWAP_PTR(slot, p) \
     __extension__ ({ __typeof__(*(slot)) fk_old_ = *(slot); *(slot) = (p); fk_old_; })
 

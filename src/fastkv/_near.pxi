@@ -19,6 +19,13 @@
 #   the lease runs out and every read goes to ``_near_load``, which flushes the
 #   near cache before anything is cached again. The coarse clock is read in
 #   ~5 ns (vDSO) and ticks every 1-4 ms, far below a lease.
+#   The listener thread writes it while readers read it: relaxed atomic
+#   accesses on a free-threaded build (``fk_double_*_relaxed``, ``_ft.h``;
+#   plain ones on a GIL build, where they compile to what they were). Relaxed
+#   is enough: the lease only says whether to look in ``_near``, and the
+#   dict's own synchronization orders its entries against a flush; a reader
+#   that sees a lease a moment late serves what it would have served a
+#   moment earlier.
 #
 # A read: if the lease holds and the key is in ``_near``, return its value (or
 # KeyError / the default / False for a cached absence); otherwise call the
@@ -71,18 +78,23 @@ cdef class _NearReads:
 
     cdef readonly dict _near
     cdef readonly object _near_absent
-    cdef readonly double _lease
+    cdef double _lease_until    # the lease (see the design note), atomic
 
     def __cinit__(self, *args, **kwargs):
         self._near = {}
         self._near_absent = _NEAR_ABSENT
-        self._lease = 0.0
+        self._lease_until = 0.0
+
+    @property
+    def _lease(self):
+        """Until when near-cache hits are served (``_near_now()`` seconds)."""
+        return fk_double_load_relaxed(&self._lease_until)
 
     def _near_set_lease(self, double until):
         """Serve near-cache hits until ``until`` (``_near_now()`` seconds); 0 stops them."""
         if not isinstance(self, _NearReads):
             fk_wrong_self(self, _NearReads)
-        self._lease = until
+        fk_double_store_relaxed(&self._lease_until, until)
 
     def _near_now(self):
         """The lease's clock."""
@@ -92,7 +104,7 @@ cdef class _NearReads:
 
     def __getitem__(self, key):
         cdef PyObject *v = NULL
-        if self._lease > fk_coarse_now():
+        if fk_double_load_relaxed(&self._lease_until) > fk_coarse_now():
             v = fk_dict_get_ref(self._near, key)
         if v != NULL:
             value = <object>v
@@ -111,7 +123,7 @@ cdef class _NearReads:
         cdef PyObject *v = NULL
         if not isinstance(self, _NearReads):
             fk_wrong_self(self, _NearReads)
-        if self._lease > fk_coarse_now():
+        if fk_double_load_relaxed(&self._lease_until) > fk_coarse_now():
             v = fk_dict_get_ref(self._near, key)
         if v != NULL:
             value = <object>v
@@ -124,7 +136,7 @@ cdef class _NearReads:
 
     def __contains__(self, key):
         cdef PyObject *v = NULL
-        if self._lease > fk_coarse_now():
+        if fk_double_load_relaxed(&self._lease_until) > fk_coarse_now():
             v = fk_dict_get_ref(self._near, key)
         if v != NULL:
             value = <object>v

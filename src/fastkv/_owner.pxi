@@ -126,10 +126,12 @@
 # instructions per read, t.get unchanged within 1%; a protected cast +31 of
 # ~580 (caller and owner together). Free-threaded build: the slots and
 # `pushed` change under the engine's mutex (cast) and own_casts_pending
-# reads them under it; the read path's two loads and the owner's increment
-# of casts_done are plain word accesses (ordered on x86; they want relaxed
-# atomics, casts_done stored with release after the apply and loaded with
-# acquire, on weaker memory models).
+# reads them under it; the read path's two loads are atomic: `pushed`
+# relaxed (a thread's own casts are in what it loads: program order), and
+# `casts_done`, which the owner stores with release after the apply, with
+# acquire, so equal counts mean the thread sees its applied writes. On x86
+# both loads are the plain moves they were, and on a GIL build the macros
+# are plain accesses (same instructions).
 #
 # Hashing once: a table request's key is hashed by the caller before it is
 # queued (an unhashable key is a TypeError at the call site), and the
@@ -752,7 +754,8 @@ cdef class _Owner:
                 r.failed = 1
         fk_ssize_store(&self.served, self.served + 1)
         if r.cast:
-            self.casts_done += 1    # after the store: a reader may go direct
+            # after the store (release): a reader that loads it (acquire) sees it
+            fk_ssize_store_release(&self.casts_done, self.casts_done + 1)
         fk_req_clear(r)
         if not r.cast:
             Py_INCREF(out)
@@ -769,7 +772,7 @@ cdef class _Owner:
         except BaseException:
             self._cast_failed()
         fk_ssize_store(&self.served, self.served + 1)
-        self.casts_done += 1
+        fk_ssize_store_release(&self.casts_done, self.casts_done + 1)
 
     cdef void _cast_failed(self) noexcept:
         """In an except clause on the owner thread: log and count."""
@@ -892,7 +895,7 @@ cdef class _Owner:
             if self.w_ident[i] == me:
                 self.w_seq[i] = self.pushed
                 return
-            if free < 0 and self.w_seq[i] <= self.casts_done:
+            if free < 0 and self.w_seq[i] <= fk_ssize_load(&self.casts_done):
                 free = i
         if free >= 0:
             self.w_ident[free] = me
@@ -910,15 +913,17 @@ cdef class _Owner:
         cdef unsigned long me = fk_thread_ident()
         cdef int i
         cdef bint pending = False
+        cdef Py_ssize_t done
         if me == self.ident:
             return False
         FK_MUTEX_LOCK(&self.mu)
-        if self.w_overflow > self.casts_done:
+        done = fk_ssize_load_acquire(&self.casts_done)
+        if self.w_overflow > done:
             pending = True
         else:
             for i in range(FK_WRITERS):
                 if self.w_ident[i] == me:
-                    pending = self.w_seq[i] > self.casts_done
+                    pending = self.w_seq[i] > done
                     break
         FK_MUTEX_UNLOCK(&self.mu)
         return pending
@@ -1279,7 +1284,7 @@ cdef class OwnerTable:
         if self._protected:
             if self._eng.status != FK_OPEN:
                 raise self._eng.closed_error()
-            if self._eng.pushed != self._eng.casts_done:
+            if fk_ssize_load(&self._eng.pushed) != fk_ssize_load_acquire(&self._eng.casts_done):
                 self._catch_up()
             return 1
         return 0
@@ -1719,7 +1724,8 @@ cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs
                 raise TypeError(f"get() got an unexpected keyword argument '{name}'")
         if key is NULL:
             raise TypeError("get() missing required argument 'key' (pos 1)")
-    if t._protected and t._eng.status == FK_OPEN and t._eng.pushed == t._eng.casts_done:
+    if (t._protected and t._eng.status == FK_OPEN
+            and fk_ssize_load(&t._eng.pushed) == fk_ssize_load_acquire(&t._eng.casts_done)):
         return t._storage._get(<object>key, <object>default)   # nothing unapplied
     return t._get(<object>key, <object>default)
 
