@@ -259,6 +259,37 @@ cdef extern from "Python.h":
     void* PyMem_Realloc(void* p, size_t n) noexcept
 
 
+cdef extern from *:
+    """
+    /* A miss's slow path (a subclass's __missing__, else KeyError), called
+       through a function that is never inlined. Without it gcc inlined that
+       cold path into each table's mp_subscript and called the hit path out of
+       line instead (callgrind, str t[k] at 100k keys: +31 instructions per
+       FrozenTable read, +37 LockedTable, against 74be36b). */
+    typedef PyObject *(*fastkv_cold2_fn)(PyObject *, PyObject *);
+    #if defined(__GNUC__)
+    __attribute__((noinline, cold))
+    #endif
+    static PyObject *fastkv_cold_call2(fastkv_cold2_fn fn, PyObject *a, PyObject *b) { return fn(a, b); }
+    /* The hit paths of t[k]/get: FrozenTable's _lookup and LockedTable's
+       _find_ref are `cdef inline`, but grew past gcc's inlining limits
+       (tagged slots, the int path, the free-threaded read sections, empty on
+       a GIL build) and became a call of their own from every read. Forced
+       back into their callers (Cython's names for them; a name that stops
+       matching only loses the hint). */
+    #if defined(__GNUC__)
+    struct __pyx_obj_6fastkv_5_core_FrozenTable;
+    struct __pyx_obj_6fastkv_5_core_LockedTable;
+    static inline __attribute__((always_inline)) PyObject *__pyx_f_6fastkv_5_core__lookup(
+        struct __pyx_obj_6fastkv_5_core_FrozenTable *, PyObject *, PyObject *);
+    static inline __attribute__((always_inline)) int __pyx_f_6fastkv_5_core_11LockedTable__find_ref(
+        struct __pyx_obj_6fastkv_5_core_LockedTable *, PyObject *, PyObject **);
+    #endif
+    """
+    ctypedef object (*fastkv_cold2_fn)(object, object)
+    object fastkv_cold_call2(fastkv_cold2_fn fn, object a, object b)
+
+
 cdef extern from "_ft.h":
     # free-threaded build: read sections and deferred release of snapshots
     # (the design note at the top of this file); all empty on a GIL build

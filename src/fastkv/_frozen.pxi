@@ -623,7 +623,7 @@ def _items_contain(mapping, item):
     return v is value or v == value
 
 
-cdef object _missing_key(FrozenTable self, object key):
+cdef object _missing_key(object self, object key):
     """A miss in self[key]: a subclass's __missing__, else KeyError(key)."""
     if type(self) is not FrozenTable:
         missing = getattr(type(self), "__missing__", None)
@@ -970,7 +970,7 @@ cdef class FrozenTable:
         """``t[key]``: the value, or ``KeyError(key)``. O(1), never blocks."""
         value = _lookup(self, key, _MISSING)
         if value is _MISSING:
-            return _missing_key(self, key)
+            return fastkv_cold_call2(_missing_key, self, key)
         return value
 
     def get(self, key, default=None, /):

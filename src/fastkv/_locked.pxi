@@ -371,7 +371,7 @@ class _LockedItemsView(_FrozenItemsView):
         return _iterate_reversed((<LockedTable?>self._mapping)._snapshot(), ITER_ITEMS)
 
 
-cdef object _locked_missing(LockedTable self, object key):
+cdef object _locked_missing(object self, object key):
     """A miss in self[key], after the lock is released: a subclass's
     ``__missing__`` (as dict: looked up on the type, subclasses only), else
     ``KeyError(key)``. Shared by OwnerTable."""
@@ -759,7 +759,7 @@ cdef class LockedTable:
         cdef PyObject* v
         if self._find_ref(key, &v):
             return fastkv_steal(v)
-        return _locked_missing(self, key)
+        return fastkv_cold_call2(_locked_missing, self, key)
 
     # get(key, default=None): hand-written METH_FASTCALL, installed below.
 

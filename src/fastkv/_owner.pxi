@@ -1302,7 +1302,7 @@ cdef class OwnerTable:
         if self._direct():
             value = self._storage._get(key, _MISSING)
             if value is _MISSING:
-                return _owner_missing(self, key)
+                return fastkv_cold_call2(_owner_missing, self, key)
             return value
         cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
         if type(self) is not OwnerTable:    # a subclass may have __missing__
@@ -1670,7 +1670,7 @@ cdef class OwnerTable:
     __class_getitem__ = classmethod(_fk_GenericAlias)
 
 
-cdef object _owner_missing(OwnerTable self, object key):
+cdef object _owner_missing(object self, object key):
     """A miss in self[key]: a subclass's ``__missing__`` (as dict: looked up
     on the type, subclasses only; run by the caller, not the owner), else
     ``KeyError(key)``."""
