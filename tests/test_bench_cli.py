@@ -25,7 +25,9 @@ from fastkv import bench, bench_procs
 
 pytestmark = pytest.mark.once  # the bench command's behaviour does not depend on the interpreter: CI runs it once
 
-FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2", "--procs", "2"]
+# --no-scaling: the thread-scaling part (on by default with the GIL off) has
+# its own tests, tests/test_bench_threads.py
+FAST = ["--repeat", "1", "--min-time", "0.001", "--threads", "2", "--procs", "2", "--no-scaling"]
 SIZES = [10, 200]
 
 # Strategies that must be measured wherever fastkv runs: never skipped.

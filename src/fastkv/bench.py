@@ -1522,6 +1522,12 @@ def _parser():
     p.add_argument("--no-scale", dest="scale", action="store_false", help="skip the scale part")
     p.add_argument("--scale-sizes", type=_parse_sizes, metavar="N,N,...",
                    help="key counts of the scale part (default 1M,10M)")
+    p.add_argument("--scaling", dest="scaling", action="store_true", default=None,
+                   help="also measure thread scaling (1 and 2 threads reading one shared table; "
+                        "see fastkv.bench_threads); on by default on a free-threaded build with the GIL off")
+    p.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the thread-scaling part")
+    p.add_argument("--scaling-size", type=int, metavar="N", help=argparse.SUPPRESS)   # tests: a tiny run
+    p.add_argument("--scaling-reads", type=int, metavar="N", help=argparse.SUPPRESS)
     return p
 
 
@@ -1644,6 +1650,23 @@ def _main(argv):
         report["machine"]["loadavg_start"] = scale_load
     print(format_report(report, verdict=False))
     sys.stdout.flush()
+    from fastkv import bench_threads
+
+    if (args.scaling if args.scaling is not None else bench_threads.runs_by_default()) \
+            and not report["interrupted"]:
+        # thread scaling (issue 12): meaningful with the GIL off
+        say = (lambda text: print(f"[scaling] {text}", file=sys.stderr, flush=True)) if args.progress else None
+        try:
+            report["scaling"] = bench_threads.run_scaling(
+                size=args.scaling_size or bench_threads.SCALING_SIZE,
+                reads=args.scaling_reads or (bench_threads.SCALING_READS // (4 if args.mode == "quick" else 1)),
+                rounds=args.repeat or (3 if args.mode == "quick" else 7), progress=say)
+        except KeyboardInterrupt:
+            report["interrupted"] = True
+            print("\nthread scaling: interrupted (Ctrl-C)")
+        else:
+            print("\n" + bench_threads.format_scaling(report["scaling"]))
+        sys.stdout.flush()
     if "processes" in scenarios and not report["interrupted"]:
         # SharedTable across worker processes: fastkv.bench_procs
         from fastkv import bench_procs
