@@ -523,6 +523,37 @@ def test_engine_int_keys_matched_on_the_hash_alone_only_when_exact():
     t.check()
 
 
+def test_engine_inline_int_hash_equals_hash_up_to_two_digits_and_past():
+    # exact ints of one or two 30-bit digits (|v| < 2**60) are hashed inline
+    # (their hash is their value, -1's is -2); longer ones by long_hash. Every
+    # stored hash must be hash(key) (check()), negatives and edges included,
+    # and intexact must say whether each hash is its key's value.
+    M = 2**61 - 1
+    edges = [0, 1, -1, -2, 2, 2**30 - 1, 2**30, 2**30 + 1, 2**31, 2**59, 2**60 - 1, 2**60,
+             2**60 + 1, M - 1, M, M + 1, 2**62, 2**63, 2**64, 2**90 - 1, 2**90, 7919 * 999_999]
+    keys = sorted({s * k for k in edges for s in (1, -1)})
+    t = _EngineTable()
+    for k in keys:
+        t.insert(k, k)
+    t.check()  # each stored hash == hash(key); intexact consistent
+    assert not t.info()["intexact"]  # -1 (hash -2) and M (hash 0) are in
+    for k in keys:
+        assert t.lookup(int(str(k))) == k and t.lookup_fast(int(str(k))) >= 0
+    exact = [k for k in keys if k != -1 and hash(k) == k]
+    assert max(exact) == M - 1 and min(exact) == -(M - 1)
+    t = _EngineTable()
+    for k in exact:
+        t.insert(k, k)
+    assert t.info()["intexact"]
+    t.check()
+    for k in exact:
+        assert t.lookup_fast(int(str(k))) >= 0
+        if abs(k) < 2**53:
+            assert t.lookup(float(k)) == k
+    for absent in (-1, M, -M, 2**64 + 5, 2**60 + 2, -(2**60) - 2):
+        assert t.lookup_fast(absent) == -1
+
+
 @pytest.mark.parametrize("n", [200, 40_000, 300_000])  # int8, int16 and int32 index slots
 @pytest.mark.parametrize("kind", ["int", "str", "mixed"])
 def test_engine_tagged_index_against_dict(n, kind):

@@ -170,27 +170,48 @@ cdef extern from *:
     #else
     #define fastkv_dict_set_known_hash(d, k, v, h) PyDict_SetItem((d), (k), (v))
     #endif
-    /* hash(k) of an exact int k, without a call when k is compact (one
-       digit, |v| < 2**30: its hash is v, but -2 for -1); long_hash (C, no
-       Python, never fails) otherwise. */
-    static inline int fastkv_int_compact(PyObject *k, Py_ssize_t *v) {
+    /* The value of an exact int k of at most two 30-bit digits (|v| < 2**60)
+       in *v, and 1; 0 for a longer int. Reads the digits as CPython's own
+       inline paths do (ob_size and ob_digit before 3.12, lv_tag after).
+       Such an int hashes to its value (but -1 to -2): |v| < 2**61 - 1. */
+    static inline int fastkv_int_small(PyObject *k, Py_ssize_t *v) {
+    #if PyLong_SHIFT == 30 && SIZEOF_SIZE_T == 8
     #if PY_VERSION_HEX >= 0x030C0000
-        if (PyUnstable_Long_IsCompact((PyLongObject *)k)) {
-            *v = PyUnstable_Long_CompactValue((PyLongObject *)k);
-            return 1;
-        }
+        uintptr_t tag = ((PyLongObject *)k)->long_value.lv_tag;
+        const digit *d = ((PyLongObject *)k)->long_value.ob_digit;
+        Py_ssize_t a;
+        /* tag: digit count << 3 | sign (0 positive, 1 zero, 2 negative) */
+        if (tag >= (3 << 3))
+            return 0;
+        a = (Py_ssize_t)d[0];           /* 0 for zero: CPython keeps it so */
+        if (tag >= (2 << 3))
+            a |= (Py_ssize_t)d[1] << PyLong_SHIFT;
+        *v = (tag & 3) == 2 ? -a : (tag & 3) == 1 ? 0 : a;
+        return 1;
     #else
         Py_ssize_t s = Py_SIZE(k);
-        if (s >= -1 && s <= 1) {
-            *v = s == 0 ? 0 : s * (Py_ssize_t)((PyLongObject *)k)->ob_digit[0];
-            return 1;
+        const digit *d = ((PyLongObject *)k)->ob_digit;
+        switch (s) {
+        case 0: *v = 0; return 1;
+        case 1: *v = (Py_ssize_t)d[0]; return 1;
+        case -1: *v = -(Py_ssize_t)d[0]; return 1;
+        case 2: *v = (Py_ssize_t)d[0] | ((Py_ssize_t)d[1] << PyLong_SHIFT); return 1;
+        case -2: *v = -((Py_ssize_t)d[0] | ((Py_ssize_t)d[1] << PyLong_SHIFT)); return 1;
+        default: return 0;
         }
     #endif
+    #else
+        /* other digit sizes: one digit only, through the public API */
+        (void)k; (void)v;
         return 0;
+    #endif
     }
+    /* hash(k) of an exact int k, without a call when k has at most two
+       digits (|v| < 2**60: its hash is v, but -2 for -1); long_hash (C, no
+       Python, never fails) otherwise. */
     static inline Py_hash_t fastkv_int_hash(PyObject *k) {
         Py_ssize_t v;
-        if (fastkv_int_compact(k, &v))
+        if (fastkv_int_small(k, &v))
             return v == -1 ? -2 : (Py_hash_t)v;
         return PyObject_Hash(k);
     }
@@ -199,7 +220,7 @@ cdef extern from *:
         Py_ssize_t v;
         long long w;
         int overflow;
-        if (fastkv_int_compact(k, &v))
+        if (fastkv_int_small(k, &v))
             return v == h;
         w = PyLong_AsLongLongAndOverflow(k, &overflow);
         return overflow == 0 && w == h;
@@ -237,6 +258,7 @@ cdef extern from *:
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
     Py_hash_t fastkv_int_hash(PyObject* k) noexcept
+    bint fastkv_int_small(PyObject* k, Py_ssize_t* v) noexcept
     bint fastkv_int_hash_exact(PyObject* k, Py_hash_t h) noexcept
     int fastkv_dict_set_known_hash(object d, PyObject* k, PyObject* v, Py_hash_t h) except -1
     dict _PyDict_NewPresized(Py_ssize_t n)
@@ -615,9 +637,13 @@ cdef inline bint _str_eq(PyObject* a, PyObject* b) noexcept:
 cdef inline bint _int_eq(PyObject* a, PyObject* b) noexcept:
     """Two exact int objects: equal values? (long_richcompare, no Python.)"""
     cdef int ova, ovb
-    cdef long long x = _int_as_ll(a, &ova)
-    cdef long long y = _int_as_ll(b, &ovb)
+    cdef Py_ssize_t sa, sb
+    cdef long long x, y
     cdef PyObject* r
+    if fastkv_int_small(a, &sa) and fastkv_int_small(b, &sb):
+        return sa == sb
+    x = _int_as_ll(a, &ova)
+    y = _int_as_ll(b, &ovb)
     if ova == 0 and ovb == 0:
         return x == y
     if ova != ovb:
