@@ -1090,19 +1090,44 @@ cdef dict table_to_dict(const Table* t):
     return d
 
 
+cdef Py_ssize_t _filled_slots(const Table* t) noexcept nogil:
+    """Index slots that are not IX_EMPTY (entries and dummies): one plain
+    loop per slot width, which the compiler can vectorize. No Python."""
+    cdef size_t i, n = t.mask + 1
+    cdef Py_ssize_t filled = 0
+    cdef const int8_t* i8
+    cdef const int16_t* i16
+    cdef const int32_t* i32
+    cdef const int64_t* i64
+    if t.ixshift == 0:
+        i8 = <const int8_t*>t.indices
+        for i in range(n):
+            filled += i8[i] != IX_EMPTY
+    elif t.ixshift == 1:
+        i16 = <const int16_t*>t.indices
+        for i in range(n):
+            filled += i16[i] != IX_EMPTY
+    elif t.ixshift == 2:
+        i32 = <const int32_t*>t.indices
+        for i in range(n):
+            filled += i32[i] != IX_EMPTY
+    else:
+        i64 = <const int64_t*>t.indices
+        for i in range(n):
+            filled += i64[i] != IX_EMPTY
+    return filled
+
+
 cdef int table_reserve(Table* t) except -1:
     """Give t every entry slot its index allows (dict's growth room), by
     growing the entry array in place: the next appends need no rebuild. The
     index is kept; its filled slots (entries and dummies) are counted, so any
     table will do. No Python."""
-    cdef Py_ssize_t filled = 0, room, cap
-    cdef size_t i
+    cdef Py_ssize_t filled, room, cap
     cdef char* entries
     if t.capacity == 0:
         return 0
-    for i in range(t.mask + 1):
-        if _ix_get(t, i) != IX_EMPTY:
-            filled += 1
+    filled = _filled_slots(t)
     room = _usable(t.log2) - filled
     if room <= t.usable:
         return 0
