@@ -1,12 +1,12 @@
 """The thread-scaling part of ``python -m fastkv bench`` (issue 12).
 
-1 and 2 threads read one shared table of str keys, each thread its own
-shuffled copy of the keys (equal ``str`` objects, not the stored ones), for a
-fixed number of reads per thread. The figure is the aggregate reads/s of all
+1 and 2 threads read (``t[k]``) one shared table of str keys, each thread
+its own shuffled copy of the keys (equal ``str`` objects, not the stored
+ones), for a fixed number of reads per thread. The figure is the aggregate reads/s of all
 threads, and the ratio to 1 thread of the same store in the same run: 2
 threads doing twice the work in the same wall time is 2.0x. Stores: a shared
-``dict``; ``dict`` copies, one per thread (nothing shared: the interpreter's
-ceiling); a ``dict`` behind a ``threading.Lock``; ``FrozenTable``;
+``dict``; ``dict`` copies, one per thread, made by that thread (nothing shared: the
+interpreter's ceiling); a ``dict`` behind a ``threading.Lock``; ``FrozenTable``;
 ``LockedTable``; ``OwnerTable(access="protected")`` read directly.
 
 It means something only on a free-threaded build with the GIL off
@@ -72,9 +72,9 @@ class _LockedDict:
         self._d = dict(data)
         self._lock = threading.Lock()
 
-    def get(self, key, default=None):
+    def __getitem__(self, key):
         with self._lock:
-            return self._d.get(key, default)
+            return self._d[key]
 
 
 def _build(name: str, data: Dict[str, int]):
@@ -98,22 +98,29 @@ def _build(name: str, data: Dict[str, int]):
     return t, None, t.close
 
 
-def _round(stores: List[Any], keys: List[List[str]]) -> Dict[str, float]:
-    """One round: thread i reads keys[i] from stores[i]; wall seconds from
-    the barrier to the last thread done, and the threads' CPU seconds."""
-    n = len(stores)
+def _round(shared: Any, factory: Optional[Callable[[], Any]], n: int,
+           keys: List[List[str]]) -> Dict[str, float]:
+    """One round: n threads, thread i reads keys[i] (``t[k]``) from the
+    shared store, or from its own ``factory()`` made in that thread before
+    the clock starts (on 3.13t a dict is several times slower to read from a
+    thread other than the one that made it); wall seconds from the barrier
+    to the last thread done, and the threads' CPU seconds."""
     start = threading.Barrier(n + 1)
     cpu = [0.0] * n
     errors: List[BaseException] = []
 
     def reader(i):
-        get = stores[i].get
-        ks = keys[i]
+        try:
+            t = factory() if factory is not None else shared
+        except BaseException as exc:
+            errors.append(exc)
+            t = None
+        ks = keys[i] if t is not None else ()
         start.wait()
         c0 = time.thread_time()
         try:
             for k in ks:
-                get(k)
+                t[k]
         except BaseException as exc:  # reported, never hangs the round
             errors.append(exc)
         cpu[i] = time.thread_time() - c0
@@ -160,10 +167,9 @@ def run_scaling(size: int = SCALING_SIZE, reads: int = SCALING_READS, rounds: in
             shift = rnd % len(figures)
             for name, n in figures[shift:] + figures[:shift]:
                 shared, factory, _ = built[name]
-                views = [factory() if factory else shared for _ in range(n)]
                 gc.disable()
                 try:
-                    r = _round(views, per_thread[:n])
+                    r = _round(shared, factory, n, per_thread[:n])
                 finally:
                     gc.enable()
                 if (name, n) not in best or r["wall"] < best[(name, n)]["wall"]:
