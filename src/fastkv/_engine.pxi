@@ -593,8 +593,10 @@ cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexc
     return i
 
 
-cdef void _build_index(Table* t) noexcept nogil:
+cdef void _build_index(Table* t, const Py_hash_t* known) noexcept nogil:
     """Point the (all IX_EMPTY) index at entries [0, nentries), all live.
+    ``known``: NULL, or the entries' hashes in order (a str table's hashes
+    are otherwise read from every key object: one more pass over them).
     Past the caches, BUILD_CHUNK hashes are read and their first slots
     prefetched before any is written, so the cache misses overlap."""
     cdef Py_ssize_t j, base, m
@@ -603,17 +605,17 @@ cdef void _build_index(Table* t) noexcept nogil:
     cdef size_t mask = t.mask
     if _index_bytes(t) <= BUILD_PREFETCH_BYTES:
         for j in range(t.nentries):
-            h = table_entry_hash(t, j)
+            h = known[j] if known != NULL else table_entry_hash(t, j)
             _ix_put(t, _free_slot(t, h), j, h)
         return
     base = 0
     while base < t.nentries:
         m = min(<Py_ssize_t>BUILD_CHUNK, t.nentries - base)
-        if t.unicode:
+        if t.unicode and known == NULL:
             for j in range(m):
                 FASTKV_PREFETCH(table_entry(t, base + j).key)
         for j in range(m):
-            hashes[j] = table_entry_hash(t, base + j)
+            hashes[j] = known[base + j] if known != NULL else table_entry_hash(t, base + j)
             FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
         for j in range(m):
             _ix_put(t, _free_slot(t, hashes[j]), base + j, hashes[j])
@@ -874,7 +876,7 @@ cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
     n.nentries = n.used = k
     n.usable = n.capacity - k
     n.intexact = t.intexact
-    _build_index(&n)
+    _build_index(&n, NULL)
     _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
     t[0] = n
@@ -971,9 +973,10 @@ cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyOb
     fk_ssize_store(&t.used, t.used + 1)   # len() without the lock reads it
 
 
-cdef inline void _reindex(Table* t) noexcept:
-    """End of bulk building: index every entry (the index is all empty)."""
-    _build_index(t)
+cdef inline void _reindex(Table* t, const Py_hash_t* known) noexcept:
+    """End of bulk building: index every entry (the index is all empty);
+    ``known``: NULL or the entries' hashes (see _build_index)."""
+    _build_index(t, known)
     t.version += 1
 
 
@@ -1071,7 +1074,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
         k += 1
     dst.nentries = dst.used = k
     dst.usable = dst.capacity - k
-    _build_index(dst)
+    _build_index(dst, NULL)
     return 0
 
 

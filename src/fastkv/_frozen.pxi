@@ -254,6 +254,7 @@ cdef _Snapshot _stage(object data, dict kwargs):
     cdef PyObject* k
     cdef PyObject* v
     cdef Py_hash_t h
+    cdef Py_hash_t* known = NULL
     cdef bint bulk
     if type(data) is dict:
         # While every key is an exact str or int, no Python code runs (so the
@@ -262,31 +263,42 @@ cdef _Snapshot _stage(object data, dict kwargs):
         # (or an int in a str-only table) ends the bulk phase; the rest goes
         # through table_insert. Every key keeps the hash the dict stored for
         # it (as dict(d) does) where fk_dict_next gives it: never hashed again.
+        # A str table's hashes are kept aside as they are read, so that
+        # indexing does not read every key object again (at 1M keys that
+        # second pass over the str objects cost more than dict(d) whole);
+        # without the memory for them, the keys are read again.
         pos = 0
         bulk = True
         if PyDict_Next(data, &pos, &k, &v) and not _is_str(k):
             _set_empty(&st.tab, False)      # general layout from the start
         _alloc(&st.tab, len(<dict>data) + extra)
-        pos = 0
-        while fk_dict_next(data, &pos, &k, &v, &h):
-            if bulk:
-                if _is_str(k):
-                    if h == -1:
-                        h = FASTKV_STR_HASH(k)
+        if st.tab.unicode and st.tab.capacity > 0:
+            known = <Py_hash_t*>PyMem_Malloc(<size_t>st.tab.capacity * sizeof(Py_hash_t))
+        try:
+            pos = 0
+            while fk_dict_next(data, &pos, &k, &v, &h):
+                if bulk:
+                    if _is_str(k):
                         if h == -1:
-                            h = _object_hash(k)
-                    _append_unindexed(&st.tab, k, h, v)
-                    continue
-                if _is_int(k) and not st.tab.unicode:
-                    _append_unindexed(&st.tab, k, h if h != -1 else fastkv_int_hash(k), v)
-                    continue
-                _reindex(&st.tab)
-                bulk = False
-            key = <object>k          # own references: hashing may run Python
-            value = <object>v
-            table_insert(&st.tab, k, h if h != -1 else table_hash(key), v)
-        if bulk:
-            _reindex(&st.tab)
+                            h = FASTKV_STR_HASH(k)
+                            if h == -1:
+                                h = _object_hash(k)
+                        if known != NULL:
+                            known[st.tab.nentries] = h
+                        _append_unindexed(&st.tab, k, h, v)
+                        continue
+                    if _is_int(k) and not st.tab.unicode:
+                        _append_unindexed(&st.tab, k, h if h != -1 else fastkv_int_hash(k), v)
+                        continue
+                    _reindex(&st.tab, known)
+                    bulk = False
+                key = <object>k          # own references: hashing may run Python
+                value = <object>v
+                table_insert(&st.tab, k, h if h != -1 else table_hash(key), v)
+            if bulk:
+                _reindex(&st.tab, known)
+        finally:
+            PyMem_Free(known)
     elif isinstance(data, FrozenTable):
         src = _snap_ref(<FrozenTable>data)
         table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
