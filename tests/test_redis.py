@@ -527,6 +527,26 @@ def test_fetch_single_flight_across_processes(make, redis_server):
     assert t["k"] == outs[0]
 
 
+def test_fetch_then_read_never_goes_back_in_time(make, redis_server):
+    """Regression (CI, debug step): a process whose fetch found the value
+    another process had stored then read the key and got KeyError: fetch's
+    first get had near-cached the key's absence, and the invalidation of the
+    other process's write had not arrived yet. Here the listener delivers no
+    invalidation at all: what fetch returned must still be what the next
+    reads see."""
+    t = make()
+    wait_until(lambda: serving(t), what="listener up")
+    assert t.get("user:42") is None and near_has(t, "user:42")  # its absence, near-cached
+    t._near_invalidated = lambda rkeys: None  # the other process's invalidation is late
+    writer = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        writer.set(t._rkey("user:42"), t._codec.encode({"id": 42}))
+        assert t.fetch("user:42", lambda key: pytest.fail("loader ran: the value was there")) == {"id": 42}
+        assert t["user:42"] == {"id": 42} and t.get("user:42") == {"id": 42} and "user:42" in t
+    finally:
+        writer.close()
+
+
 def test_fetch_crashed_loader_blocks_others_at_most_the_ttl(make, redis_server):
     ns = fresh_namespace("crash")
     t = make(namespace=ns, fetch_lock_ttl=1.0)

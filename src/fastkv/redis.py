@@ -1118,7 +1118,7 @@ class _RedisTableBody(MutableMapping):
                 try:
                     raw = self._client.get(rkey)
                     if raw is not None:
-                        return self._codec.decode(raw)
+                        return self._fetched(key, raw)
                     value = loader(key)
                     data = self._codec.encode(value)
                     self._write((key,), self._client.set, rkey, data)
@@ -1136,9 +1136,18 @@ class _RedisTableBody(MutableMapping):
             except _NETWORK_ERRORS as exc:
                 raise self._network_error(exc) from exc
             if raw is not None:
-                return self._codec.decode(raw)
+                return self._fetched(key, raw)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def _fetched(self, key, raw):
+        """A value another caller stored, read by fetch past the near cache:
+        the near cache may still hold what this process read before (the
+        key's absence, from fetch's first get) until the invalidation of that
+        write arrives, so the key is dropped there: this process's next read
+        never answers older than what fetch returned."""
+        self._near_forget((key,))
+        return self._codec.decode(raw)
 
     # -- the rest -----------------------------------------------------------------
 
