@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 
+from callgrind_ops import _events  # (run as a script: benchmarks/ is on sys.path)
+
 CASES = ("none", "shared", "dict", "pickle")
 
 
@@ -62,17 +64,6 @@ def _child(case, name, size, probes):
             pass
     os.getppid()
     t.close()
-
-
-def _events(path):
-    names = None
-    with open(path) as f:
-        for line in f:
-            if line.startswith("events:"):
-                names = line.split()[1:]
-            elif line.startswith("summary:") or line.startswith("totals:"):
-                return dict(zip(names, [int(x) for x in line.split()[1:]]))
-    raise RuntimeError(f"no totals in {path}")
 
 
 def measure(case, name, size, probes, cache_sim, python=sys.executable):

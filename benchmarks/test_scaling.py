@@ -25,6 +25,7 @@ import time
 import pytest
 
 import fastkv
+from fastkv.bench_threads import _LockedDict  # dict + threading.Lock, the same row as the bench's
 
 SIZE = int(os.environ.get("FASTKV_BENCH_SIZE", "10000"))
 READS = 20_000          # per thread per round
@@ -56,19 +57,6 @@ def _make(name):
     if name == "OwnerTable-protected":
         return fastkv.OwnerTable(DATA, access="protected"), None
     raise ValueError(name)
-
-
-class _LockedDict:
-    def __init__(self, data):
-        self._d = dict(data)
-        self._lock = threading.Lock()
-
-    def __getitem__(self, key):
-        with self._lock:
-            return self._d[key]
-
-    def close(self):
-        pass
 
 
 STRATEGIES = ["dict", "dict-copies", "dict+Lock", "FrozenTable", "LockedTable",
