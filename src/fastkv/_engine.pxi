@@ -338,7 +338,7 @@ ctypedef struct Entry:
                          # through table_entry_hash
 
 ctypedef struct Table:
-    Py_ssize_t used      # live entries
+    Py_ssize_t used      # live entries; the FIRST field (table_move relies on it)
     Py_ssize_t nentries  # entries [0, nentries) written (live or deleted)
     Py_ssize_t capacity  # entry slots allocated
     Py_ssize_t usable    # appends left before a rebuild (dict's dk_usable):
@@ -507,8 +507,18 @@ cdef inline size_t _index_bytes(const Table* t) noexcept nogil:
     return (<size_t>1 << t.log2) << t.ixshift
 
 
+cdef inline void table_move(Table* dst, const Table* src) noexcept nogil:
+    """``dst[0] = src[0]``, with ``used`` (the first field) stored as a relaxed
+    atomic: a LockedTable's len() without the lock (OwnerTable.info()) reads it
+    while the lock holder replaces the whole table. A plain struct copy would be
+    a data race on a free-threaded build (harmless on x86, undefined in C)."""
+    memcpy(<char*>dst + sizeof(Py_ssize_t), <const char*>src + sizeof(Py_ssize_t),
+           sizeof(Table) - sizeof(Py_ssize_t))
+    fk_ssize_store(&dst.used, src.used)
+
+
 cdef inline void _set_empty(Table* t, int unicode) noexcept nogil:
-    t.used = 0
+    fk_ssize_store(&t.used, 0)          # len() without the lock reads it
     t.nentries = 0
     t.capacity = 0
     t.usable = 0
@@ -544,7 +554,7 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
             PyMem_Free(indices)
             raise MemoryError()
     memset(indices, 0xff, nbytes)       # -1 == IX_EMPTY at every width
-    t.used = 0
+    fk_ssize_store(&t.used, 0)          # len() without the lock reads it
     t.nentries = 0
     t.capacity = capacity
     t.usable = capacity
@@ -879,7 +889,7 @@ cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
     _build_index(&n, NULL)
     _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
-    t[0] = n
+    table_move(t, &n)
     return 0
 
 

@@ -588,8 +588,8 @@ cdef class LockedTable:
         """Number of keys without waiting for the lock (OwnerTable.info(),
         while the owner may sit in a key's __eq__ holding it for as long as
         that takes): the count as of the holder's last completed insert or
-        delete. One relaxed load (the engine stores ``used`` relaxed); a
-        whole-table swap (put_many, clear) copies it as a plain word."""
+        delete, or whole-table swap (put_many, clear, a rebuild). One relaxed
+        load: every store to ``used`` is relaxed (table_move for whole tables)."""
         return fk_ssize_load(&self._tab.used)
 
     @cython.final
@@ -706,7 +706,7 @@ cdef class LockedTable:
                     # would rebuild the whole table under the lock.
                     table_reserve(&staged.tab)
                     tmp = self._tab
-                    self._tab = staged.tab
+                    table_move(&self._tab, &staged.tab)
                     staged.tab = tmp
                     self._tab.version = tmp.version + 1
                 else:
