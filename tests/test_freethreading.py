@@ -235,3 +235,56 @@ def test_counters_and_insert_new_many_threads(impl):
     run_threads(worker, N)
     assert t["c"] == 500 * N
     assert sorted(wins) == list(range(50))
+
+
+class _RefProbeKey:
+    """A key whose __eq__ (run by the table's look-up, in the reading thread)
+    records sys.getrefcount of the table being read."""
+
+    table = None
+    seen = []
+
+    def __init__(self, name):
+        self.name = name
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __eq__(self, other):
+        if _RefProbeKey.table is not None:
+            _RefProbeKey.seen.append(sys.getrefcount(_RefProbeKey.table))
+        return isinstance(other, _RefProbeKey) and other.name == self.name
+
+
+def _refs_during_reads(t):
+    """The table's reference count seen from inside t[k], t.get(k), k in t."""
+    seen = []
+    probe = _RefProbeKey("a")           # equal to the stored key, not it
+    _RefProbeKey.seen = seen
+    _RefProbeKey.table = t
+    try:
+        t[probe]
+        t.get(probe)
+        t.get(probe, None)
+        probe in t
+    finally:
+        _RefProbeKey.table = None
+    return seen
+
+
+def test_protected_owner_reads_take_no_reference_to_the_table():
+    # A read that takes a reference to the table (or to any object every
+    # reader shares) writes that object's refcount: on a free-threaded build
+    # an atomic add on one cache line from every reading thread, which is
+    # what kept two threads' protected reads from scaling (OwnerTable.get held
+    # the table in a typed local). A LockedTable's own reads take none: the
+    # protected OwnerTable's reads must see the same count.
+    locked = fastkv.LockedTable({_RefProbeKey("a"): 1})
+    owner = fastkv.OwnerTable({_RefProbeKey("a"): 1}, access="protected")
+    try:
+        want = _refs_during_reads(locked)
+        got = _refs_during_reads(owner)
+        assert len(want) == len(got) >= 4
+        assert got == want
+    finally:
+        owner.close()

@@ -124,7 +124,9 @@
 # overflow watermark that every such reader waits for) is above casts_done,
 # and if so syncs. Costs (callgrind, same build): protected t[k] +5
 # instructions per read, t.get unchanged within 1%; a protected cast +31 of
-# ~580 (caller and owner together). Free-threaded build: the slots and
+# ~580 (caller and owner together). (Since then the protected read lost its
+# shared references, below: t[k] 401 -> 370 Ir, get 450 -> 433 Ir at 100k
+# str keys; LockedTable's own 355 and 424.) Free-threaded build: the slots and
 # `pushed` change under the engine's mutex (cast) and own_casts_pending
 # reads them under it; the read path's two loads are atomic: `pushed`
 # relaxed (a thread's own casts are in what it loads: program order), and
@@ -226,6 +228,26 @@
 # after the queue had drained ("queue" 0 with 1000 casts waiting, seen on
 # the free-threaded build; possible on a GIL build too). On a GIL build the
 # mutex macros are empty: the figures there are unchanged.
+#
+# Protected reads on a free-threaded build write nothing other readers share
+# (as the README's "Free-threaded CPython" section says): the check is
+# loads only -- ``_protected`` and the engine pointer in the table object,
+# ``status`` (relaxed: it is stored, relaxed, under the engine's mutex),
+# ``pushed`` (relaxed) and ``casts_done`` (acquire), none written while no
+# cast is made -- and the look-up is the storage LockedTable's lock-free
+# read (``_locked.pxi``), whose only write is the reader's own read-section
+# counter and the reference to the value it returns. No reference is taken
+# to the table, the engine, the storage or a sentinel: each is one object
+# every reader shares, and Py_INCREF of an object another thread created is
+# an atomic add on its refcount line. Before this was so,
+# t[k] did an incref/decref pair on the ``_MISSING`` default it passed and
+# get one on the table (held in a typed local): the only differences found
+# from LockedTable's own read path, whose two threads read 1.69-1.98x one
+# thread's where the protected OwnerTable's read 1.16-1.70x (3.13t). So
+# t[k] asks the storage for the value itself (``_find_ref``: found, or
+# absent -> KeyError/__missing__), and the hand-written get only casts self.
+# tests/test_freethreading.py checks that the table's refcount seen during
+# a protected read equals a LockedTable's.
 
 cimport cython
 from libc.stdint cimport int64_t, uintptr_t
@@ -299,6 +321,11 @@ cdef extern from "_ft.h":
     ctypedef int fk_mutex
     void FK_MUTEX_LOCK(fk_mutex *m) noexcept nogil
     void FK_MUTEX_UNLOCK(fk_mutex *m) noexcept nogil
+    # the engine's status: written under its mutex, read without it by every
+    # call's and cast's first check and by a protected read (relaxed atomics
+    # on a free-threaded build, plain accesses on a GIL build)
+    int fk_status_load "FK_LOAD_RELAXED" (int *p) noexcept nogil
+    void fk_status_store "FK_STORE_RELAXED" (int *p, int v) noexcept nogil
 
 cdef extern from "_owner.h":
     PyMethodDef fk_owner_get_def     # installed by the engine's fastkv_install_method
@@ -484,12 +511,12 @@ cdef class _Owner:
         if fk_queue_init(&self.q) != 0:
             raise MemoryError()
         self.q_ready = True
-        self.status = FK_OPEN
+        fk_status_store(&self.status, FK_OPEN)
 
     def __dealloc__(self):
         # The owner thread held a reference while it ran, so it is gone. A
         # forked child leaks the queue: its lock is in the parent's state.
-        if self.q_ready and self.status != FK_FORKED:
+        if self.q_ready and fk_status_load(&self.status) != FK_FORKED:
             fk_queue_free(&self.q)
         self.q_ready = False
 
@@ -509,7 +536,7 @@ cdef class _Owner:
             self.thread.start()
         except BaseException:
             _fk_engines.discard(self)
-            self.status = FK_CLOSED
+            fk_status_store(&self.status, FK_CLOSED)
             fk_close(&self.q)
             raise
         return 0
@@ -551,7 +578,7 @@ cdef class _Owner:
                         r = nxt
                         continue
                     self._serve(r)
-                    if self.status == FK_FORKED:
+                    if fk_status_load(&self.status) == FK_FORKED:
                         return      # a fn forked and this is the child: stop here
                     if r.cast:
                         fk_req_release(r)
@@ -578,7 +605,7 @@ cdef class _Owner:
                     orphans = r.next
                     fk_req_release(r)
         finally:
-            if self.status != FK_FORKED:
+            if fk_status_load(&self.status) != FK_FORKED:
                 self._fail_pending()
                 self.ident = 0      # idents are reused once the thread is gone
                 try:
@@ -637,7 +664,7 @@ cdef class _Owner:
         cdef int closed = 0
         cdef object err
         FK_MUTEX_LOCK(&self.mu)
-        self.status = FK_CLOSED
+        fk_status_store(&self.status, FK_CLOSED)
         self._flush()
         fk_close(&self.q)
         FK_MUTEX_UNLOCK(&self.mu)
@@ -785,12 +812,12 @@ cdef class _Owner:
     # -- the caller's side -----------------------------------------------------
 
     cdef int check_open(self) except -1:
-        if self.status != FK_OPEN:
+        if fk_status_load(&self.status) != FK_OPEN:
             raise self.closed_error()
         return 0
 
     cdef object closed_error(self):
-        if self.status == FK_FORKED:
+        if fk_status_load(&self.status) == FK_FORKED:
             return ClosedError(
                 "this %s was created before os.fork(): its owner thread "
                 "does not exist in the child process" % self.kind)
@@ -802,7 +829,7 @@ cdef class _Owner:
         cdef fk_req *r
         cdef int pushed
         cdef int waited = 0
-        if self.status != FK_OPEN:
+        if fk_status_load(&self.status) != FK_OPEN:
             raise self.closed_error()
         if fk_thread_ident() == self.ident:
             return self._apply(<object>self.box, op, fn, a, b, h)
@@ -817,7 +844,7 @@ cdef class _Owner:
         FK_MUTEX_LOCK(&self.mu)
         if self.pend_head is not NULL:
             self._flush()           # this caller's casts go first (FIFO)
-        if self.status != FK_OPEN:  # (nothing above runs Python code; cheap to be sure)
+        if fk_status_load(&self.status) != FK_OPEN:  # (nothing above runs Python code; cheap to be sure)
             FK_MUTEX_UNLOCK(&self.mu)
             fk_req_release(r)
             raise self.closed_error()
@@ -854,13 +881,13 @@ cdef class _Owner:
         """Queue a request nobody waits for. From the owner thread too: it
         runs after the request being served (FIFO)."""
         cdef fk_req *r
-        if self.status != FK_OPEN:
+        if fk_status_load(&self.status) != FK_OPEN:
             raise self.closed_error()
         r = fk_req_make(self.box, op, fn, a, b)
         r.cast = 1
         r.hash = h                  # the key's hash (-1: none), for the owner
         FK_MUTEX_LOCK(&self.mu)
-        if self.status != FK_OPEN:  # closed meanwhile (free-threaded build)
+        if fk_status_load(&self.status) != FK_OPEN:  # closed meanwhile (free-threaded build)
             FK_MUTEX_UNLOCK(&self.mu)
             fk_req_release(r)
             raise self.closed_error()
@@ -929,7 +956,7 @@ cdef class _Owner:
         return pending
 
     cdef int sync(self) except -1:
-        if self.status != FK_OPEN:
+        if fk_status_load(&self.status) != FK_OPEN:
             raise self.closed_error()
         if fk_thread_ident() != self.ident:
             self.call(FK_OP_SYNC, None, None, None)
@@ -940,10 +967,10 @@ cdef class _Owner:
         the open check and everything queued, closes the queue and exits (no
         wait). 1 if this call closed it."""
         FK_MUTEX_LOCK(&self.mu)
-        if self.status != FK_OPEN:
+        if fk_status_load(&self.status) != FK_OPEN:
             FK_MUTEX_UNLOCK(&self.mu)
             return 0
-        self.status = FK_CLOSED     # no call or cast passes the check any more
+        fk_status_store(&self.status, FK_CLOSED)     # no call or cast passes the check any more
         self._flush()
         fk_begin_close(&self.q)     # the owner sets the closed bit when due
         FK_MUTEX_UNLOCK(&self.mu)
@@ -952,7 +979,7 @@ cdef class _Owner:
     cdef object close(self, object timeout):
         """shutdown(), then wait up to timeout for the owner to finish."""
         cdef object thread = self.thread
-        if self.status == FK_FORKED:
+        if fk_status_load(&self.status) == FK_FORKED:
             return True         # no owner in this process: nothing left to run
         self.shutdown()
         if thread is None:
@@ -987,7 +1014,7 @@ def _fk_after_fork_in_child():
     and Agent created before the fork raises ClosedError from now on."""
     for eng in list(_fk_engines):
         if isinstance(eng, _Owner):     # the registry is reachable by any code
-            (<_Owner>eng).status = FK_FORKED
+            fk_status_store(&(<_Owner>eng).status, FK_FORKED)
             (<_Owner>eng).ident = 0
     _fk_engines.clear()
 
@@ -1002,7 +1029,7 @@ def _fk_close_at_exit():
     for eng in engines:
         eng.shutdown()
     for eng in engines:
-        if eng.status == FK_FORKED or eng.ident == fk_thread_ident():
+        if fk_status_load(&eng.status) == FK_FORKED or eng.ident == fk_thread_ident():
             continue
         served = fk_ssize_load(&eng.served)
         while not eng.close(5.0):
@@ -1144,7 +1171,7 @@ cdef class Agent:
         """``<Agent (open)>`` or ``<Agent (closed)>``: no round trip, the
         state itself is not shown."""
         return "<%s (%s)>" % (type(self).__name__,
-                              "open" if self._eng.status == FK_OPEN else "closed")
+                              "open" if fk_status_load(&self._eng.status) == FK_OPEN else "closed")
 
     def __reduce__(self):
         """Pickle (and ``copy.copy``/``copy.deepcopy``) as the state (read by
@@ -1282,7 +1309,7 @@ cdef class OwnerTable:
         it (a sync; RuntimeError when the thread holds the storage lock, as
         for any call). With no cast unapplied at all, two loads decide."""
         if self._protected:
-            if self._eng.status != FK_OPEN:
+            if fk_status_load(&self._eng.status) != FK_OPEN:
                 raise self._eng.closed_error()
             if fk_ssize_load(&self._eng.pushed) != fk_ssize_load_acquire(&self._eng.casts_done):
                 self._catch_up()
@@ -1299,11 +1326,13 @@ cdef class OwnerTable:
     def __getitem__(self, key):
         """``t[key]``: the value, or ``KeyError(key)``. A call (round trip to
         the owner); a direct O(1) read under ``access="protected"``."""
+        cdef PyObject *v
         if self._direct():
-            value = self._storage._get(key, _MISSING)
-            if value is _MISSING:
-                return fastkv_cold_call2(_owner_missing, self, key)
-            return value
+            # no sentinel default: passing one took a reference to a shared
+            # object, a cache line every reading thread wrote twice per read
+            if self._storage._find_ref(key, &v):
+                return fastkv_steal(v)
+            return fastkv_cold_call2(_owner_missing, self, key)
         cdef Py_hash_t h = fk_hash(key)   # hashed once: the owner reuses h
         if type(self) is not OwnerTable:    # a subclass may have __missing__
             value = self._call(FK_OP_GET, None, key, _MISSING, h)
@@ -1432,7 +1461,7 @@ cdef class OwnerTable:
         """``OwnerTable({...})`` (one call to the owner), or
         ``OwnerTable(<closed>)`` once closed: repr never raises ClosedError."""
         name = type(self).__name__
-        if self._eng.status != FK_OPEN:
+        if fk_status_load(&self._eng.status) != FK_OPEN:
             return f"{name}(<closed>)"
         if fk_repr_enter(self):
             return "..."
@@ -1692,42 +1721,31 @@ cdef OwnerTable fk_owner_adopt(_Snapshot snap, bint protected):
     return new
 
 
+cdef inline bint fk_owner_reads_direct(OwnerTable t) noexcept:
+    """True if a read of ``t`` may go straight to its storage with nothing
+    else to do: protected, open, and no cast unapplied (loads only, as
+    _direct's fast path; anything else takes _direct's slow path)."""
+    return (t._protected and fk_status_load(&t._eng.status) == FK_OPEN
+            and fk_ssize_load(&t._eng.pushed) == fk_ssize_load_acquire(&t._eng.casts_done))
+
+
 cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs,
                                   PyObject *kwnames):
     """OwnerTable.get(key, default=None), vectorcall convention: a protected
-    read goes straight to the storage."""
-    cdef OwnerTable t = <OwnerTable>self
-    cdef Py_ssize_t nkw, i
-    cdef PyObject *key = NULL
+    read goes straight to the storage. ``self`` is only cast, never assigned
+    to a typed local: that would take a reference to the table, a shared
+    cache line written by every reading thread (free-threaded build)."""
+    cdef PyObject *key
     cdef PyObject *default = <PyObject *>None
     if kwnames is NULL and (nargs == 1 or nargs == 2):
         key = args[0]
         if nargs == 2:
             default = args[1]
     else:
-        if nargs > 2:
-            raise TypeError(f"get() takes at most 2 arguments ({nargs} given)")
-        if nargs >= 1:
-            key = args[0]
-        if nargs == 2:
-            default = args[1]
-        nkw = len(<tuple><object>kwnames) if kwnames is not NULL else 0
-        for i in range(nkw):
-            name = (<tuple><object>kwnames)[i]
-            if name == "key" and key is NULL:
-                key = args[nargs + i]
-            elif name == "default" and nargs < 2:
-                default = args[nargs + i]
-            elif name in ("key", "default"):
-                raise TypeError(f"get() got multiple values for argument '{name}'")
-            else:
-                raise TypeError(f"get() got an unexpected keyword argument '{name}'")
-        if key is NULL:
-            raise TypeError("get() missing required argument 'key' (pos 1)")
-    if (t._protected and t._eng.status == FK_OPEN
-            and fk_ssize_load(&t._eng.pushed) == fk_ssize_load_acquire(&t._eng.casts_done)):
-        return t._storage._get(<object>key, <object>default)   # nothing unapplied
-    return t._get(<object>key, <object>default)
+        _parse_key_default(args, nargs, kwnames, &key, &default)
+    if fk_owner_reads_direct(<OwnerTable>self):
+        return (<OwnerTable>self)._storage._get(<object>key, <object>default)
+    return (<OwnerTable>self)._get(<object>key, <object>default)
 
 
 fastkv_install_method(OwnerTable, &fk_owner_get_def, <void *>fk_owner_get_fastcall)
