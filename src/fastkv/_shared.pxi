@@ -949,9 +949,17 @@ cdef class SharedTable:
 
     cdef int _refresh(self) except -1:
         """Map the current snapshot (the generation moved, or closed)."""
-        if self._seg is None:
+        seg = self._seg
+        if seg is None:
             raise ClosedError("SharedTable is closed")
-        gen, mm, dmm, dsize = self._seg.load(self._generation)
+        try:
+            gen, mm, dmm, dsize = seg.load(self._generation)
+        except (OSError, ValueError):
+            if seg.closed:  # closed by another thread meanwhile: its files may be gone
+                raise ClosedError("SharedTable is closed") from None
+            raise
+        if self._seg is not seg:  # closed meanwhile: a closed table keeps nothing mapped
+            raise ClosedError("SharedTable is closed")
         m = _sh_map_new(mm, dmm, dsize, gen, self._pickle, self._verify)
         # _map and _gen change together: the old map (and its cache) is
         # released only after both are stored (unmapping releases the GIL: a
@@ -1195,7 +1203,7 @@ cdef class SharedTable:
         if self._seg is None:
             raise ClosedError("SharedTable is closed")
         seg = self._seg
-        fd = seg.lock()
+        fd = seg.lock()  # ClosedError if closed meanwhile; holds seg open until unlock
         try:
             m = self._current()
             if self._genw == NULL:
@@ -1211,12 +1219,17 @@ cdef class SharedTable:
             seg.publish(m.gen, write, self._store_gen)
             return result[0]
         finally:
-            _os.close(fd)
+            seg.unlock(fd)  # a close() meanwhile: the cleanup runs here
 
     def _store_gen(self, uint64_t gen):
         if not isinstance(self, SharedTable):
             fk_wrong_self(self, SharedTable)
-        fk_sh_store_gen(self._genw, gen)
+        # closed by another thread during the publish: _genw is NULL (the
+        # mapping itself stays valid while the publishing frame holds seg)
+        cdef uint64_t *genw = self._genw
+        if genw == NULL:
+            raise ClosedError("SharedTable is closed")
+        fk_sh_store_gen(genw, gen)
 
     # -- lifetime -------------------------------------------------------------------
 

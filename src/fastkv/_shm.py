@@ -24,7 +24,14 @@ bare name; any path allowed), all mode 0600 unless the creator asks for more:
 Liveness: every open table holds ``flock(LOCK_SH)`` on its descriptor of
 ``P``. ``close()`` closes that descriptor, then tries ``LOCK_EX|LOCK_NB`` on a
 fresh one: success means no process has the table open any more, so it marks
-the control file dead and unlinks every file of the table. The kernel drops
+the control file dead and unlinks every file of the table. The lock belongs to
+the open file description, shared by every ``dup`` of it: the control file is
+therefore mapped from a second, never-locked descriptor, because ``mmap``
+keeps a ``dup`` of the descriptor it maps, and a mapping that outlives
+``close()`` (Python refuses to close an mmap while a buffer of it is
+exported: another thread mid-read; on free-threaded 3.13 mmap's export count
+is not thread-safe and can stay above zero for good) must not keep the
+table alive. The kernel drops
 the locks of a killed process, so a SIGKILLed user never keeps a table alive;
 a table whose users all died without closing is swept by the next ``create``
 of its name (or ``SharedTable.unlink(name)``).
@@ -44,7 +51,11 @@ import mmap
 import os
 import re
 import struct
+import threading
+import weakref
 from collections.abc import ItemsView, KeysView, ValuesView
+
+from fastkv._errors import ClosedError
 
 # -- the formats (mirrored in _shared.pxi) ---------------------------------------
 
@@ -243,6 +254,10 @@ class Segment:
         self.mode = mode
         self.writable = writable
         self.closed = False
+        # this process's users of fd's LOCK_SH: the table (until close) and
+        # each publish in flight; the last one out closes fd (under _HOLDS)
+        self._users = 1
+        _SEGMENTS.add(self)
 
     # -- opening -----------------------------------------------------------------
 
@@ -261,21 +276,17 @@ class Segment:
                 st = os.fstat(fd)
                 if st.st_size != CTL_SIZE:
                     raise ValueError(f"not a SharedTable control file: {path} has {st.st_size} bytes")
-                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-                ctl = mmap.mmap(fd, CTL_SIZE, mmap.MAP_SHARED, prot)
-                magic, version, state, gen, token = CTL.unpack_from(ctl, 0)
-                if magic != CTL_MAGIC or version != VERSION or not re.fullmatch(rb"[0-9a-f]{16}", token):
+                ctl = _map_control(path, st, writable)  # None: path names another file now
+                if ctl is not None:
+                    magic, version, state, gen, token = CTL.unpack_from(ctl, 0)
+                    if magic != CTL_MAGIC or version != VERSION or not re.fullmatch(rb"[0-9a-f]{16}", token):
+                        ctl.close()
+                        raise ValueError(f"not a SharedTable control file: {path}")
+                    if state == STATE_LIVE:
+                        return cls(path, fd, ctl, token.decode(), st.st_mode & 0o777, writable)
                     ctl.close()
-                    raise ValueError(f"not a SharedTable control file: {path}")
-                try:
-                    same = os.stat(path).st_ino == st.st_ino
-                except FileNotFoundError:
-                    same = False
-                if state != STATE_LIVE or not same:
-                    ctl.close()  # a last user removed it while we waited: look again
-                    os.close(fd)
-                    continue
-                return cls(path, fd, ctl, token.decode(), st.st_mode & 0o777, writable)
+                os.close(fd)  # a last user removed it while we waited: look again
+                continue
             except BaseException:
                 try:
                     os.close(fd)
@@ -297,24 +308,30 @@ class Segment:
         snap = snapshot_path(path, token, 1)
         tmp = f"{path}.fkv-tmp-{token}"
         fd = -1
+        ctl = None
         try:
             write_first(snap)
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-            os.fchmod(fd, mode)  # umask must not narrow what the caller asked for
-            os.ftruncate(fd, CTL_SIZE)
-            ctl = mmap.mmap(fd, CTL_SIZE)
+            mfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            try:
+                os.fchmod(mfd, mode)  # umask must not narrow what the caller asked for
+                os.ftruncate(mfd, CTL_SIZE)
+                ctl = mmap.mmap(mfd, CTL_SIZE)  # keeps a dup of mfd: never locked
+            finally:
+                os.close(mfd)
             CTL.pack_into(ctl, 0, CTL_MAGIC, VERSION, STATE_LIVE, 1, token.encode())
+            fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)  # the liveness lock's own description
             _flock(fd, fcntl.LOCK_SH)
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                ctl.close()
                 raise FileExistsError(errno.EEXIST, "a SharedTable of this name was created concurrently", path)
             finally:
                 _unlink_quiet(tmp)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
+            if ctl is not None:
+                ctl.close()
             _unlink_quiet(snap)
             _unlink_quiet(data_path(path, token, 1))
             _unlink_quiet(tmp)
@@ -366,15 +383,38 @@ class Segment:
     # -- writing ------------------------------------------------------------------
 
     def lock(self):
+        """The writers' lock: LOCK_EX on a fresh descriptor of ``P.fkv-lock``,
+        released by ``unlock(fd)``. Until then the publish holds the segment
+        open: a ``close()`` by another thread meanwhile leaves closing the
+        control descriptor and the cleanup to ``unlock`` (else the cleanup
+        could run first and the publish create files nobody removes).
+        ClosedError once closed."""
         if not self.writable:
             raise PermissionError(errno.EACCES, "SharedTable opened read-only (no write permission)", self.path)
-        fd = os.open(self.path + ".fkv-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        with _HOLDS:  # nothing that allocates under it (a GC pass could run a __del__ that closes)
+            closed = self.closed
+            if not closed:
+                self._users += 1
+        if closed:
+            raise ClosedError("SharedTable is closed")
         try:
-            _flock(fd, fcntl.LOCK_EX)
+            fd = os.open(self.path + ".fkv-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+            try:
+                _flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
-            os.close(fd)
+            self._drop()
             raise
         return fd
+
+    def unlock(self, fd):
+        """Release the writers' lock taken by ``lock()``, and its hold."""
+        try:
+            os.close(fd)
+        finally:
+            self._drop()
 
     def publish(self, gen, write, store_gen):
         """With the lock held and ``gen`` current: ``write(path)`` writes the
@@ -414,16 +454,76 @@ class Segment:
             pass
 
     def close(self):
-        """Drop this process's hold; the last user removes the table's files."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.ctl.close()
-        except BufferError:
-            pass  # a compiled reader still exports the buffer: unmapped with it
-        os.close(self.fd)
-        sweep_if_dead(self.path, self.token)
+        """Drop this process's hold; the last user removes the table's files.
+        Idempotent, and safe from several threads at once (the descriptor is
+        closed once: closing it twice could close a descriptor another thread
+        has just opened under the same number).
+
+        The control mapping is not closed here: another thread may be reading
+        it (on free-threaded 3.13 mmap's close does not reliably see that, and
+        an unmap under a reader crashes); it is unmapped when the last
+        reference to this segment goes. It holds no lock (see the module
+        note), so it never keeps the table alive."""
+        with _HOLDS:
+            if self.closed:
+                return
+            self.closed = True
+        self._drop()
+
+    def _drop(self):
+        with _HOLDS:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            os.close(self.fd)
+            sweep_if_dead(self.path, self.token)
+
+
+# Guards every Segment's closed flag and user count (a few instructions
+# under it, never a wait); made anew in a forked child.
+_HOLDS = threading.Lock()
+_SEGMENTS = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    """A forked child has one thread: no publish of the parent's is in flight
+    in it. An open segment is held by its table alone; a closed one whose
+    release a parent thread still owed drops the child's copy of the
+    descriptor (the parent still holds the table: nothing to clean up)."""
+    global _HOLDS
+    _HOLDS = threading.Lock()
+    for seg in list(_SEGMENTS):
+        if not seg.closed:
+            seg._users = 1
+        elif seg._users > 0:
+            seg._users = 0
+            try:
+                os.close(seg.fd)
+            except OSError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _map_control(path, st, writable):
+    """The control file ``st`` (fstat of the locked descriptor) mapped through
+    a descriptor of its own, opened from ``path`` and closed at once: mmap
+    keeps a dup of it, so this open file description must never carry the
+    liveness lock. None if ``path`` no longer names that file."""
+    try:
+        mfd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        mst = os.fstat(mfd)
+        if (mst.st_dev, mst.st_ino) != (st.st_dev, st.st_ino):
+            return None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        return mmap.mmap(mfd, CTL_SIZE, mmap.MAP_SHARED, prot)
+    finally:
+        os.close(mfd)
 
 
 def create_file(path, size, mode):

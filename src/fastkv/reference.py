@@ -2090,14 +2090,26 @@ class SharedTable:
     # -- the read path ---------------------------------------------------------
 
     def _generation(self):
-        return _U64.unpack_from(self._seg.ctl, _shm.GEN_OFFSET)[0]
-
-    def _refresh(self):
         seg = self._seg
         if seg is None:
             raise ClosedError("SharedTable is closed")
-        gen, mm, dmm, dsize = seg.load(self._generation)
+        return seg.generation()
+
+    def _refresh(self, seg=None):
+        if seg is None:
+            seg = self._seg
+            if seg is None:
+                raise ClosedError("SharedTable is closed")
+        try:
+            gen, mm, dmm, dsize = seg.load(seg.generation)
+        except (OSError, ValueError):
+            if seg.closed:  # closed by another thread meanwhile: its files may be gone
+                raise ClosedError("SharedTable is closed") from None
+            raise
         m = self._map = _SharedMap(mm, dmm, dsize, gen, self._pickle, self._verify)
+        if self._seg is not seg:  # closed meanwhile: a closed table keeps nothing mapped
+            self._map = None
+            raise ClosedError("SharedTable is closed")
         return m
 
     def _current(self):
@@ -2105,10 +2117,15 @@ class SharedTable:
         # cache: threads that refresh at once each install a whole map (an
         # older one only makes the next read refresh again), never a map with
         # another snapshot's generation (a writer that trusted such a pair
-        # would publish over a live snapshot).
+        # would publish over a live snapshot). The segment is read once: a
+        # close by another thread makes this a ClosedError, never a read
+        # through None.
+        seg = self._seg
         m = self._map
-        if m is None or self._seg is None or self._generation() != m.gen:
-            m = self._refresh()
+        if seg is None:
+            raise ClosedError("SharedTable is closed")
+        if m is None or seg.generation() != m.gen:
+            m = self._refresh(seg)
         return m
 
     def _lookup(self, key, default, raise_missing):
@@ -2282,7 +2299,7 @@ class SharedTable:
         if self._seg is None:
             raise ClosedError("SharedTable is closed")
         seg = self._seg
-        fd = seg.lock()
+        fd = seg.lock()  # ClosedError if closed meanwhile; holds seg open until unlock
         try:
             m = self._current()
             if not seg.writable:
@@ -2297,10 +2314,13 @@ class SharedTable:
             seg.publish(m.gen, write, self._store_gen)
             return result[0]
         finally:
-            os.close(fd)
+            seg.unlock(fd)  # a close() meanwhile: the cleanup runs here
 
     def _store_gen(self, gen):
-        _U64.pack_into(self._seg.ctl, _shm.GEN_OFFSET, gen)
+        seg = self._seg
+        if seg is None:  # closed by another thread during the publish (unlock cleans up)
+            raise ClosedError("SharedTable is closed")
+        _U64.pack_into(seg.ctl, _shm.GEN_OFFSET, gen)
 
     # -- lifetime --------------------------------------------------------------
 
