@@ -10,7 +10,12 @@ thread's is the scaling ratio (2 threads doing 2x the work in the same time =
 
 Each benchmark records ``cpus``: CPU time of the reader threads / wall time,
 i.e. how many CPUs the threads really got (a shared or busy machine gives
-less than 2: then the 2-thread figure measures time-slicing, not scaling).
+less than 2: then the 2-thread figure measures time-slicing, not scaling),
+and its spread over the rounds (``cpus_min``, ``cpus_median``: a round whose
+threads got less is a round to distrust; pytest-benchmark reports the spread
+of the times itself: min, median, max). ``FASTKV_BENCH_SCALING_READS`` sets
+the reads per thread per round (default 20,000: quick; 500,000 or more gives
+rounds of a few tenths of a second, which a busy machine disturbs less).
 Strategies: a dict (shared), per-thread dict copies (the no-sharing ceiling),
 dict + threading.Lock, FrozenTable, LockedTable, OwnerTable(access=
 "protected").
@@ -28,7 +33,7 @@ import fastkv
 from fastkv.bench_threads import _LockedDict  # dict + threading.Lock, the same row as the bench's
 
 SIZE = int(os.environ.get("FASTKV_BENCH_SIZE", "10000"))
-READS = 20_000          # per thread per round
+READS = int(os.environ.get("FASTKV_BENCH_SCALING_READS", "20000"))  # per thread per round
 
 KEYS = [f"key:{i:07d}" for i in range(SIZE)]
 DATA = {k: i for i, k in enumerate(KEYS)}
@@ -73,6 +78,7 @@ class _Readers:
         self.start = threading.Barrier(n + 1)
         self.done = threading.Barrier(n + 1)
         self.cpu = [0.0] * n
+        self.rounds = []        # (wall seconds, reader CPU seconds) of each round
         self.stop = False
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
                         for i in range(n)]
@@ -93,8 +99,11 @@ class _Readers:
             self.done.wait(60)
 
     def round(self):
+        cpu0 = sum(self.cpu)
+        t0 = time.perf_counter()
         self.start.wait(60)
         self.done.wait(60)
+        self.rounds.append((time.perf_counter() - t0, sum(self.cpu) - cpu0))
 
     def close(self):
         self.stop = True
@@ -115,9 +124,14 @@ def _bench(benchmark, name, nthreads):
         if hasattr(table, "close"):
             table.close()
     gil = sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True
+    per_round = sorted(c / w for w, c in readers.rounds if w > 0)
     benchmark.extra_info.update(size=SIZE, threads=nthreads, reads_per_round=nthreads * READS,
                                 cpus=round(sum(readers.cpu) / wall, 2) if wall else None,
-                                gil=gil)
+                                cpus_min=round(per_round[0], 2) if per_round else None,
+                                cpus_median=round(per_round[len(per_round) // 2], 2)
+                                if per_round else None,
+                                rounds=len(readers.rounds), gil=gil)
+    assert readers.rounds and benchmark.extra_info["cpus_min"] <= benchmark.extra_info["cpus_median"]
 
 
 @pytest.mark.benchmark(group="scaling-1")

@@ -1660,7 +1660,10 @@ def _main(argv):
             report["scaling"] = bench_threads.run_scaling(
                 size=args.scaling_size or bench_threads.SCALING_SIZE,
                 reads=args.scaling_reads or (bench_threads.SCALING_READS // (4 if args.mode == "quick" else 1)),
-                rounds=args.repeat or (3 if args.mode == "quick" else 7), progress=say)
+                rounds=args.repeat or (3 if args.mode == "quick" else 7), progress=say,
+                # --full: rounds of >= 0.5 s per thread (a 0.1 s round was mostly noise)
+                min_seconds=bench_threads.SCALING_MIN_SECONDS
+                if args.mode == "full" and not args.scaling_reads else 0.0)
         except KeyboardInterrupt:
             report["interrupted"] = True
             print("\nthread scaling: interrupted (Ctrl-C)")
