@@ -768,6 +768,51 @@ def test_segment_refuses_to_publish_from_a_stale_generation(name):
         t.close()
 
 
+GEN_READER = """
+import sys, time
+from fastkv import _shm
+seg = _shm.Segment.open(sys.argv[1])
+last, bad, n = seg.generation(), 0, 0
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while last < int(sys.argv[2]) and time.monotonic() < deadline:
+    g = seg.generation()
+    n += 1
+    if g == 0 or g < last:
+        bad += 1
+    last = max(last, g)
+print(bad, n, last, flush=True)
+seg.close()
+"""
+
+
+def test_generation_is_published_in_one_store(cls, name):
+    """Regression (free-threaded 3.13: ValueError "the snapshot of generation
+    0 is missing" from test_threads_share_one_table[reference], 1 run in
+    600): the reference stored the generation with struct.pack_into, which
+    zeroes the 8 bytes before it writes them, so a reader in another process
+    (or thread, GIL off) saw generation 0. A reader process watches the
+    counter while this one stores 2..N: it never sees 0 or a step back."""
+    n = 500_000
+    t = cls.create(name, {"a": 1})
+    try:
+        p = subprocess.Popen([sys.executable, "-c", GEN_READER, name, str(n)],
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "ready"
+            for g in range(2, n + 1):
+                t._store_gen(g)
+            out, _ = p.communicate(timeout=TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        bad, reads, last = map(int, out.split())
+        assert last == n and bad == 0, f"{bad} of {reads} reads saw 0 or a step back"
+    finally:
+        t.close()
+
+
 def _segment_of(t):
     """The _shm.Segment of a table of either implementation."""
     return next(o for o in gc.get_referents(t) if isinstance(o, _shm.Segment))

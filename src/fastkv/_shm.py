@@ -51,6 +51,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import ItemsView, KeysView, ValuesView
@@ -257,6 +258,10 @@ class Segment:
         # this process's users of fd's LOCK_SH: the table (until close) and
         # each publish in flight; the last one out closes fd (under _HOLDS)
         self._users = 1
+        # the generation as one native u64 (the file's is little-endian): a
+        # view taken once, read and written with single 8-byte loads/stores
+        # (and no export of the mapping per read, which 3.13t miscounts)
+        self._genv = _gen_view(ctl_mm)
         _SEGMENTS.add(self)
 
     # -- opening -----------------------------------------------------------------
@@ -341,7 +346,15 @@ class Segment:
     # -- reading ------------------------------------------------------------------
 
     def generation(self):
-        return struct.unpack_from("<Q", self.ctl, GEN_OFFSET)[0]
+        """The current generation: one 8-byte load from the control mapping."""
+        return self._genv[0]
+
+    def store_generation(self, gen):
+        """Publish ``gen`` (writers' lock held): one 8-byte store. Not
+        struct.pack_into, which zeroes its bytes before it writes them: a
+        reader in another process (or thread, with the GIL off) saw
+        generation 0 in between."""
+        self._genv[0] = gen
 
     def load(self, gen_fn):
         """(gen, index mmap, data mmap or None, data file size) of the current
@@ -505,6 +518,28 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _GenBytes:
+    """The generation on a big-endian host: struct over the mapping (its
+    store is not a single one; fastkv's compiled table assumes little-endian)."""
+
+    __slots__ = ("mm",)
+
+    def __init__(self, mm):
+        self.mm = mm
+
+    def __getitem__(self, i):
+        return struct.unpack_from("<Q", self.mm, GEN_OFFSET)[0]
+
+    def __setitem__(self, i, gen):
+        self.mm[GEN_OFFSET:GEN_OFFSET + 8] = gen.to_bytes(8, "little")
+
+
+def _gen_view(ctl_mm):
+    if sys.byteorder == "little":
+        return memoryview(ctl_mm)[GEN_OFFSET:GEN_OFFSET + 8].cast("Q")
+    return _GenBytes(ctl_mm)  # pragma: no cover (big-endian)
 
 
 def _map_control(path, st, writable):

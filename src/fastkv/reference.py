@@ -2320,7 +2320,7 @@ class SharedTable:
         seg = self._seg
         if seg is None:  # closed by another thread during the publish (unlock cleans up)
             raise ClosedError("SharedTable is closed")
-        _U64.pack_into(seg.ctl, _shm.GEN_OFFSET, gen)
+        seg.store_generation(gen)  # one 8-byte store (pack_into zeroes first)
 
     # -- lifetime --------------------------------------------------------------
 
