@@ -981,8 +981,16 @@ cdef class SharedTable:
         # free-threaded build: the table's per-process state (the mapped
         # snapshot, the cache) changes under the object's critical section
         # (nothing on a GIL build)
+        # A refresh's load does I/O, and on the free-threaded build the
+        # critical section is suspended while a thread blocks: another thread
+        # may install a newer map meanwhile, and this one then an older one
+        # over it. So the check is repeated until the map installed is the
+        # current generation's; between that check and the return nothing
+        # blocks. (A writer, holding the writers' lock, thus always publishes
+        # from the current snapshot: the stale map tripped Segment.publish's
+        # guard, 4 runs in 200 of test_threads_share_one_table[compiled].)
         with cython.critical_section(self):
-            if fk_sh_load_gen(self._genp) != self._gen:
+            while fk_sh_load_gen(self._genp) != self._gen:
                 self._refresh()
             return self._map
 
