@@ -604,6 +604,46 @@ def test_engine_trailing_holes_trimmed_and_popitem_lifo():
     t.check()
 
 
+@pytest.mark.parametrize("n", [10, 5_000])  # int8 and int16 index slots
+@pytest.mark.parametrize("then", ["trim", "trim-reserve", "reserve"])
+def test_engine_copy_after_trailing_delete_keeps_the_index_under_two_thirds(n, then):
+    # Deleting the last entry trims it from the entries but leaves a dummy in
+    # the index; table_trim then shrinks the entry array without touching the
+    # index. table_copy's memcpy shortcut (same index size, no holes, no
+    # dummies) once trusted capacity - usable as the filled slot count: after
+    # that trim it copied the index with its dummy and granted one append
+    # too many (filled + usable past 2/3 of the index). Copies of every
+    # capacity that keeps the index size must stay within the load factor
+    # and answer like a dict, appends included.
+    t, d = _EngineTable(), {}
+    for i in range(n):
+        t.insert(i, i)
+        d[i] = i
+    while t.info()["capacity"] != t.info()["used"]:  # fill up to the index's room
+        i = len(d)
+        t.insert(i, i)
+        d[i] = i
+    k, _ = t.popitem()
+    del d[k]
+    for op in then.split("-"):
+        getattr(t, op)()
+    t.check()
+    log2 = t.info()["log2"]
+    for cap in range(len(d), 2 * len(d) + 2):
+        c = t.copy(cap)
+        if c.info()["log2"] != log2:
+            break
+        c.check()
+        assert c.items() == list(d.items())
+        dd = dict(d)
+        for j in range(cap - len(d) + 3):   # appends up to and past its room
+            c.insert(-1 - j, j)
+            dd[-1 - j] = j
+            c.check()
+        assert c.items() == list(dd.items())
+    t.check()
+
+
 def test_engine_lookup_restarts_when_eq_mutates():
     t = _EngineTable()
     state = {"n": 0}
@@ -802,6 +842,50 @@ def test_build_from_dict_keeps_items_and_order(impl, shape):
     assert list(t.items()) == list(d.items())
     assert all(t[k] == v for k, v in d.items())
     assert t.get("absent") is None and -1 not in t
+
+
+@pytest.mark.parametrize("n", [40, 60_000])  # 60,000: the prefetching bulk path
+@pytest.mark.parametrize("shape", ["str", "int", "str-then-int", "int-then-str", "str-then-obj"])
+def test_build_from_a_dict_with_holes_then_write(impl, n, shape):
+    # The bulk copy walks the dict's entries (deleted ones are skipped) and
+    # stops at the first key that needs Python; a LockedTable built from it
+    # then takes appends in its growth room, deletions and more appends.
+    strs = [f"s{i}" for i in range(n)]
+    ints = list(range(n))
+    keys = {"str": strs, "int": ints, "str-then-int": strs + ints, "int-then-str": ints + strs,
+            "str-then-obj": strs[: n // 2] + [Key(f"o{i}", h=i % 3) for i in range(5)] + strs[n // 2 :]}[shape]
+    d = {k: i for i, k in enumerate(keys)}
+    for k in keys[::7]:
+        del d[k]
+    ft = impl.FrozenTable(d)
+    lt = impl.LockedTable(d)
+    for t in (ft, lt):
+        assert list(t.items()) == list(d.items())
+        assert all(t[k] == v for k, v in d.items())
+        assert all(k not in t for k in keys[::7])
+    for i in range(n):
+        lt[f"new{i}"] = i
+        d[f"new{i}"] = i
+        if i % 3 == 0:
+            k = next(iter(d))
+            del lt[k], d[k]
+    assert list(lt.items()) == list(d.items())
+    assert all(lt[k] == v for k, v in d.items())
+    assert lt.copy() == d and lt.snapshot() == d
+
+
+def test_builds_read_dict_entries_directly_where_the_layout_is_known():
+    # FrozenTable(d)/LockedTable(d) read a dict's entry array directly
+    # (CPython's private layout, mirrored for 3.11-3.14 with the GIL) once a
+    # check at import found the mirror reading known dicts as PyDict_Next
+    # does; elsewhere they call PyDict_Next. If this fails on a supported
+    # version, the mirror no longer matches: builds still work, 2x slower.
+    import sysconfig
+
+    from fastkv import _core
+
+    gil = not sysconfig.get_config_var("Py_GIL_DISABLED")
+    assert _core._DICT_WALK == ((3, 11) <= sys.version_info[:2] <= (3, 14) and gil)
 
 
 def test_build_from_dict_whose_key_hash_mutates_it(impl):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _support import JOIN_TIMEOUT, assert_same, run_fork_while_held, run_python
+from _support import JOIN_TIMEOUT, Key, assert_same, run_fork_while_held, run_python
 
 
 
@@ -651,3 +651,78 @@ def test_fork_while_another_thread_holds_the_lock(table):
     """, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0 3 1", proc.stdout
+
+
+
+
+class _SlowEqKey(Key):
+    """A key whose __eq__ says so (``holding``) and sleeps (GIL released)."""
+
+    holding = None
+
+    def __eq__(self, other):
+        if self.holding is not None:
+            self.holding.set()
+            time.sleep(0.3)
+        return super().__eq__(other)
+
+    __hash__ = Key.__hash__
+
+
+def test_pickle_state_taken_after_a_writer_that_held_the_lock(impl):
+    # The compiled __reduce__ sizes the state's list before taking the lock;
+    # a writer holding the lock meanwhile (here: a key's slow __eq__ during
+    # an insert) changes the size, and the state must then be taken whole
+    # after that write (the snapshot fallback), never a stale or torn list.
+    import pickle
+
+    Slow = _SlowEqKey
+    holding = Slow.holding = threading.Event()
+    t = impl.LockedTable({Slow("a", h=1): 0, "x": 1})
+    th = threading.Thread(target=t.__setitem__, args=(Slow("b", h=1), 2))
+    th.start()
+    try:
+        assert holding.wait(JOIN_TIMEOUT)
+        blob = pickle.dumps(t, 5)
+    finally:
+        th.join(JOIN_TIMEOUT)
+    assert not th.is_alive()
+    back = pickle.loads(blob)
+    assert [(getattr(k, "name", k), v) for k, v in back.items()] == [("a", 0), ("x", 1), ("b", 2)]
+
+
+def test_pickle_state_is_one_moment_when_a_finalizer_writes_meanwhile(impl):
+    # The compiled __reduce__ allocates the state's list before taking the
+    # lock and fills it under the lock (no snapshot copy); the allocation can
+    # run the garbage collector, whose finalizers may write to the table.
+    # The state must still be the table at one moment: here, with only
+    # appends happening, a prefix of the table as it is afterwards.
+    import pickle
+
+    t = impl.LockedTable({i: i for i in range(200)})
+    wrote = []
+
+    class Writer:
+        def __del__(self):
+            k = 10_000 + len(wrote)
+            wrote.append(k)
+            t[k] = "late"
+
+    old = gc.get_threshold()
+    try:
+        for _ in range(30):
+            w = Writer()
+            w.me = w  # cyclic garbage: freed only by a collection
+            del w
+            gc.set_threshold(1)
+            blob = pickle.dumps(t, 5)
+            gc.set_threshold(*old)
+            back = pickle.loads(blob)
+            items = list(back.items())
+            now = list(t.items())
+            assert items == now[: len(items)]
+            assert len(items) >= 200
+    finally:
+        gc.set_threshold(*old)
+        gc.collect()
+    assert wrote  # the finalizers did run

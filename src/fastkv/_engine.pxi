@@ -102,6 +102,13 @@
 #                                         caller looked it up and no Python ran
 #                                         since). INCREFs key and value. Grows
 #                                         the table if full. No Python.
+#   table_fill_from_dict(t, d, &pos) noexcept   bulk append of a dict's items
+#                                         from PyDict_Next position pos while
+#                                         their keys need no Python (exact str,
+#                                         or int in a general table); True when
+#                                         d is done, else pos is left on the
+#                                         first other key. t has room for all
+#                                         and none of d's keys. No Python.
 #   table_replace_at(t, ix, value) noexcept  replace entry ix's value (INCREFs the
 #                                         new one, then DECREFs the old: runs
 #                                         Python after the table is consistent).
@@ -234,6 +241,36 @@ cdef extern from *:
     #else
     #define FASTKV_PREFETCH(p) ((void)0)
     #endif
+    /* Bulk indexing: point a free slot (empty or dummy) of a tagged index
+       at each of the entries base .. base + m - 1, whose hashes are
+       hashes[0 .. m): _free_slot and _ix_put, with the slot width chosen
+       once per call instead of at every slot read and write. Returns how
+       many of those slots were empty (the others were dummies). */
+    #define FASTKV_INDEX_FILL(T) do {                                         \
+            T *slots = (T *)indices;                                          \
+            for (j = 0; j < m; j++) {                                         \
+                size_t perturb = (size_t)hashes[j], i = perturb & mask;       \
+                while (slots[i] >= 0) {                                       \
+                    perturb >>= 5;                                            \
+                    i = (i * 5 + perturb + 1) & mask;                         \
+                }                                                             \
+                empties += slots[i] == -1;                                    \
+                slots[i] = (T)((base + j) | ((Py_ssize_t)(                    \
+                    FASTKV_TAG_MIX(hashes[j]) >> tagshift) << log2));        \
+            }                                                                 \
+        } while (0)
+    static Py_ssize_t fastkv_index_fill(void *indices, int ixshift, size_t mask, int log2,
+                                        int tagshift, const Py_hash_t *hashes,
+                                        Py_ssize_t base, Py_ssize_t m) {
+        Py_ssize_t j, empties = 0;
+        switch (ixshift) {
+        case 0: FASTKV_INDEX_FILL(int8_t); break;
+        case 1: FASTKV_INDEX_FILL(int16_t); break;
+        case 2: FASTKV_INDEX_FILL(int32_t); break;
+        default: FASTKV_INDEX_FILL(int64_t); break;
+        }
+        return empties;
+    }
     /* Install def (with func as its C function) as a method of type: the
        hand-written METH_FASTCALL methods (FrozenTable.get, LockedTable.get,
        OwnerTable.get) become method descriptors, which check self. 0 / -1. */
@@ -254,6 +291,8 @@ cdef extern from *:
         pass
     int fastkv_install_method(object type, PyMethodDef* d, void* func) except -1
     void FASTKV_PREFETCH(const void* p) noexcept nogil
+    Py_ssize_t fastkv_index_fill(void* indices, int ixshift, size_t mask, int log2, int tagshift,
+                           const Py_hash_t* hashes, Py_ssize_t base, Py_ssize_t m) noexcept nogil
     uint64_t FASTKV_TAG_MIX(Py_hash_t h) noexcept nogil
     ctypedef int (*visitproc)(PyObject* o, void* arg) noexcept
     PyObject* fastkv_long_richcompare_eq(PyObject* a, PyObject* b) noexcept
@@ -264,6 +303,141 @@ cdef extern from *:
     dict _PyDict_NewPresized(Py_ssize_t n)
     Py_hash_t FASTKV_STR_HASH(PyObject* op) noexcept nogil
     int8_t fastkv_empty_index[8]
+
+cdef extern from *:
+    """
+    /* fk_dict_next: PyDict_Next that also gives the hash the dict stored
+       for the key, where this CPython exposes it (_PyDict_Next, 3.10-3.12);
+       elsewhere *hash is -1 and the caller hashes the key itself. */
+    static inline int fk_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k,
+                                   PyObject **v, Py_hash_t *hash) {
+    #if PY_VERSION_HEX < 0x030D0000
+        return _PyDict_Next(d, pos, k, v, hash);
+    #else
+        *hash = -1;
+        return PyDict_Next(d, pos, k, v);
+    #endif
+    }
+    """
+    int fk_dict_next(object d, Py_ssize_t *pos, PyObject **k, PyObject **v,
+                     Py_hash_t *hash) noexcept
+
+
+cdef extern from *:
+    """
+    /* fastkv_dict_entries: the entry array of a dict, read directly, as
+       CPython's own dict(d) copy does (clone_combined_dict_keys), so that a
+       bulk build reads each key and value with two loads instead of a call
+       of _PyDict_Next (50 instructions per item on 3.11). The layout of
+       PyDictKeysObject is CPython's private one (Include/internal/
+       pycore_dict.h), the same on 3.11 to 3.14 with the GIL: mirrored here
+       for those versions only, and used only once fastkv_dict_walk_verify
+       (run at import) has walked known dicts and found what PyDict_Next
+       finds. Elsewhere, or for a split table, it returns NULL and callers
+       use fk_dict_next. Entries: unicode {key, value}, general {hash, key,
+       value}; a deleted entry has value NULL. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
+    #define FASTKV_DICT_WALK 1
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;                /* 0 general, 1 unicode, 2 split */
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } fastkv_dictkeys;
+    #else
+    #define FASTKV_DICT_WALK 0
+    #endif
+    static int fastkv_dict_walk_ok = 0;
+    static inline const char *fastkv_dict_entries(PyObject *d, int *unicode, Py_ssize_t *n) {
+    #if FASTKV_DICT_WALK
+        PyDictObject *mp = (PyDictObject *)d;
+        const fastkv_dictkeys *dk;
+        if (!fastkv_dict_walk_ok || !PyDict_CheckExact(d) || mp->ma_values != NULL)
+            return NULL;
+        dk = (const fastkv_dictkeys *)mp->ma_keys;
+        if (dk->dk_kind > 1)
+            return NULL;
+        *unicode = dk->dk_kind == 1;
+        *n = dk->dk_nentries;
+        return dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes);
+    #else
+        (void)d; (void)unicode; (void)n;
+        return NULL;
+    #endif
+    }
+    /* Walk d directly and compare every live entry with what PyDict_Next
+       (and the key's hash) says: 1 if all agree, 0 if not. */
+    static int fastkv_dict_walk_matches(PyObject *d) {
+        const char *e;
+        int unicode;
+        Py_ssize_t n, j, pos = 0;
+        PyObject *k, *v, *const *ep;
+        e = fastkv_dict_entries(d, &unicode, &n);
+        if (e == NULL || n != ((PyDictObject *)d)->ma_used + 1)
+            return 0;
+        for (j = 0; j < n; j++) {
+            ep = (PyObject *const *)(e + j * (unicode ? 16 : 24)) + (unicode ? 0 : 1);
+            if (ep[1] == NULL)
+                continue;
+            if (!PyDict_Next(d, &pos, &k, &v) || k != ep[0] || v != ep[1] || pos != j + 1)
+                return 0;
+            if (!unicode && ((const Py_hash_t *)ep)[-1] != PyObject_Hash(k))
+                return 0;
+        }
+        return !PyDict_Next(d, &pos, &k, &v);
+    }
+    /* Called once at import: enable fastkv_dict_entries if the mirrored
+       layout reads two known dicts (str keys, other keys; each with a
+       deleted entry) exactly as PyDict_Next does. 0, or -1 with an
+       exception set. */
+    static int fastkv_dict_walk_verify(void) {
+    #if FASTKV_DICT_WALK
+        PyObject *u = NULL, *g = NULL, *k = NULL;
+        int ok = 0, i;
+        u = PyDict_New();
+        g = PyDict_New();
+        if (u == NULL || g == NULL)
+            goto done;
+        for (i = 0; i < 12; i++) {
+            k = PyUnicode_FromFormat("fastkv-%d", i);
+            if (k == NULL || PyDict_SetItem(u, k, Py_None) < 0)
+                goto done;
+            Py_CLEAR(k);
+            k = PyLong_FromLong(i * 7919L - 3);
+            if (k == NULL || PyDict_SetItem(g, k, u) < 0)
+                goto done;
+            Py_CLEAR(k);
+        }
+        k = PyUnicode_FromString("fastkv-5");
+        if (k == NULL || PyDict_DelItem(u, k) < 0)
+            goto done;
+        Py_CLEAR(k);
+        k = PyLong_FromLong(5 * 7919L - 3);
+        if (k == NULL || PyDict_DelItem(g, k) < 0)
+            goto done;
+        fastkv_dict_walk_ok = 1;
+        ok = fastkv_dict_walk_matches(u) && fastkv_dict_walk_matches(g);
+        fastkv_dict_walk_ok = ok;
+    done:
+        Py_XDECREF(k);
+        Py_XDECREF(u);
+        Py_XDECREF(g);
+        if (!ok)
+            fastkv_dict_walk_ok = 0;
+        return PyErr_Occurred() ? -1 : 0;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    const char* fastkv_dict_entries(object d, int* unicode, Py_ssize_t* n) noexcept
+    int fastkv_dict_walk_verify() except -1
+    bint fastkv_dict_walk_ok
+
 
 cdef extern from "Python.h":
     # PyObject* flavours of the C-API (Cython's own take ``object``).
@@ -356,6 +530,11 @@ ctypedef struct Table:
     uint64_t version     # bumped on every change
     void* indices        # fastkv_empty_index when nothing is allocated
     char* _entries       # the entry array (NULL when capacity == 0)
+    Py_ssize_t filled    # index slots that are not IX_EMPTY (entries and
+                         # dummies): counted, never derived from the others
+                         # (table_trim and table_reserve change capacity and
+                         # usable without touching the index); last, so
+                         # the read paths' fields keep their offsets
 
 
 cdef int fk_wrong_self(object self, type cls) except -1:
@@ -522,6 +701,7 @@ cdef inline void _set_empty(Table* t, int unicode) noexcept nogil:
     t.nentries = 0
     t.capacity = 0
     t.usable = 0
+    t.filled = 0
     t.log2 = MIN_LOG2
     t.mask = (1 << MIN_LOG2) - 1
     t.ixshift = 0
@@ -558,6 +738,7 @@ cdef int _alloc(Table* t, Py_ssize_t capacity) except -1:
     t.nentries = 0
     t.capacity = capacity
     t.usable = capacity
+    t.filled = 0
     t.log2 = log2
     t.mask = (<size_t>1 << log2) - 1
     t.ixshift = ixshift
@@ -603,32 +784,33 @@ cdef inline size_t _slot_of(const Table* t, Py_hash_t hash, Py_ssize_t ix) noexc
     return i
 
 
-cdef void _build_index(Table* t, const Py_hash_t* known) noexcept nogil:
+cdef inline void _index_fill(Table* t, const Py_hash_t* hashes, Py_ssize_t base, Py_ssize_t m) noexcept nogil:
+    """Index the m entries from ``base`` on, whose hashes are ``hashes[0..m)``
+    (each gets the first free slot of its probe sequence). No Python."""
+    t.filled += fastkv_index_fill(t.indices, t.ixshift, t.mask, t.log2, t.tagshift,
+                                  hashes, base, m)
+
+
+cdef void _build_index(Table* t) noexcept nogil:
     """Point the (all IX_EMPTY) index at entries [0, nentries), all live.
-    ``known``: NULL, or the entries' hashes in order (a str table's hashes
-    are otherwise read from every key object: one more pass over them).
     Past the caches, BUILD_CHUNK hashes are read and their first slots
     prefetched before any is written, so the cache misses overlap."""
     cdef Py_ssize_t j, base, m
     cdef Py_hash_t hashes[BUILD_CHUNK]
-    cdef Py_hash_t h
     cdef size_t mask = t.mask
-    if _index_bytes(t) <= BUILD_PREFETCH_BYTES:
-        for j in range(t.nentries):
-            h = known[j] if known != NULL else table_entry_hash(t, j)
-            _ix_put(t, _free_slot(t, h), j, h)
-        return
+    cdef bint prefetch = _index_bytes(t) > BUILD_PREFETCH_BYTES
+    t.filled = 0
     base = 0
     while base < t.nentries:
         m = min(<Py_ssize_t>BUILD_CHUNK, t.nentries - base)
-        if t.unicode and known == NULL:
+        if prefetch and t.unicode:
             for j in range(m):
                 FASTKV_PREFETCH(table_entry(t, base + j).key)
         for j in range(m):
-            hashes[j] = known[base + j] if known != NULL else table_entry_hash(t, base + j)
-            FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
-        for j in range(m):
-            _ix_put(t, _free_slot(t, hashes[j]), base + j, hashes[j])
+            hashes[j] = table_entry_hash(t, base + j)
+            if prefetch:
+                FASTKV_PREFETCH(<char*>t.indices + ((<size_t>hashes[j] & mask) << t.ixshift))
+        _index_fill(t, hashes, base, m)
         base += m
 
 
@@ -886,7 +1068,7 @@ cdef int _rebuild(Table* t, Py_ssize_t capacity, int unicode) except -1:
     n.nentries = n.used = k
     n.usable = n.capacity - k
     n.intexact = t.intexact
-    _build_index(&n, NULL)
+    _build_index(&n)
     _free_arrays(t.indices, t._entries)
     n.version = t.version + 1
     table_move(t, &n)
@@ -942,13 +1124,17 @@ cdef inline Py_ssize_t table_size_hint(Py_ssize_t hint, Py_ssize_t extra) noexce
 
 cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
     cdef Py_ssize_t j
+    cdef size_t i
     cdef Entry* ep
     if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
         _rebuild(t, t.capacity if t.used < t.capacity else _grow_capacity(t.used), False)
     elif t.usable <= 0:
         _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
-    _ix_put(t, _free_slot(t, hash), j, hash)
+    i = _free_slot(t, hash)
+    if _ix_get(t, i) == IX_EMPTY:
+        t.filled += 1           # (a dummy slot taken over stays counted)
+    _ix_put(t, i, j, hash)
     if t.intexact and not _int_hash_exact(key, hash):
         t.intexact = False
     ep = table_entry(t, j)
@@ -965,29 +1151,143 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
     return 0
 
 
-cdef inline void _append_unindexed(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) noexcept:
-    """Bulk building: write the next entry, leave the index for _reindex.
-    The caller guarantees room (nentries < capacity), that the layout fits
-    the key, and that the key is distinct from every other."""
-    cdef Entry* ep = table_entry(t, t.nentries)
-    if t.intexact and not _int_hash_exact(key, hash):
-        t.intexact = False
-    ep.key = key
-    ep.value = value
-    if not t.unicode:
-        ep.hash = hash
-    _incref(key)
-    _incref(value)
-    t.nentries += 1
-    t.usable -= 1
-    fk_ssize_store(&t.used, t.used + 1)   # len() without the lock reads it
-
-
-cdef inline void _reindex(Table* t, const Py_hash_t* known) noexcept:
-    """End of bulk building: index every entry (the index is all empty);
-    ``known``: NULL or the entries' hashes (see _build_index)."""
-    _build_index(t, known)
+cdef bint table_fill_from_dict(Table* t, object d, Py_ssize_t* pos) noexcept:
+    """Bulk building from a dict: append its items from ``*pos`` on (a
+    PyDict_Next position) while their keys need no Python code to hash and
+    compare -- exact str, or exact int in a general table -- then stop at
+    the first other key, ``*pos`` left on it. True when the dict is done.
+    Requires: every key of d absent from t (a fresh table, or keys of one
+    dict), and room for all of them (nentries + len(d) <= capacity, so no
+    rebuild). Each key keeps the hash the dict stored for it where
+    fk_dict_next gives it (dict(d) does the same), else the str's cached
+    hash or the inline int hash: nothing is hashed by a call. One pass:
+    BUILD_CHUNK items are copied, their hashes kept and their first index
+    slots prefetched, then indexed, while each key object is still in cache
+    from its INCREF (indexing in a second pass read every str again for
+    its hash: at 1M keys more than dict(d) costs whole). No Python."""
+    cdef Py_hash_t hashes[BUILD_CHUNK]
+    cdef Py_ssize_t m, prev, base, n = t.nentries, dn = 0
+    cdef bint prefetch = _index_bytes(t) > BUILD_PREFETCH_BYTES
+    cdef bint unicode = t.unicode, intexact = t.intexact, done = False
+    cdef size_t mask = t.mask
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef Py_hash_t h
+    cdef Entry* ep
+    cdef int dunicode = 0
+    cdef const char* de = fastkv_dict_entries(d, &dunicode, &dn)
+    cdef PyObject* const* dp
+    cdef PyObject** up
+    cdef Py_ssize_t dstride = 16 if dunicode else 24, j
+    if de != NULL and dunicode and unicode:
+        # str keys into a str table, the common case, in a loop of its own:
+        # no hash to copy, no layout to choose, no intexact to track
+        j = pos[0]
+        while not done:
+            m = 0
+            base = n
+            while m < BUILD_CHUNK:
+                if j >= dn:
+                    done = True
+                    break
+                dp = <PyObject* const*>(de + (j << 4))
+                v = dp[1]
+                if v == NULL:
+                    j += 1
+                    continue
+                k = dp[0]
+                if not _is_str(k):
+                    break
+                h = FASTKV_STR_HASH(k)
+                if h == -1:
+                    break
+                up = <PyObject**>(t._entries + (n << 4))
+                up[0] = k
+                up[1] = v
+                _incref(k)
+                _incref(v)
+                n += 1
+                j += 1
+                hashes[m] = h
+                if prefetch:
+                    FASTKV_PREFETCH(<char*>t.indices + ((<size_t>h & mask) << t.ixshift))
+                m += 1
+            if m:
+                _index_fill(t, hashes, base, m)
+            if m < BUILD_CHUNK and not done:
+                break               # the general loop below takes entry j
+        pos[0] = j
+        if n != t.nentries:
+            intexact = False
+    while not done:
+        m = 0
+        base = n
+        while m < BUILD_CHUNK:
+            prev = pos[0]
+            if de != NULL:
+                # the entries directly (a PyDict_Next position is an entry
+                # index there); a deleted entry has no value
+                while prev < dn:
+                    dp = <PyObject* const*>(de + prev * dstride)
+                    if dunicode:
+                        v = dp[1]
+                        if v != NULL:
+                            k = dp[0]
+                            h = -1
+                            break
+                    else:
+                        v = dp[2]
+                        if v != NULL:
+                            k = dp[1]
+                            h = (<const Py_hash_t*>dp)[0]
+                            break
+                    prev += 1
+                if prev >= dn:
+                    pos[0] = prev
+                    done = True
+                    break
+                pos[0] = prev + 1
+            elif not fk_dict_next(d, pos, &k, &v, &h):
+                done = True
+                break
+            if _is_str(k):
+                if h == -1:
+                    h = FASTKV_STR_HASH(k)
+                    if h == -1:             # (never in a dict) needs a call
+                        pos[0] = prev
+                        break
+            elif _is_int(k) and not unicode:
+                if h == -1:
+                    h = fastkv_int_hash(k)
+                if intexact and not fastkv_int_hash_exact(k, h):
+                    intexact = False
+            else:
+                pos[0] = prev
+                break
+            if intexact and not _is_int(k):
+                intexact = False
+            ep = table_entry(t, n)
+            ep.key = k
+            ep.value = v
+            if not unicode:
+                ep.hash = h
+            _incref(k)
+            _incref(v)
+            n += 1
+            hashes[m] = h
+            if prefetch:
+                FASTKV_PREFETCH(<char*>t.indices + ((<size_t>h & mask) << t.ixshift))
+            m += 1
+        if m:
+            _index_fill(t, hashes, base, m)
+        if m < BUILD_CHUNK and not done:
+            break
+    t.intexact = intexact
+    t.usable -= n - t.nentries
+    fk_ssize_store(&t.used, t.used + (n - t.nentries))   # len() without the lock reads it
+    t.nentries = n
     t.version += 1
+    return done
 
 
 cdef void table_replace_at(Table* t, Py_ssize_t ix, PyObject* value) noexcept:
@@ -1059,9 +1359,9 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
         return 0
     _alloc(dst, capacity)
     if (skip < 0 and src.nentries == src.used and dst.log2 == src.log2
-            and src.capacity - src.usable == src.nentries):
-        # Same index, no holes, no dummies (every append since the index was
-        # built is still there): two memcpy and the INCREFs (dict.copy's way).
+            and src.filled == src.nentries):
+        # Same index, no holes, no dummies (every filled index slot points
+        # at a live entry): two memcpy and the INCREFs (dict.copy's way).
         k = src.used
         if k == 0:
             return 0        # (src has no entry array: memcpy from NULL is UB)
@@ -1071,7 +1371,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
             ep = table_entry(dst, j)
             _incref(ep.key)
             _incref(ep.value)
-        dst.nentries = dst.used = k
+        dst.nentries = dst.used = dst.filled = k
         dst.usable = dst.capacity - k
         return 0
     for j in range(src.nentries):
@@ -1084,7 +1384,7 @@ cdef int table_copy(Table* dst, const Table* src, Py_ssize_t capacity, Py_ssize_
         k += 1
     dst.nentries = dst.used = k
     dst.usable = dst.capacity - k
-    _build_index(dst, NULL)
+    _build_index(dst)
     return 0
 
 
@@ -1103,45 +1403,16 @@ cdef dict table_to_dict(const Table* t):
     return d
 
 
-cdef Py_ssize_t _filled_slots(const Table* t) noexcept nogil:
-    """Index slots that are not IX_EMPTY (entries and dummies): one plain
-    loop per slot width, which the compiler can vectorize. No Python."""
-    cdef size_t i, n = t.mask + 1
-    cdef Py_ssize_t filled = 0
-    cdef const int8_t* i8
-    cdef const int16_t* i16
-    cdef const int32_t* i32
-    cdef const int64_t* i64
-    if t.ixshift == 0:
-        i8 = <const int8_t*>t.indices
-        for i in range(n):
-            filled += i8[i] != IX_EMPTY
-    elif t.ixshift == 1:
-        i16 = <const int16_t*>t.indices
-        for i in range(n):
-            filled += i16[i] != IX_EMPTY
-    elif t.ixshift == 2:
-        i32 = <const int32_t*>t.indices
-        for i in range(n):
-            filled += i32[i] != IX_EMPTY
-    else:
-        i64 = <const int64_t*>t.indices
-        for i in range(n):
-            filled += i64[i] != IX_EMPTY
-    return filled
-
-
 cdef int table_reserve(Table* t) except -1:
     """Give t every entry slot its index allows (dict's growth room), by
     growing the entry array in place: the next appends need no rebuild. The
-    index is kept; its filled slots (entries and dummies) are counted, so any
-    table will do. No Python."""
-    cdef Py_ssize_t filled, room, cap
+    index is kept (``filled`` says how much of it is taken, dummies
+    included), so any table will do. No Python."""
+    cdef Py_ssize_t room, cap
     cdef char* entries
     if t.capacity == 0:
         return 0
-    filled = _filled_slots(t)
-    room = _usable(t.log2) - filled
+    room = _usable(t.log2) - t.filled
     if room <= t.usable:
         return 0
     cap = t.nentries + room
@@ -1323,7 +1594,7 @@ cdef class _EngineTable:
         return {"used": self.tab.used, "nentries": self.tab.nentries,
                 "capacity": self.tab.capacity, "log2": self.tab.log2,
                 "unicode": bool(self.tab.unicode), "stride": self.tab.stride,
-                "intexact": bool(self.tab.intexact),
+                "intexact": bool(self.tab.intexact), "filled": self.tab.filled,
                 "version": self.tab.version, "sizeof": table_sizeof(&self.tab)}
 
     cdef bint _indexed(self, Py_ssize_t j):
@@ -1378,6 +1649,8 @@ cdef class _EngineTable:
                 raise AssertionError("index points at a hole")
             if ix != IX_EMPTY:
                 filled += 1
+        if filled != self.tab.filled:
+            raise AssertionError("filled miscounted")
         if self.tab.usable < 0 or self.tab.usable > self.tab.capacity - self.tab.nentries:
             raise AssertionError("usable out of range")
         if filled + self.tab.usable > _usable(self.tab.log2):

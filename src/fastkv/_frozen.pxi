@@ -184,6 +184,8 @@ cdef inline _Snapshot _snapshot_new():
 
 
 fk_rd_init()
+fastkv_dict_walk_verify()     # (see _engine.pxi: reading dicts directly)
+_DICT_WALK = bool(fastkv_dict_walk_ok)   # builds from a dict read its entries directly
 
 
 cdef inline _Snapshot _snap_ref(FrozenTable self):
@@ -225,80 +227,37 @@ cdef int _stage_pair(_Snapshot st, object item, Py_ssize_t n) except -1:
     return 0
 
 
-cdef extern from *:
-    """
-    /* fk_dict_next: PyDict_Next that also gives the hash the dict stored
-       for the key, where this CPython exposes it (_PyDict_Next, 3.10-3.12);
-       elsewhere *hash is -1 and the caller hashes the key itself. */
-    static inline int fk_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k,
-                                   PyObject **v, Py_hash_t *hash) {
-    #if PY_VERSION_HEX < 0x030D0000
-        return _PyDict_Next(d, pos, k, v, hash);
-    #else
-        *hash = -1;
-        return PyDict_Next(d, pos, k, v);
-    #endif
-    }
-    """
-    int fk_dict_next(object d, Py_ssize_t *pos, PyObject **k, PyObject **v,
-                     Py_hash_t *hash) noexcept
-
-
-cdef _Snapshot _stage(object data, dict kwargs):
+cdef _Snapshot _stage(object data, dict kwargs, bint room=False):
     """Read ``data`` (a mapping, anything with keys(), or an iterable of pairs)
     then ``kwargs`` into a new private snapshot, later keys winning. Runs
-    Python (iteration, hashing, __eq__); takes no lock."""
+    Python (iteration, hashing, __eq__); takes no lock. ``room``: a dict is
+    read into a table with every entry slot its index allows (what a
+    LockedTable built from it keeps, see table_reserve), instead of exactly
+    its size."""
     cdef _Snapshot st = _snapshot_new()
     cdef _Snapshot src
     cdef Py_ssize_t pos = 0, n = 0, extra = len(kwargs) if kwargs else 0
     cdef PyObject* k
     cdef PyObject* v
     cdef Py_hash_t h
-    cdef Py_hash_t* known = NULL
-    cdef bint bulk
     if type(data) is dict:
         # While every key is an exact str or int, no Python code runs (so the
-        # dict cannot change) and its keys are distinct: entries are written
-        # in bulk and indexed once at the end. The first key that needs Python
-        # (or an int in a str-only table) ends the bulk phase; the rest goes
-        # through table_insert. Every key keeps the hash the dict stored for
-        # it (as dict(d) does) where fk_dict_next gives it: never hashed again.
-        # A str table's hashes are kept aside as they are read, so that
-        # indexing does not read every key object again (at 1M keys that
-        # second pass over the str objects cost more than dict(d) whole);
-        # without the memory for them, the keys are read again.
+        # dict cannot change) and its keys are distinct: table_fill_from_dict
+        # copies them in one pass. The first key that needs Python (or an int
+        # in a str-only table) ends it; the rest goes through table_insert,
+        # with the hash the dict stored for it where fk_dict_next gives it.
         pos = 0
-        bulk = True
         if PyDict_Next(data, &pos, &k, &v) and not _is_str(k):
             _set_empty(&st.tab, False)      # general layout from the start
-        _alloc(&st.tab, len(<dict>data) + extra)
-        if st.tab.unicode and st.tab.capacity > 0:
-            known = <Py_hash_t*>PyMem_Malloc(<size_t>st.tab.capacity * sizeof(Py_hash_t))
-        try:
-            pos = 0
+        n = len(<dict>data) + extra
+        _alloc(&st.tab, _usable(_log2_for(n)) if room and n > 0 else n)
+        n = 0
+        pos = 0
+        if not table_fill_from_dict(&st.tab, data, &pos):
             while fk_dict_next(data, &pos, &k, &v, &h):
-                if bulk:
-                    if _is_str(k):
-                        if h == -1:
-                            h = FASTKV_STR_HASH(k)
-                            if h == -1:
-                                h = _object_hash(k)
-                        if known != NULL:
-                            known[st.tab.nentries] = h
-                        _append_unindexed(&st.tab, k, h, v)
-                        continue
-                    if _is_int(k) and not st.tab.unicode:
-                        _append_unindexed(&st.tab, k, h if h != -1 else fastkv_int_hash(k), v)
-                        continue
-                    _reindex(&st.tab, known)
-                    bulk = False
                 key = <object>k          # own references: hashing may run Python
                 value = <object>v
                 table_insert(&st.tab, k, h if h != -1 else table_hash(key), v)
-            if bulk:
-                _reindex(&st.tab, known)
-        finally:
-            PyMem_Free(known)
     elif isinstance(data, FrozenTable):
         src = _snap_ref(<FrozenTable>data)
         table_copy(&st.tab, &src.tab, src.tab.used + extra, -1)
@@ -332,6 +291,14 @@ cdef list _flat_items(const Table* t):
     insertion order. t must not change meanwhile (a snapshot or a private
     table). No Python (but allocation)."""
     cdef list out = PyList_New(1 + 2 * t.used)
+    _flat_fill(out, t)
+    return out
+
+
+cdef void _flat_fill(list out, const Table* t) noexcept:
+    """Fill ``out``, a new list of exactly ``1 + 2 * t.used`` empty (NULL)
+    slots, with ``_ITEMS_MARK`` and t's live items (new references). No
+    Python, no allocation: LockedTable runs it under its lock."""
     cdef Py_ssize_t j, k = 1
     cdef const Entry* ep
     _incref(<PyObject*>_ITEMS_MARK)
@@ -344,7 +311,6 @@ cdef list _flat_items(const Table* t):
             _incref(ep.value)
             _list_set(out, k + 1, ep.value)
             k += 2
-    return out
 
 
 cdef _Snapshot _state_stage(object items):

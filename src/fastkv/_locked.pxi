@@ -116,6 +116,9 @@
 #   _clear() except -1                    remove everything (O(1) under the lock)
 #   _snapshot() -> _Snapshot              an atomic private copy of the table
 #                                         (walk it with table_next, or wrap it)
+#   _items_list() -> list                 the items as one flat list (pickle's
+#                                         state), copied atomically without a
+#                                         snapshot
 #   _held() noexcept -> bint              the calling thread holds the lock (it
 #                                         is inside an operation on this table:
 #                                         a call that would wait for the lock's
@@ -346,7 +349,7 @@ cdef _Snapshot _locked_stage(object data, dict kwargs):
             for key, value in kwargs.items():
                 table_insert(&st.tab, <PyObject*>key, table_hash(key), <PyObject*>value)
         return st
-    return _stage(data, kwargs)
+    return _stage(data, kwargs, True)     # (a dict: with dict's growth room)
 
 
 class _LockedValuesView(_FrozenValuesView):
@@ -740,6 +743,28 @@ cdef class LockedTable:
         self._release()
         table_clear(&old)                     # destructors run unlocked
         return 0
+
+    @cython.final
+    cdef list _items_list(self):
+        """The items as ``_flat_items`` of an atomic copy gives them, copied
+        under the lock straight into a list allocated before it (allocation
+        may run the garbage collector, hence Python: never under the lock).
+        No snapshot in between: its copy of the index and entries, an INCREF
+        and later a DECREF of every key and value made pickling a 1M-key
+        table 1.4x slower than pickling a dict. If the table's size changed
+        between the allocation and the lock, it takes a snapshot after all."""
+        cdef Py_ssize_t n = fk_ssize_load(&self._tab.used)
+        cdef list out = PyList_New(1 + 2 * n)
+        cdef _Snapshot snap
+        self._acquire()
+        if self._tab.used == n:
+            _flat_fill(out, &self._tab)
+            self._release()
+            return out
+        self._release()
+        out = None
+        snap = self._snapshot()
+        return _flat_items(&snap.tab)
 
     @cython.final
     cdef _Snapshot _snapshot(self):
@@ -1224,8 +1249,7 @@ cdef class LockedTable:
         table -- the table itself included -- loads as the new table. O(n)."""
         if not isinstance(self, LockedTable):
             fk_wrong_self(self, LockedTable)
-        cdef _Snapshot snap = self._snapshot()
-        return (_fk_newobj, (type(self),), fk_reduce_state(self, _flat_items(&snap.tab)))
+        return (_fk_newobj, (type(self),), fk_reduce_state(self, self._items_list()))
 
     def __setstate__(self, state):
         """Load a pickled ``(items, attrs)`` state: ``attrs`` into a
