@@ -478,6 +478,8 @@ cdef extern from *:
     struct __pyx_obj_6fastkv_5_core_LockedTable;
     static inline __attribute__((always_inline)) PyObject *__pyx_f_6fastkv_5_core__lookup(
         struct __pyx_obj_6fastkv_5_core_FrozenTable *, PyObject *, PyObject *);
+    static inline __attribute__((always_inline)) int __pyx_f_6fastkv_5_core__lookup_ref(
+        struct __pyx_obj_6fastkv_5_core_FrozenTable *, PyObject *, PyObject **);
     static inline __attribute__((always_inline)) int __pyx_f_6fastkv_5_core_11LockedTable__find_ref(
         struct __pyx_obj_6fastkv_5_core_LockedTable *, PyObject *, PyObject **);
     #endif
