@@ -519,3 +519,13 @@ def test_chart_styles_tell_every_strategy_and_family_apart():
     # the case that prompted it: FrozenTable, its reference and frozendict
     assert styles["frozen"][0] == styles["ref-frozen"][0] != styles["frozendict"][0]
     assert styles["frozen"][1] != styles["ref-frozen"][1]
+
+
+def test_a_calibration_slowed_by_a_stall_is_redone_once():
+    # calibration: n=1 ran 0.5 s (a stall) at min_time 1 s, so n came out 2;
+    # the first timed run is 0.01 s: n is scaled from it (2 x 1 / 0.01) and
+    # that run is dropped; the runs after it (1.0 s) make the figure
+    tm = bench._Timing(bench.STRATEGIES["dict"], _FakeRun([0.5, 0.01, 1.0]), 1)
+    bench._measure_interleaved([tm], min_time=1.0, repeat=3, budget=1e9, min_n_of=lambda tm: 1)
+    assert tm.recalibrated and tm.n == 200
+    assert tm.samples == [1.0, 1.0, 1.0]

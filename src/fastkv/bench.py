@@ -44,7 +44,9 @@ Timing method (timeit-style, nothing clever):
 - All the stores of one size are built first and measured together. The
   number of operations per run is calibrated for each like
   ``timeit.autorange`` (x10 until a run lasts a tenth of ``--min-time``, then
-  scaled up to last ``--min-time``); then the timed runs are taken in rounds,
+  scaled up to last ``--min-time``; a timed run under a quarter of it shows
+  a calibration slowed by a stall, and n is scaled again from that run, once);
+  then the timed runs are taken in rounds,
   one run of every store per round (the order rotated each round), so a
   change in the machine's load during the run reaches every strategy alike.
   The figure reported is the best (fastest) of ``--repeat`` runs, as timeit
@@ -157,6 +159,7 @@ MAX_OPS = 20_000_000  # upper bound on operations per run
 PROBE_SIZE = 1_000  # size of the trial build that estimates a large build's time
 SETTLED_MIN_OPS = 1_000  # least operations in a run that ends with sync()
 CONFIRM = 1.25  # a best run needs another run within this factor of it
+RECALIBRATE = 0.25  # a timed run this much shorter than min_time: n is re-scaled once
 SEED = 20240611
 RECORD_POOL = 1_024
 FIELDS = (
@@ -635,7 +638,7 @@ class _Timing:
     units per run, and the seconds of each timed run so far."""
 
     __slots__ = ("strategy", "run", "unit_ops", "n", "samples", "spent", "error", "remeasured",
-                 "unstable")
+                 "unstable", "min_time", "recalibrated")
 
     def __init__(self, strategy, run, unit_ops):
         self.strategy = strategy
@@ -647,6 +650,8 @@ class _Timing:
         self.error = None
         self.remeasured = False  # its best run stood alone: more runs were taken
         self.unstable = False  # and it still stood alone: dropped, figure marked
+        self.min_time = 0.0    # what calibrate() aimed a run at
+        self.recalibrated = False  # a timed run showed the calibration was disturbed
 
     def confirmed(self):
         """Whether the best run is backed by another run within CONFIRM of it
@@ -666,6 +671,7 @@ class _Timing:
         """n grows x10 from ``min_n`` until a run lasts min_time/10, then is
         scaled to last min_time (a run already that long is kept as a sample)."""
         n = max(1, min_n)
+        self.min_time = min_time
         while True:
             t = self.run(n)
             self.spent += t
@@ -684,6 +690,16 @@ class _Timing:
     def once(self):
         t = self.run(self.n)
         self.spent += t
+        if (not self.recalibrated and t < self.min_time * RECALIBRATE
+                and self.n < MAX_OPS):
+            # A calibration run the machine stalled came out slow, so n came
+            # out small: every run would then time mostly a run's fixed cost
+            # (the threads scenario's thread starts: FrozenTable at 183x dict
+            # once). Scale n from this undisturbed run, drop what was timed.
+            self.n = min(MAX_OPS, max(self.n + 1, math.ceil(self.n * self.min_time / max(t, 1e-9))))
+            self.samples.clear()
+            self.recalibrated = True
+            return
         self.samples.append(t)
 
 
