@@ -904,3 +904,121 @@ def test_build_from_dict_whose_key_hash_mutates_it(impl):
     assert len(t) == len(set(t))
     for k in t:
         assert t[k] == (d[k] if k in d else 9)
+
+
+def _derived_case(shape, n=50_000):
+    """A str dict of ``n`` keys whose index is int32 (log2 >= 16), shaped so
+    that a build from it takes (or must not take) the derived-index path."""
+    d = {f"s{i}": i for i in range(n)}
+    if shape == "popped":  # popitem leaves dummies in the index, no holes
+        for _ in range(97):
+            d.popitem()
+    elif shape == "hole":  # a deleted entry in the middle: no derived index
+        del d["s77"]
+    elif shape == "shrunk":  # a 2**17-slot index for 30,000 keys: ours has 2**16
+        for _ in range(n - 30_000):
+            d.popitem()
+    return d
+
+
+@pytest.mark.parametrize("room", [False, True], ids=["frozen", "locked"])
+@pytest.mark.parametrize("how", ["simd", "scalar", "stopped", "rebuilt"])
+@pytest.mark.parametrize("shape", ["plain", "popped", "hole", "shrunk"])
+def test_build_derives_the_index_of_a_big_str_dict(shape, how, room):
+    # FrozenTable(d)/LockedTable(d) from a str dict with no holes whose index
+    # has the table's own size and int32 slots copy the dict's index (its
+    # empty and deleted slots as they are), each position tagged from the
+    # entry's hash, instead of inserting every key into a fresh index. The
+    # engine's check() re-probes every entry (and its tag), recounts
+    # 'filled' (dummies included) and bounds the appends left; a table
+    # built that way must then take appends, deletions and copies as any.
+    # "stopped"/"rebuilt": the copy stops halfway (a key that would need
+    # Python) or the dict's index is found inconsistent: the table is
+    # indexed by hash instead, and must be just as correct.
+    from fastkv import _core
+
+    d = _derived_case(shape)
+    fault = {"stopped": 1, "rebuilt": 2}.get(how, 0)
+    t, path = _core._build_checked(d, room, fault, how != "scalar")
+    walk = _core._DICT_WALK and shape in ("plain", "popped")
+    assert path == ({"stopped": "stopped", "rebuilt": "rebuilt"}.get(how, "derived") if walk else None)
+    info = t.info()
+    t.check()
+    assert info["used"] == len(d) and info["unicode"] and info["log2"] >= 16
+    if path == "derived" and shape == "popped":
+        assert info["filled"] == len(d) + 97  # the dict's dummies, kept
+    elif path != "derived":
+        assert info["filled"] == len(d)
+    assert t.items() == list(d.items())
+    for k, v in d.items():
+        assert t.lookup(fresh_str(k)) == v
+    for k in [f"s{i}" for i in range(50_000, 50_500)] + [f"x{i}" for i in range(500)]:
+        with pytest.raises(KeyError):
+            t.lookup(k)
+    # writes: appends into the room (and past it), deletions, copies
+    for i in range(info["capacity"] - info["used"] + 10):
+        t.insert(f"new{i}", i)
+        d[f"new{i}"] = i
+    for k in list(d)[::5]:
+        assert t.delete(k)
+        del d[k]
+    t.check()
+    assert t.items() == list(d.items())
+    c = t.copy()
+    c.check()
+    assert c.items() == list(d.items())
+
+
+def test_build_from_a_derived_dict_then_write_through_the_public_tables(impl):
+    d = _derived_case("popped")
+    ft = impl.FrozenTable(d, extra=-1)  # a keyword: the index is derived, then one insert
+    lt = impl.LockedTable(d)
+    e = dict(d, extra=-1)
+    assert list(ft.items()) == list(e.items()) and len(ft) == len(e)
+    assert all(ft[fresh_str(k)] == v for k, v in e.items())
+    assert ft.get("s49999") is None and 3 not in ft  # popped, and an int in a str table
+    for i in range(30_000):
+        lt[f"n{i}"] = i
+        d[f"n{i}"] = i
+    del lt["s0"], d["s0"]
+    assert lt.popitem() == d.popitem()
+    assert list(lt.items()) == list(d.items())
+    assert all(lt[fresh_str(k)] == v for k, v in d.items())
+    assert ft.put_many({"s1": "x", 5: 5}) is None and ft["s1"] == "x" and ft[5] == 5
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "scalar"])
+@pytest.mark.parametrize("corruption", ["out-of-range", "bad-negative", "twice", "lost"])
+def test_build_rejects_a_dict_index_that_does_not_account_for_its_entries(corruption, simd):
+    # The derived index trusts the dict's own index only after checking it
+    # points at exactly its n entries (every slot -1, -2 or < n; n of them
+    # live): a slot out of range would later send a lookup past the entry
+    # array. The dict's index is corrupted here through ctypes (CPython's
+    # private layout, as fastkv mirrors it), the build must notice and
+    # index by hash instead, then the dict is restored.
+    import ctypes
+
+    from fastkv import _core
+
+    if not _core._DICT_WALK:
+        pytest.skip("no direct dict reading on this interpreter (PyDict_Next builds)")
+    d = _derived_case("plain")
+    n = len(d)
+    keys = ctypes.c_void_p.from_address(id(d) + 32).value  # PyDictObject.ma_keys
+    log2 = ctypes.c_uint8.from_address(keys + 8).value
+    assert ctypes.c_int64.from_address(keys + 24).value == n  # dk_nentries: the mirror is right
+    slots = (ctypes.c_int32 * (1 << log2)).from_address(keys + 32)
+    live = next(i for i in range(1 << log2) if slots[i] == 7)
+    empty = next(i for i in range(1 << log2) if slots[i] == -1)
+    target, value = {"out-of-range": (live, n + 5), "bad-negative": (empty, -3),
+                     "twice": (empty, 7), "lost": (live, -1)}[corruption]
+    saved = slots[target]
+    slots[target] = value
+    try:
+        t, path = _core._build_checked(d, simd=simd)
+    finally:
+        slots[target] = saved
+    assert path == "rebuilt"
+    t.check()
+    assert t.items() == list(d.items())
+    assert t.lookup("s7") == 7 and d["s7"] == 7

@@ -192,6 +192,38 @@ fastkv_dict_walk_verify()     # (see _engine.pxi: reading dicts directly)
 _DICT_WALK = bool(fastkv_dict_walk_ok)   # builds from a dict read its entries directly
 
 
+def _build_checked(dict data, bint room=False, int fault=0, bint simd=True):
+    """Tests only: build from ``data`` as FrozenTable(data) (``room``: as
+    LockedTable(data)) and return the table as an ``_EngineTable`` (whose
+    ``check()`` and ``info()`` see the engine's invariants and counters).
+    ``fault``: 1 stops the derived-index build halfway (as at a key that
+    needs Python), 2 makes it find the dict's index corrupt; both must
+    still build a correct table. ``simd=False``: the derived index is made
+    by the scalar loop even where the CPU has AVX2. Returns ``(table,
+    path)``, path saying how the index was made: "derived", "stopped"
+    (fault 1), "rebuilt" (fault 2) or None (not by _fill_str_derived)."""
+    global _build_fault, _build_path, fastkv_derive_avx2
+    cdef _Snapshot st
+    cdef _EngineTable out = _EngineTable()
+    cdef Table tmp
+    cdef int avx2 = fastkv_derive_avx2
+    _build_fault = fault
+    _build_path = 0
+    if not simd:
+        fastkv_derive_avx2 = 0
+    try:
+        st = _stage(data, None, room)
+    finally:
+        _build_fault = 0
+        fastkv_derive_avx2 = avx2
+    tmp = out.tab
+    table_move(&out.tab, &st.tab)
+    table_move(&st.tab, &tmp)
+    if room:
+        table_reserve(&out.tab)     # as LockedTable._put_many does
+    return out, (None, "derived", "stopped", "rebuilt")[_build_path]
+
+
 cdef inline _Snapshot _snap_ref(FrozenTable self):
     """The table's current snapshot as a new reference: what a reader that
     may run Python (or keeps it: iterators, views) holds. No Python."""
@@ -831,12 +863,10 @@ cdef class FrozenTable:
     there is no ``t[k] = v``, writes are spelled ``put`` / ``delete`` /
     ``put_many``. Key semantics are exactly dict's.
     """
+    cdef _Snapshot _snap
     cdef PyThread_type_lock _wlock      # writers' lock, allocated on first write
     cdef unsigned long _writer          # thread holding _wlock, 0 if none
     cdef unsigned _wgen                 # fastkv_fork_gen when it was taken
-    cdef fk_line_pad _line_pad          # _snap on its own cache line (_ft.h);
-                                        # GIL build: fits beside _wgen
-    cdef _Snapshot _snap
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
