@@ -12,7 +12,12 @@ The loop is ``for k in probe: t[k]`` (``getitem``), ``t.get(k)`` (``get``,
 pre-bound), ``t.get(k)`` of absent keys (``miss``), ``k in t``
 (``contains``); ``build`` is one ``type(t)(data)`` from the dict and
 ``pickle`` one ``pickle.dumps(t, 5)``, ``unpickle`` one ``pickle.loads`` of
-it (all three per key, not per probe); ``none`` is
+it (all three per key, not per probe); ``setitem`` is ``t[k] = v`` over
+stored keys (a replace), ``insert`` ``t[k] = v`` of distinct keys into an
+empty table of the store's type (growth included), both with a ``sync()``
+inside the window for the OwnerTable (its casts are applied by the owner
+thread, whose instructions callgrind counts too) and not measured for
+FrozenTable (a write copies the table); ``none`` is
 the bare loop, subtracted in the ``net`` column.
 Probe keys are equal copies of the stored keys (not the same objects), in
 random (``--order shuffled``, default) or insertion (``sequential``) order.
@@ -35,7 +40,8 @@ import sys
 import tempfile
 
 STORES = ("dict", "FrozenTable", "LockedTable", "OwnerTable", "none")
-OPS = ("getitem", "get", "miss", "contains", "build", "pickle", "unpickle")
+OPS = ("getitem", "get", "miss", "contains", "build", "pickle", "unpickle", "setitem", "insert")
+WRITES = ("setitem", "insert")
 
 
 def _child(store, op, size, keys, order, probes):
@@ -53,7 +59,9 @@ def _child(store, op, size, keys, order, probes):
     values = [object() for _ in range(1024)]
     data = {k: values[i % 1024] for i, k in enumerate(stored)}
     src = absent if op == "miss" else stored
-    if order == "shuffled":
+    if op == "insert":
+        picks = rng.sample(src, probes) if order == "shuffled" else src[:probes]
+    elif order == "shuffled":
         picks = [src[rng.randrange(size)] for _ in range(probes)]
     else:
         picks = [src[i % size] for i in range(probes)]
@@ -105,6 +113,20 @@ def _child(store, op, size, keys, order, probes):
         os.getppid()
         for k in probe:
             pass
+        os.getppid()
+    elif op in WRITES:
+        v = values[0]
+        if op == "insert":
+            if store == "OwnerTable":
+                t.close()
+            t = ({} if store == "dict" else
+                 fastkv.OwnerTable(access="protected") if store == "OwnerTable" else
+                 getattr(fastkv, store)())
+        os.getppid()
+        for k in probe:
+            t[k] = v
+        if store == "OwnerTable":
+            t.sync()
         os.getppid()
     elif op == "getitem":
         os.getppid()
@@ -179,6 +201,8 @@ def main(argv=None):
     for op in args.ops.split(","):
         ref = None
         for store in args.stores.split(","):
+            if op in WRITES and store == "FrozenTable":
+                continue
             ev = measure(store, op, args.size, args.keys, args.order, n, args.cache_sim)
             bulk = op in ("build", "pickle", "unpickle")
             per = args.size if bulk else n

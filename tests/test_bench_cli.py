@@ -529,3 +529,23 @@ def test_a_calibration_slowed_by_a_stall_is_redone_once():
     bench._measure_interleaved([tm], min_time=1.0, repeat=3, budget=1e9, min_n_of=lambda tm: 1)
     assert tm.recalibrated and tm.n == 200
     assert tm.samples == [1.0, 1.0, 1.0]
+
+
+def test_threads_scenario_times_the_readers_not_the_main_thread(monkeypatch):
+    # The main thread passing the start barrier may be scheduled late, with
+    # the readers already running: a clock it starts then misses their
+    # first part (the old _run_threads timed a 2-thread round that had used
+    # 3.98 CPUs on 2). Here the main thread is held 0.3 s after the barrier
+    # while the readers run about 0.2 s: the figure must be theirs.
+    import threading
+
+    class LateMain(threading.Barrier):
+        def wait(self, timeout=None):
+            r = super().wait(timeout)
+            if threading.current_thread() is threading.main_thread():
+                time.sleep(0.3)
+            return r
+
+    monkeypatch.setattr(bench.threading, "Barrier", LateMain)
+    elapsed = bench._run_threads(lambda k: time.sleep(0.02), [[range(10)], [range(10)]])
+    assert 0.19 <= elapsed < 5, elapsed

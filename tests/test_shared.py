@@ -716,6 +716,33 @@ def test_fork_child_inherits_the_table(cls, name):
         assert t["child"] == pid
 
 
+def _hold_until(t, ready, go):
+    assert t["a"] == 1
+    ready.set()
+    go.wait(TIMEOUT)     # then returns: multiprocessing ends the child in os._exit
+
+
+def test_fork_child_outliving_the_close_removes_the_files_at_its_exit(cls, name):
+    # A multiprocessing fork child ends in os._exit (no atexit): a table it
+    # inherited and never closed kept its files in /dev/shm when the parent
+    # had closed first, until the next create of the name. multiprocessing's
+    # own exit finalizers now close it there: the last user sweeps.
+    ctx = multiprocessing.get_context("fork")
+    t = cls.create(name, {"a": 1})
+    ready, go = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_until, args=(t, ready, go))
+    p.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        t.close()
+        assert _shm.table_files(name)       # the child still has it open
+    finally:
+        go.set()
+        p.join(TIMEOUT)
+    assert p.exitcode == 0
+    assert not _shm.table_files(name)       # its exit closed it: files gone
+
+
 def test_threads_refreshing_at_once_lose_no_write(cls, name):
     """Regression (a SIGBUS on the free-threaded build, files left behind on
     3.14): threads of one process that remap at once could leave the table

@@ -656,6 +656,10 @@ cdef extern from "_ft.h":
     void fk_rd_synchronize() noexcept nogil
     int fk_rd_init() except -1
     PyObject* FK_LOAD_RELAXED(PyObject** p) noexcept nogil
+    # room that keeps a table's hot read fields off the cache line of its
+    # object header's shared refcount (64 bytes free-threaded, 1 on a GIL build)
+    ctypedef struct fk_line_pad:
+        pass
     # a Py_ssize_t word read by other threads without a lock (counters):
     # relaxed atomics on a free-threaded build, plain accesses on a GIL build
     Py_ssize_t fk_ssize_load "FK_LOAD_RELAXED" (Py_ssize_t* p) noexcept nogil
@@ -1286,16 +1290,24 @@ cdef inline Py_ssize_t table_size_hint(Py_ssize_t hint, Py_ssize_t extra) noexce
 
 
 cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
-    cdef Py_ssize_t j
-    cdef size_t i
+    cdef Py_ssize_t j, cur
+    cdef size_t i, mask, perturb
     cdef Entry* ep
     if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
         _rebuild(t, t.capacity if t.used < t.capacity else _grow_capacity(t.used), False)
     elif t.usable <= 0:
         _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
-    i = _free_slot(t, hash)
-    if _ix_get(t, i) == IX_EMPTY:
+    # _free_slot, keeping what the slot held
+    mask = t.mask
+    perturb = <size_t>hash
+    i = <size_t>hash & mask
+    cur = _ix_get(t, i)
+    while cur >= 0:
+        perturb >>= 5
+        i = (i * 5 + perturb + 1) & mask
+        cur = _ix_get(t, i)
+    if cur == IX_EMPTY:
         t.filled += 1           # (a dummy slot taken over stays counted)
     _ix_put(t, i, j, hash)
     if t.intexact and not _int_hash_exact(key, hash):

@@ -34,7 +34,9 @@ is not thread-safe and can stay above zero for good) must not keep the
 table alive. The kernel drops
 the locks of a killed process, so a SIGKILLed user never keeps a table alive;
 a table whose users all died without closing is swept by the next ``create``
-of its name (or ``SharedTable.unlink(name)``).
+of its name (or ``SharedTable.unlink(name)``). A process closes what it still
+has open at exit: atexit, and in multiprocessing's fork children (which end in
+``os._exit``) one of multiprocessing's exit finalizers.
 
 Publish (under the writers' lock): read the generation G, write the complete
 file of G+1 (``O_TRUNC``: a leftover of a writer killed mid-publish is
@@ -516,8 +518,49 @@ def _after_fork_in_child():
                 pass
 
 
+def _close_all_segments(*_):
+    for seg in list(_SEGMENTS):
+        try:
+            seg.close()
+        except Exception:
+            pass
+
+
+class _ExitCloseKey:
+    """multiprocessing keeps its after-fork hooks in a weak-valued registry:
+    this object, alive for good, is the key of ours."""
+
+
+_EXIT_CLOSE_KEY = _ExitCloseKey()
+_exit_close_armed = False
+
+
+def _arm_exit_close(_key):
+    # run by multiprocessing in its fork (and forkserver) children, after it
+    # has emptied the finalizer registry it inherited
+    sys.modules["multiprocessing.util"].Finalize(None, _close_all_segments, exitpriority=-1)
+
+
+def _after_fork_in_child_mp():
+    """A multiprocessing child made by fork ends in ``os._exit``: no atexit
+    hook runs, so a table it inherited (or opened) and still had open was
+    never closed, and if it was the last user its files stayed in /dev/shm
+    until the next ``create`` of the name. multiprocessing runs its own
+    finalizers before that exit: every segment is closed by one of them.
+    (A bare ``os.fork()`` child that ends in ``os._exit`` runs nothing: it
+    must close its tables; the kernel still drops its locks, so the next
+    ``create`` or ``SharedTable.unlink`` sweeps what it kept.)"""
+    global _exit_close_armed
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _exit_close_armed:
+        return
+    util.register_after_fork(_EXIT_CLOSE_KEY, _arm_exit_close)
+    _exit_close_armed = True    # inherited: the registry entry is too
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child_mp)
 
 
 class _GenBytes:

@@ -608,29 +608,37 @@ def _run_mix(read, write, settle, chunks, value):
 
 
 def _run_threads(read, per_thread_chunks):
+    """Seconds from the first reader's start to the last reader's end, each
+    taken by the reader itself: a main thread that takes the clock after the
+    barrier may be scheduled late, with the readers already running, and
+    would then time less than they did."""
     errors = []
-    barrier = threading.Barrier(len(per_thread_chunks) + 1)
+    n = len(per_thread_chunks)
+    barrier = threading.Barrier(n + 1)
+    began = [0.0] * n
+    ended = [0.0] * n
 
-    def worker(chunks):
+    def worker(i, chunks):
         try:
             barrier.wait()
+            began[i] = time.perf_counter()
             for chunk in chunks:
                 for k in chunk:
                     read(k)
         except BaseException as exc:  # reported by the measuring thread
             errors.append(exc)
+        ended[i] = time.perf_counter()
 
-    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in per_thread_chunks]
+    threads = [threading.Thread(target=worker, args=(i, c), daemon=True)
+               for i, c in enumerate(per_thread_chunks)]
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    return elapsed
+    return max(ended) - min(began)
 
 
 class _Timing:
