@@ -169,22 +169,38 @@ def _open(store: str, handle, n: int):
         return u.get, (lambda: None)
     if store == "shm-dict":
         from shared_memory_dict import SharedMemoryDict
-        s = SharedMemoryDict(name=handle, size=0)
-        _untrack(s._memory_block)
+        with _untracked_attach():
+            s = SharedMemoryDict(name=handle, size=0)
         return s.get, (lambda: None)
     raise ValueError(store)
 
 
-def _untrack(shm) -> None:
+class _untracked_attach:
     """A worker that attaches to a SharedMemory registers it with the
-    resource tracker (before Python 3.13), which then unlinks it, and warns,
-    when the worker exits: the parent owns the segment and unlinks it."""
-    if sys.version_info < (3, 13):
-        from multiprocessing import resource_tracker
-        try:
-            resource_tracker.unregister(shm._name, "shared_memory")
-        except Exception:
-            pass
+    resource tracker (before Python 3.13), which would unlink it, and warn,
+    when the worker exits: the parent owns the segment and unlinks it. The
+    attach therefore skips the registration. (Unregistering it afterwards
+    raced: the tracker keeps one entry per name for every process, so two
+    workers' register/unregister pairs interleaved into a second unregister,
+    and the tracker printed a KeyError traceback.)"""
+
+    def __enter__(self):
+        self.saved = None
+        if sys.version_info < (3, 13):
+            from multiprocessing import resource_tracker
+            self.saved = resource_tracker.register
+
+            def register(name, rtype, _register=self.saved):
+                if rtype != "shared_memory":
+                    _register(name, rtype)
+
+            resource_tracker.register = register
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            from multiprocessing import resource_tracker
+            resource_tracker.register = self.saved
 
 
 def _worker(store, handle, n, duration, touch_all, barrier, q, index):
