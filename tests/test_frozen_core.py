@@ -907,52 +907,73 @@ def test_build_from_dict_whose_key_hash_mutates_it(impl):
 
 
 def _derived_case(shape, n=50_000):
-    """A str dict of ``n`` keys whose index is int32 (log2 >= 16), shaped so
-    that a build from it takes (or must not take) the derived-index path."""
-    d = {f"s{i}": i for i in range(n)}
-    if shape == "popped":  # popitem leaves dummies in the index, no holes
+    """A dict of ``n`` keys whose index is int32 (log2 >= 16), shaped so that
+    a build from it takes (or must not take) the derived-index path."""
+    kind, _, how = shape.partition("-")
+    keys = {"str": [f"s{i}" for i in range(n)], "int": list(range(n)),
+            "big": [2**70 + i for i in range(n)],  # hash != value: not intexact
+            "mixed": [i if i % 2 else f"s{i}" for i in range(1, n + 1)],  # general, int first
+            "obj": list(range(1000)) + [Key("o", h=7)] + list(range(1000, n - 1))}[kind]
+    d = {k: i for i, k in enumerate(keys)}
+    if how == "popped":  # popitem leaves dummies in the index, no holes
         for _ in range(97):
             d.popitem()
-    elif shape == "hole":  # a deleted entry in the middle: no derived index
-        del d["s77"]
-    elif shape == "shrunk":  # a 2**17-slot index for 30,000 keys: ours has 2**16
+    elif how == "hole":  # a deleted entry in the middle: no derived index
+        del d[keys[77]]
+    elif how == "shrunk":  # a 2**17-slot index for 30,000 keys: ours has 2**16
         for _ in range(n - 30_000):
             d.popitem()
     return d
 
 
+def _fresh_key(k):
+    if type(k) is str:
+        return fresh_str(k)
+    if type(k) is int:
+        return int(str(k))
+    return k
+
+
 @pytest.mark.parametrize("room", [False, True], ids=["frozen", "locked"])
 @pytest.mark.parametrize("how", ["simd", "scalar", "stopped", "rebuilt"])
-@pytest.mark.parametrize("shape", ["plain", "popped", "hole", "shrunk"])
-def test_build_derives_the_index_of_a_big_str_dict(shape, how, room):
-    # FrozenTable(d)/LockedTable(d) from a str dict with no holes whose index
-    # has the table's own size and int32 slots copy the dict's index (its
-    # empty and deleted slots as they are), each position tagged from the
-    # entry's hash, instead of inserting every key into a fresh index. The
-    # engine's check() re-probes every entry (and its tag), recounts
-    # 'filled' (dummies included) and bounds the appends left; a table
-    # built that way must then take appends, deletions and copies as any.
-    # "stopped"/"rebuilt": the copy stops halfway (a key that would need
+@pytest.mark.parametrize("shape", ["str", "str-popped", "str-hole", "str-shrunk", "int", "int-popped",
+                                   "int-hole", "big", "mixed", "obj"])
+def test_build_derives_the_index_of_a_big_dict(shape, how, room):
+    # FrozenTable(d)/LockedTable(d) from a dict with no holes whose index has
+    # the table's own size and int32 slots, read into a table of its layout
+    # (str: unicode; else general), copy the dict's index (its empty and
+    # deleted slots as they are), each position tagged from the entry's
+    # hash, instead of inserting every key into a fresh index. The engine's
+    # check() re-probes every entry (and its tag), recounts 'filled'
+    # (dummies included), checks intexact and bounds the appends left; a
+    # table built that way must then take appends, deletions and copies as
+    # any. "stopped"/"rebuilt": the copy stops halfway (a key that would need
     # Python) or the dict's index is found inconsistent: the table is
-    # indexed by hash instead, and must be just as correct.
+    # indexed by hash instead, and must be just as correct. "obj" stops by
+    # itself at its object key (entry 1000); the general loop takes the rest.
     from fastkv import _core
 
     d = _derived_case(shape)
     fault = {"stopped": 1, "rebuilt": 2}.get(how, 0)
     t, path = _core._build_checked(d, room, fault, how != "scalar")
-    walk = _core._DICT_WALK and shape in ("plain", "popped")
-    assert path == ({"stopped": "stopped", "rebuilt": "rebuilt"}.get(how, "derived") if walk else None)
+    expected = None
+    if _core._DICT_WALK and not shape.endswith(("hole", "shrunk")):
+        expected = "stopped" if shape == "obj" else {"stopped": "stopped", "rebuilt": "rebuilt"}.get(how, "derived")
+    assert path == expected
     info = t.info()
     t.check()
-    assert info["used"] == len(d) and info["unicode"] and info["log2"] >= 16
-    if path == "derived" and shape == "popped":
+    assert info["used"] == len(d) and info["log2"] >= 16
+    assert info["unicode"] == shape.startswith("str")
+    assert info["intexact"] == shape.startswith("int")
+    if path == "derived" and shape.endswith("popped"):
         assert info["filled"] == len(d) + 97  # the dict's dummies, kept
     elif path != "derived":
         assert info["filled"] == len(d)
     assert t.items() == list(d.items())
     for k, v in d.items():
-        assert t.lookup(fresh_str(k)) == v
-    for k in [f"s{i}" for i in range(50_000, 50_500)] + [f"x{i}" for i in range(500)]:
+        assert t.lookup(_fresh_key(k)) == v
+    absent = [f"x{i}" for i in range(300)] + [-1 - i for i in range(300)] + [2**71 + i for i in range(300)]
+    for k in absent:
         with pytest.raises(KeyError):
             t.lookup(k)
     # writes: appends into the room (and past it), deletions, copies
@@ -969,8 +990,29 @@ def test_build_derives_the_index_of_a_big_str_dict(shape, how, room):
     assert c.items() == list(d.items())
 
 
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "scalar"])
+def test_build_derives_one_byte_tags_past_2_24_index_slots(simd):
+    # From 2**24 index slots on (5,592,406+ keys) a tag has at most 7 bits:
+    # the derived index keeps them in 1 byte a key (2 below), and the AVX2
+    # gather reads them at scale 1. ~1 s and ~600 MB per case.
+    from fastkv import _core
+
+    d = dict.fromkeys(range(5_600_000), 0)
+    for i in range(0, 5_600_000, 1000):
+        d[i] = i
+    t, path = _core._build_checked(d, False, 0, simd)
+    assert path == ("derived" if _core._DICT_WALK else None)
+    assert t.info()["log2"] == 24 and t.info()["intexact"]
+    t.check()
+    for i in range(0, 5_600_000, 997):
+        assert t.lookup(int(str(i))) == (i if i % 1000 == 0 else 0)
+    for k in (-5, 5_600_000, 2**40, "x"):
+        with pytest.raises(KeyError):
+            t.lookup(k)
+
+
 def test_build_from_a_derived_dict_then_write_through_the_public_tables(impl):
-    d = _derived_case("popped")
+    d = _derived_case("str-popped")
     ft = impl.FrozenTable(d, extra=-1)  # a keyword: the index is derived, then one insert
     lt = impl.LockedTable(d)
     e = dict(d, extra=-1)
@@ -1002,7 +1044,7 @@ def test_build_rejects_a_dict_index_that_does_not_account_for_its_entries(corrup
 
     if not _core._DICT_WALK:
         pytest.skip("no direct dict reading on this interpreter (PyDict_Next builds)")
-    d = _derived_case("plain")
+    d = _derived_case("str")
     n = len(d)
     keys = ctypes.c_void_p.from_address(id(d) + 32).value  # PyDictObject.ma_keys
     log2 = ctypes.c_uint8.from_address(keys + 8).value

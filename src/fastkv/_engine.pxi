@@ -48,13 +48,14 @@
 #
 # Builds from a dict (``table_fill_from_dict``) read its entry array directly
 # where CPython's layout is known (3.11-3.14, GIL builds; PyDict_Next
-# elsewhere). A str dict with no deleted entry whose index has the fresh
-# table's size and int32 slots (a dict of 21,846+ keys built by insertion or
-# copied: its size is what the engine picks for its length) lends its index
-# too: the dict probes as the engine does, for the same hashes, so the table
-# takes the dict's index slot for slot, each position tagged from the hash
-# read in the copy pass (``_fill_str_derived``). No index slot is probed:
-# at 1M keys that probing, a cache miss per key, was most of the build.
+# elsewhere). A dict with no deleted entry whose index has the fresh table's
+# size and int32 slots (a dict of 21,846+ keys built by insertion or copied:
+# its size is what the engine picks for its length), read into a table of
+# its layout (str keys: unicode; else general), lends its index too: the
+# dict probes as the engine does, for the same hashes, so the table takes
+# the dict's index slot for slot, each position tagged from the hash read
+# in the copy pass (``_fill_derived``). No index slot is probed: at 1M
+# keys that probing, a cache miss per key, was most of the build.
 #
 # An empty table points at one static, read-only index of 8 IX_EMPTY slots and
 # has no entry array: it costs no allocation, and ``table_clear`` never fails.
@@ -171,7 +172,7 @@ cimport cython
 from cpython.object cimport PyObject, Py_EQ
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memcpy, memset, memcmp
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 cdef extern from *:
     """
@@ -274,23 +275,51 @@ cdef extern from *:
                     FASTKV_TAG_MIX(hashes[j]) >> tagshift) << log2));        \
             }                                                                 \
         } while (0)
-    /* _fill_str_derived's second pass: dst[i] = src[i] for every slot of a
+    /* _fill_derived's second pass: dst[i] = src[i] for every slot of a
        dict's int32 index, the position of a live entry (0 <= ix < n) tagged
-       with tags[ix] << log2, empty (-1) and deleted (-2) slots as they are.
-       Returns the number of deleted slots, or -1 if src is not an index of
-       exactly the n entries (a slot out of range, or not n live ones).
-       ``tags`` has n + 1 readable entries (the AVX2 gather reads 4 bytes
-       at tags + ix). Half the slots are empty, at random: no branch on a
-       slot. Instruction-bound, not memory-bound, in scalar code (about 30
-       instructions a slot, 2**21 slots at 1M keys: two thirds of a str
-       build's time in one measurement), so where the CPU has AVX2 (checked
-       at run time) eight slots go per iteration, the tags gathered. */
+       with tag(ix) << log2, empty (-1) and deleted (-2) slots as they are.
+       Tags are 2 bytes (``wide``, log2 16-23: 8-15 tag bits) or 1 byte
+       (log2 >= 24: at most 7 bits), ``tags`` readable 4 bytes past entry
+       n - 1 (the AVX2 gather reads 4 bytes at a tag; what is above the tag
+       shifts out of the slot, as log2 >= 16 resp. 24). Returns the number
+       of deleted slots, or -1 if src is not an index of exactly the n
+       entries (a slot out of range, or not n live ones). Half the slots are
+       empty, at random: no branch on a slot. Instruction-bound, not
+       memory-bound, in scalar code (about 30 instructions a slot, 2**21
+       slots at 1M keys: two thirds of a str build's time in one
+       measurement), so where the CPU has AVX2 (checked at run time) eight
+       slots go per iteration, the tags gathered. */
+    #define FASTKV_DERIVE_TAIL(TAGS)                                          \
+        for (; i < size; i++) {                                               \
+            int32_t ix = src[i];                                              \
+            uint32_t ok = (uint32_t)ix < (uint64_t)n;                         \
+            uint32_t okmask = 0u - ok;                                        \
+            /* (a slot < 0 has every bit above log2 set: or-ing in the tag  \
+               of entry 0 leaves it as it is) */                              \
+            dst[i] = (int32_t)((uint32_t)ix                                   \
+                               | ((uint32_t)(TAGS)[(uint32_t)ix & okmask] << log2)); \
+            nlive += ok;                                                      \
+            ndummies += ix == -2;                                             \
+            nempties += ix == -1;                                             \
+        }
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define FASTKV_HAVE_AVX2_DERIVE 1
     #include <immintrin.h>
+    #define FASTKV_DERIVE_AVX2_LOOP(SCALE)                                    \
+        for (i = 0; i + 8 <= size; i += 8) {                                  \
+            __m256i ix = _mm256_loadu_si256((const __m256i *)(src + i));      \
+            __m256i ok = _mm256_andnot_si256(_mm256_cmpgt_epi32(zero, ix),    \
+                                             _mm256_cmpgt_epi32(vn, ix));     \
+            __m256i tag = _mm256_mask_i32gather_epi32(zero, (const int *)tags, ix, ok, SCALE); \
+            tag = _mm256_sll_epi32(tag, shift);                               \
+            _mm256_storeu_si256((__m256i *)(dst + i), _mm256_or_si256(ix, tag)); \
+            live = _mm256_sub_epi32(live, ok);     /* lanes of -1 count one */ \
+            dummies = _mm256_sub_epi32(dummies, _mm256_cmpeq_epi32(ix, m2));  \
+            empties = _mm256_sub_epi32(empties, _mm256_cmpeq_epi32(ix, m1));  \
+        }
     __attribute__((target("avx2")))
     static Py_ssize_t fastkv_index_derive32_avx2(int32_t *dst, const int32_t *src, size_t size,
-                                                 const uint16_t *tags, Py_ssize_t n, int log2) {
+                                                 const void *tags, int wide, Py_ssize_t n, int log2) {
         const __m256i zero = _mm256_setzero_si256(), vn = _mm256_set1_epi32((int)n);
         const __m256i m1 = _mm256_set1_epi32(-1), m2 = _mm256_set1_epi32(-2);
         const __m128i shift = _mm_cvtsi32_si128(log2);
@@ -299,17 +328,10 @@ cdef extern from *:
         Py_ssize_t nlive = 0, ndummies = 0, nempties = 0;
         size_t i;
         int u;
-        for (i = 0; i + 8 <= size; i += 8) {
-            __m256i ix = _mm256_loadu_si256((const __m256i *)(src + i));
-            __m256i ok = _mm256_andnot_si256(_mm256_cmpgt_epi32(zero, ix),
-                                             _mm256_cmpgt_epi32(vn, ix));
-            __m256i tag = _mm256_mask_i32gather_epi32(zero, (const int *)tags, ix, ok, 2);
-            tag = _mm256_sll_epi32(tag, shift);   /* (the gather's upper 16 bits shift out: log2 >= 16) */
-            _mm256_storeu_si256((__m256i *)(dst + i), _mm256_or_si256(ix, tag));
-            live = _mm256_sub_epi32(live, ok);        /* lanes of -1 count one */
-            dummies = _mm256_sub_epi32(dummies, _mm256_cmpeq_epi32(ix, m2));
-            empties = _mm256_sub_epi32(empties, _mm256_cmpeq_epi32(ix, m1));
-        }
+        if (wide)
+            FASTKV_DERIVE_AVX2_LOOP(2)
+        else
+            FASTKV_DERIVE_AVX2_LOOP(1)
         _mm256_storeu_si256((__m256i *)a, live);
         _mm256_storeu_si256((__m256i *)b, dummies);
         _mm256_storeu_si256((__m256i *)c, empties);
@@ -318,50 +340,37 @@ cdef extern from *:
             ndummies += (uint32_t)b[u];
             nempties += (uint32_t)c[u];
         }
-        for (; i < size; i++) {
-            int32_t ix = src[i];
-            int ok = (uint32_t)ix < (uint64_t)n;
-            dst[i] = ix;
-            if (ok)
-                dst[i] = (int32_t)((uint32_t)ix | ((uint32_t)tags[ix] << log2));
-            nlive += ok;
-            ndummies += ix == -2;
-            nempties += ix == -1;
-        }
+        if (wide)
+            FASTKV_DERIVE_TAIL((const uint16_t *)tags)
+        else
+            FASTKV_DERIVE_TAIL((const uint8_t *)tags)
         return nlive != n || nlive + ndummies + nempties != (Py_ssize_t)size ? -1 : ndummies;
     }
     #else
     #define FASTKV_HAVE_AVX2_DERIVE 0
     #endif
     static Py_ssize_t fastkv_index_derive32_scalar(int32_t *dst, const int32_t *src, size_t size,
-                                                   const uint16_t *tags, Py_ssize_t n, int log2) {
-        size_t i;
+                                                   const void *tags, int wide, Py_ssize_t n, int log2) {
+        size_t i = 0;
         Py_ssize_t nlive = 0, ndummies = 0, nempties = 0;
-        for (i = 0; i < size; i++) {
-            int32_t ix = src[i];
-            uint32_t ok = (uint32_t)ix < (uint64_t)n;
-            uint32_t okmask = 0u - ok;
-            /* (a slot < 0 has every bit above log2 set: or-ing in the
-               tag of entry 0 leaves it as it is) */
-            dst[i] = (int32_t)((uint32_t)ix | ((uint32_t)tags[(uint32_t)ix & okmask] << log2));
-            nlive += ok;
-            ndummies += ix == -2;
-            nempties += ix == -1;
-        }
+        if (wide)
+            FASTKV_DERIVE_TAIL((const uint16_t *)tags)
+        else
+            FASTKV_DERIVE_TAIL((const uint8_t *)tags)
         return nlive != n || nlive + ndummies + nempties != (Py_ssize_t)size ? -1 : ndummies;
     }
     static int fastkv_derive_avx2 = -1;     /* -1 not probed yet; tests set 0 */
     static Py_ssize_t fastkv_index_derive32(int32_t *dst, const int32_t *src, size_t size,
-                                            const uint16_t *tags, Py_ssize_t n, int log2) {
+                                            const void *tags, int wide, Py_ssize_t n, int log2) {
     #if FASTKV_HAVE_AVX2_DERIVE
         if (fastkv_derive_avx2 < 0) {
             __builtin_cpu_init();
             fastkv_derive_avx2 = __builtin_cpu_supports("avx2") != 0;
         }
         if (fastkv_derive_avx2)
-            return fastkv_index_derive32_avx2(dst, src, size, tags, n, log2);
+            return fastkv_index_derive32_avx2(dst, src, size, tags, wide, n, log2);
     #endif
-        return fastkv_index_derive32_scalar(dst, src, size, tags, n, log2);
+        return fastkv_index_derive32_scalar(dst, src, size, tags, wide, n, log2);
     }
     static Py_ssize_t fastkv_index_fill(void *indices, int ixshift, size_t mask, int log2,
                                         int tagshift, const Py_hash_t *hashes,
@@ -399,7 +408,7 @@ cdef extern from *:
     int fastkv_derive_avx2
     bint FASTKV_HAVE_AVX2_DERIVE
     Py_ssize_t fastkv_index_derive32(int32_t* dst, const int32_t* src, size_t size,
-                                     const uint16_t* tags, Py_ssize_t n, int log2) noexcept nogil
+                                     const void* tags, int wide, Py_ssize_t n, int log2) noexcept nogil
     Py_ssize_t fastkv_index_fill(void* indices, int ixshift, size_t mask, int log2, int tagshift,
                            const Py_hash_t* hashes, Py_ssize_t base, Py_ssize_t m) noexcept nogil
     uint64_t FASTKV_TAG_MIX(Py_hash_t h) noexcept nogil
@@ -757,7 +766,7 @@ cdef enum:
     STRIDE_GENERAL = 24  # sizeof(Entry)
     BUILD_CHUNK = 32     # _build_index: hashes in flight
     BUILD_PREFETCH_BYTES = 1 << 17   # _build_index prefetches past this index size
-    BUILD_AHEAD = 16     # _fill_str_derived: key objects prefetched this far ahead
+    BUILD_AHEAD = 16     # _fill_derived: key objects prefetched this far ahead
 
 
 # --- sizing, entries and the index -------------------------------------------------
@@ -1327,70 +1336,104 @@ cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) 
 
 
 cdef int _build_fault = 0     # tests only (_core._build_checked): 1 makes
-                              # _fill_str_derived stop halfway as at a key that
+                              # _fill_derived stop halfway as at a key that
                               # needs Python, 2 find the source index corrupt
-cdef int _build_path = 0      # tests only: how _fill_str_derived last indexed
+cdef int _build_path = 0      # tests only: how _fill_derived last indexed
                               # (1 derived, 2 stopped, 3 rebuilt)
 
 
-cdef Py_ssize_t _fill_str_derived(Table* t, const char* de, Py_ssize_t dn,
-                                  const char* dix) noexcept:
-    """table_fill_from_dict's path for a big str dict into a fresh str table
-    of the dict's own index geometry (same log2, int32 slots; the dict has no
+cdef Py_ssize_t _fill_derived(Table* t, const char* de, Py_ssize_t dn,
+                              const char* dix) noexcept:
+    """table_fill_from_dict's path for a big dict into a fresh table of the
+    same layout (str dict and str table, or general and general) and of the
+    dict's own index geometry (same log2, int32 slots; the dict has no
     holes, dn entries all live): the entries are copied in one sequential
-    pass that keeps each key's index tag aside (2 bytes a key, PyMem, freed
-    at once), then the index is the dict's own, read in order, each entry
-    position tagged from that array -- instead of one random read-and-write
-    of an index slot per key (at 1M keys most of a build's time: the slots
-    miss every cache). Valid because the dict probes as the engine does, for
-    the same hashes (checked at import, fastkv_dict_walk_verify), and entry
-    j of the table is entry j of the dict. Returns the dict position reached
-    (dn when done; t's counters updated, every entry indexed), or -1 with t
-    unchanged when the tag array cannot be had. A key that is not an exact
-    str with its hash cached (never in a str dict) stops the copy there:
-    what was copied is indexed by hash and its position returned; a source
-    index that does not account for exactly entries [0, dn) (never) is
-    rebuilt by hash. No Python."""
+    pass that keeps each key's index tag aside (2 bytes a key, 1 from 2**24
+    slots on; PyMem, freed at once), then the index is the dict's own, read
+    in order, each entry position tagged from that array -- instead of one
+    random read-and-write of an index slot per key (at 1M keys most of a
+    build's time: the slots miss every cache). Valid because the dict probes
+    as the engine does, for the same hashes (checked at import,
+    fastkv_dict_walk_verify), and entry j of the table is entry j of the
+    dict. Returns the dict position reached (dn when done; t's counters
+    updated, every entry indexed), or -1 with t unchanged when the tag array
+    cannot be had. A key table_fill_from_dict leaves to Python (other than
+    an exact str or int; in a str dict: an exact str with its hash cached,
+    always) stops the copy there: what was copied is indexed by hash and its
+    position returned; a dict index that does not account for exactly
+    entries [0, dn) (never) is rebuilt by hash. No Python."""
     global _build_path
-    cdef uint16_t* tags = <uint16_t*>PyMem_Malloc(<size_t>(dn + 2) * sizeof(uint16_t))
-    cdef Py_ssize_t j, n = 0, dummies, stop = dn
+    cdef bint wide = t.log2 < 24, unicode = t.unicode, intexact = t.intexact
+    cdef char* tags = <char*>PyMem_Malloc(<size_t>(dn + 4) * (2 if wide else 1))
+    cdef Py_ssize_t j, n = 0, dummies, stop = dn, ahead
     cdef int tagshift = t.tagshift
     cdef PyObject* const* dp
     cdef PyObject** up
+    cdef Entry* ep
     cdef PyObject* k
     cdef PyObject* v
     cdef Py_hash_t h
+    cdef uint64_t tag
     if tags == NULL:
         return -1
-    tags[dn] = tags[dn + 1] = 0     # (read, and masked off, by the AVX2 gather)
+    memset(tags + dn * (2 if wide else 1), 0, 8)   # (read, and shifted out, by the AVX2 gather)
     if _build_fault == 1:
         stop = dn // 2
     for j in range(dn):
-        if j + BUILD_AHEAD < dn:
-            # the key object BUILD_AHEAD entries on: its refcount (written
-            # here) and hash (read) are what this loop waits for
-            k = (<PyObject* const*>(de + ((j + BUILD_AHEAD) << 4)))[0]
-            FASTKV_PREFETCH_W(k)
-            FASTKV_PREFETCH(FASTKV_STR_HASH_ADDR(k))
-        dp = <PyObject* const*>(de + (j << 4))
-        k = dp[0]
-        v = dp[1]
-        if v == NULL or not _is_str(k) or j == stop:
-            break
-        h = FASTKV_STR_HASH(k)
-        if h == -1:
-            break
-        up = <PyObject**>(t._entries + (j << 4))
-        up[0] = k
-        up[1] = v
+        ahead = j + BUILD_AHEAD
+        if unicode:
+            if ahead < dn:
+                # the key object BUILD_AHEAD entries on: its refcount (written
+                # here) and hash (read) are what this loop waits for
+                k = (<PyObject* const*>(de + (ahead << 4)))[0]
+                FASTKV_PREFETCH_W(k)
+                FASTKV_PREFETCH(FASTKV_STR_HASH_ADDR(k))
+            dp = <PyObject* const*>(de + (j << 4))
+            k = dp[0]
+            v = dp[1]
+            if v == NULL or not _is_str(k) or j == stop:
+                break
+            h = FASTKV_STR_HASH(k)
+            if h == -1:
+                break
+            up = <PyObject**>(t._entries + (j << 4))
+            up[0] = k
+            up[1] = v
+        else:
+            if ahead < dn:
+                # its refcount (written) and, for an int, its digits (read)
+                k = (<PyObject* const*>(de + ahead * 24))[1]
+                FASTKV_PREFETCH_W(k)
+                FASTKV_PREFETCH(<char*>k + 24)
+            dp = <PyObject* const*>(de + j * 24)
+            h = (<const Py_hash_t*>dp)[0]
+            k = dp[1]
+            v = dp[2]
+            if v == NULL or j == stop:
+                break
+            if _is_int(k):
+                if intexact and not fastkv_int_hash_exact(k, h):
+                    intexact = False
+            elif _is_str(k):
+                intexact = False
+            else:
+                break
+            ep = table_entry(t, j)
+            ep.key = k
+            ep.value = v
+            ep.hash = h
         _incref(k)
         _incref(v)
-        tags[j] = <uint16_t>(FASTKV_TAG_MIX(h) >> tagshift)
+        tag = FASTKV_TAG_MIX(h) >> tagshift
+        if wide:
+            (<uint16_t*>tags)[j] = <uint16_t>tag
+        else:
+            (<uint8_t*>tags)[j] = <uint8_t>tag
         n += 1
     t.nentries = n
     t.usable -= n
     fk_ssize_store(&t.used, n)          # len() without the lock reads it
-    t.intexact = n == 0
+    t.intexact = intexact and not unicode or n == 0
     t.version += 1
     if n < dn:
         PyMem_Free(tags)
@@ -1398,7 +1441,7 @@ cdef Py_ssize_t _fill_str_derived(Table* t, const char* de, Py_ssize_t dn,
         _build_path = 2
         return n
     dummies = fastkv_index_derive32(<int32_t*>t.indices, <const int32_t*>dix, t.mask + 1,
-                                    tags, n, t.log2)
+                                    tags, wide, n, t.log2)
     PyMem_Free(tags)
     if dummies < 0 or _build_fault == 2:
         memset(t.indices, 0xff, _index_bytes(t))
@@ -1425,9 +1468,9 @@ cdef bint table_fill_from_dict(Table* t, object d, Py_ssize_t* pos) noexcept:
     BUILD_CHUNK items are copied, their hashes kept and their first index
     slots prefetched, then indexed, while each key object is still in cache
     from its INCREF (indexing in a second pass read every str again for
-    its hash: at 1M keys more than dict(d) costs whole). A fresh str table
-    from a str dict of its own index geometry takes the dict's index
-    instead (_fill_str_derived: 3.1x -> 1.0x dict(d) at 1M keys). No
+    its hash: at 1M keys more than dict(d) costs whole). A fresh table
+    from a dict of its layout and index geometry takes the dict's index
+    instead (_fill_derived: str keys 3.1x -> 1.0x dict(d) at 1M). No
     Python."""
     cdef Py_hash_t hashes[BUILD_CHUNK]
     cdef Py_ssize_t m, prev, base, n = t.nentries, dn = 0
@@ -1445,12 +1488,13 @@ cdef bint table_fill_from_dict(Table* t, object d, Py_ssize_t* pos) noexcept:
     cdef Py_ssize_t dstride = 16 if dunicode else 24, j
     cdef const char* dix
     cdef int dlog2 = 0, dixshift = 0
-    if (de != NULL and dunicode and unicode and pos[0] == 0 and t.nentries == 0
+    if (de != NULL and dunicode == unicode and pos[0] == 0 and t.nentries == 0
             and t.ixshift == 2 and dn > 0 and dn == len(<dict>d)):
-        # a fresh table with the dict's own index geometry: derive the index
+        # a fresh table with the dict's layout and index geometry: derive
+        # the index
         dix = fastkv_dict_index(d, &dlog2, &dixshift)
         if dix != NULL and dlog2 == t.log2 and dixshift == 2:
-            j = _fill_str_derived(t, de, dn, dix)
+            j = _fill_derived(t, de, dn, dix)
             if j >= 0:
                 pos[0] = j
                 n = t.nentries

@@ -201,7 +201,7 @@ def _build_checked(dict data, bint room=False, int fault=0, bint simd=True):
     still build a correct table. ``simd=False``: the derived index is made
     by the scalar loop even where the CPU has AVX2. Returns ``(table,
     path)``, path saying how the index was made: "derived", "stopped"
-    (fault 1), "rebuilt" (fault 2) or None (not by _fill_str_derived)."""
+    (fault 1), "rebuilt" (fault 2) or None (not by _fill_derived)."""
     global _build_fault, _build_path, fastkv_derive_avx2
     cdef _Snapshot st
     cdef _EngineTable out = _EngineTable()
