@@ -1364,7 +1364,7 @@ cdef Py_ssize_t _fill_derived(Table* t, const char* de, Py_ssize_t dn,
     entries [0, dn) (never) is rebuilt by hash. No Python."""
     global _build_path
     cdef bint wide = t.log2 < 24, unicode = t.unicode, intexact = t.intexact
-    cdef char* tags = <char*>PyMem_Malloc(<size_t>(dn + 4) * (2 if wide else 1))
+    cdef char* tags = <char*>PyMem_Malloc(<size_t>dn * (2 if wide else 1) + 8)
     cdef Py_ssize_t j, n = 0, dummies, stop = dn, ahead
     cdef int tagshift = t.tagshift
     cdef PyObject* const* dp
@@ -1376,7 +1376,7 @@ cdef Py_ssize_t _fill_derived(Table* t, const char* de, Py_ssize_t dn,
     cdef uint64_t tag
     if tags == NULL:
         return -1
-    memset(tags + dn * (2 if wide else 1), 0, 8)   # (read, and shifted out, by the AVX2 gather)
+    memset(tags + dn * (2 if wide else 1), 0, 8)   # (read by the AVX2 gather, shifted out)
     if _build_fault == 1:
         stop = dn // 2
     for j in range(dn):
