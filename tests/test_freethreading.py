@@ -288,26 +288,3 @@ def test_protected_owner_reads_take_no_reference_to_the_table():
         assert got == want
     finally:
         owner.close()
-
-
-def test_hot_read_fields_are_off_the_refcount_line():
-    # Every read from a thread that did not create a table makes the
-    # interpreter add to the table's shared refcount: on a free-threaded build
-    # an atomic write to that cache line. The fields each read loads must be
-    # on another line whatever the object's alignment (the line holding the
-    # 8-byte refcount's last byte ends at most 71 bytes past its first), or
-    # two reading threads miss on every read: with
-    # them on the header's line LockedTable reached 1.54-1.69x one thread's
-    # throughput with two threads, 1.8-2.2x once moved (3.13t, 100k str keys).
-    lay = fastkv._core._line_layout()
-    hot = {k: v for k, v in lay.items() if "." in k}
-    assert len(hot) == 6
-    if FREE_THREADED:
-        assert lay["pad"] == 64
-        for name, off in hot.items():
-            assert off - lay["refcount"] >= 71, (name, lay)
-    else:
-        # a GIL build has no such traffic: the room is one byte there
-        assert lay["pad"] == 1
-        for name, off in hot.items():
-            assert off - lay["refcount"] < 64, (name, lay)

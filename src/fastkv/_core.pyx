@@ -39,12 +39,7 @@ compiled on a GIL build (``_ft.h``: empty macros): LockedTable's lock word is
 a compare-and-swap; the owner engine's free list, cast chain, status and call
 count take a PyMutex; FrozenTable readers look at a snapshot inside a read
 section and writers release an old snapshot only after every section open at
-the swap has closed (the scheme is in ``_ft.h`` and ``_frozen.pxi``). Every
-read from a thread that did not create a table makes the interpreter add to
-the table object's shared refcount, an atomic write to the header's cache
-line; the fields each read loads (LockedTable's lock word and table,
-FrozenTable's snapshot pointer, OwnerTable's engine and storage) sit behind
-64 bytes of room (``fk_line_pad``), on a line no reader writes.
+the swap has closed (the scheme is in ``_ft.h`` and ``_frozen.pxi``).
 
 Each part documents its own design at the top of its file:
 

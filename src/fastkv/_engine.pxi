@@ -665,10 +665,6 @@ cdef extern from "_ft.h":
     void fk_rd_synchronize() noexcept nogil
     int fk_rd_init() except -1
     PyObject* FK_LOAD_RELAXED(PyObject** p) noexcept nogil
-    # room that keeps a table's hot read fields off the cache line of its
-    # object header's shared refcount (64 bytes free-threaded, 1 on a GIL build)
-    ctypedef struct fk_line_pad:
-        pass
     # a Py_ssize_t word read by other threads without a lock (counters):
     # relaxed atomics on a free-threaded build, plain accesses on a GIL build
     Py_ssize_t fk_ssize_load "FK_LOAD_RELAXED" (Py_ssize_t* p) noexcept nogil

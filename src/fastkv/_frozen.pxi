@@ -863,12 +863,10 @@ cdef class FrozenTable:
     there is no ``t[k] = v``, writes are spelled ``put`` / ``delete`` /
     ``put_many``. Key semantics are exactly dict's.
     """
+    cdef _Snapshot _snap
     cdef PyThread_type_lock _wlock      # writers' lock, allocated on first write
     cdef unsigned long _writer          # thread holding _wlock, 0 if none
     cdef unsigned _wgen                 # fastkv_fork_gen when it was taken
-    cdef fk_line_pad _line_pad          # _snap on its own cache line (_ft.h);
-                                        # GIL build: fits beside _wgen
-    cdef _Snapshot _snap
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):

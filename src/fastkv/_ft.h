@@ -203,29 +203,4 @@ static inline int fk_rd_init(void) { return 0; }
 
 #endif
 
-/* ---- room in front of a table object's hot read fields -------------------
- * On a free-threaded build every `t[k]` from a thread that did not create the
- * table makes the interpreter add to the table object's shared refcount
- * (ob_ref_shared, bytes 16-23 of the object header) with an atomic
- * instruction, and drop it again. A field every read loads (LockedTable's lock
- * word and table, FrozenTable's snapshot pointer, OwnerTable's engine and
- * storage) that shares that 64-byte line misses in every other reader's cache
- * on every read. An fk_line_pad declared ahead of those fields (only cold
- * fields before it) puts them at least 64 bytes past the header's refcount,
- * on another line whatever the object's alignment. A GIL build has no such traffic: one
- * byte (what alignment makes of it, at most 8). */
-#ifdef Py_GIL_DISABLED
-#  define FK_LINE_PAD 64
-#else
-#  define FK_LINE_PAD 1
-#endif
-typedef struct { char room[FK_LINE_PAD]; } fk_line_pad;
-/* Where the refcount that other threads write lives in an object header
-   (tests check the hot fields' distance from it: _core._line_layout). */
-#ifdef Py_GIL_DISABLED
-#  define FK_SHARED_REFCNT_OFFSET offsetof(PyObject, ob_ref_shared)
-#else
-#  define FK_SHARED_REFCNT_OFFSET offsetof(PyObject, ob_refcnt)
-#endif
-
 #endif /* FASTKV_FT_H */

@@ -403,7 +403,6 @@ cdef class LockedTable:
     under it. It is a full ``collections.abc.MutableMapping``; key semantics
     are exactly dict's.
     """
-    cdef fk_line_pad _line_pad   # the fields below off the header's line (_ft.h)
     cdef fastkv_lock _lk
     cdef Table _tab
     cdef Table _flights      # key -> _Flight: the fetch loads in flight

@@ -1262,7 +1262,6 @@ cdef class OwnerTable:
     made on the owner thread itself is served inline. After ``close()``, or in
     the child of an ``os.fork()``, every method raises ``ClosedError``.
     """
-    cdef fk_line_pad _line_pad   # the fields below off the header's line (_ft.h)
     cdef _Owner _eng
     cdef LockedTable _storage
     cdef bint _protected
@@ -1752,35 +1751,3 @@ cdef object fk_owner_get_fastcall(object self, PyObject **args, Py_ssize_t nargs
 fastkv_install_method(OwnerTable, &fk_owner_get_def, <void *>fk_owner_get_fastcall)
 
 _fk_abc.MutableMapping.register(OwnerTable)
-
-
-cdef extern from *:
-    """
-    #define FK_FIELD_OFFSET(cls, field) \
-        ((Py_ssize_t)offsetof(struct __pyx_obj_6fastkv_5_core_##cls, field))
-    """
-    Py_ssize_t FK_SHARED_REFCNT_OFFSET
-    Py_ssize_t FK_LINE_PAD
-    Py_ssize_t _off_frozen_snap "FK_FIELD_OFFSET(FrozenTable, _snap)"
-    Py_ssize_t _off_locked_lk "FK_FIELD_OFFSET(LockedTable, _lk)"
-    Py_ssize_t _off_locked_tab "FK_FIELD_OFFSET(LockedTable, _tab)"
-    Py_ssize_t _off_owner_eng "FK_FIELD_OFFSET(OwnerTable, _eng)"
-    Py_ssize_t _off_owner_storage "FK_FIELD_OFFSET(OwnerTable, _storage)"
-    Py_ssize_t _off_owner_protected "FK_FIELD_OFFSET(OwnerTable, _protected)"
-
-
-def _line_layout():
-    """Offsets, in bytes from the object's start, of the fields each table's
-    reads load, and of the header's refcount that other threads write
-    (``ob_ref_shared`` on a free-threaded build): what keeps them on different
-    cache lines (``fk_line_pad`` in ``_ft.h``). For the tests."""
-    return {
-        "refcount": FK_SHARED_REFCNT_OFFSET,
-        "pad": FK_LINE_PAD,
-        "FrozenTable._snap": _off_frozen_snap,
-        "LockedTable._lk": _off_locked_lk,
-        "LockedTable._tab": _off_locked_tab,
-        "OwnerTable._eng": _off_owner_eng,
-        "OwnerTable._storage": _off_owner_storage,
-        "OwnerTable._protected": _off_owner_protected,
-    }
