@@ -534,8 +534,8 @@ def test_a_calibration_slowed_by_a_stall_is_redone_once():
 def test_threads_scenario_times_the_readers_not_the_main_thread(monkeypatch):
     # The main thread passing the start barrier may be scheduled late, with
     # the readers already running: a clock it starts then misses their
-    # first part (the old _run_threads timed a 2-thread round that had used
-    # 3.98 CPUs on 2). Here the main thread is held 0.3 s after the barrier
+    # first part (bench_threads, timed that way, once measured a 2-thread
+    # round at 3.98 CPUs on 2). Here the main thread is held 0.3 s after the barrier
     # while the readers run about 0.2 s: the figure must be theirs.
     import threading
 

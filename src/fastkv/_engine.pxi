@@ -932,14 +932,18 @@ cdef inline void _free_arrays(void* indices, char* entries) noexcept:
         PyMem_Free(entries)
 
 
-cdef inline size_t _free_slot(const Table* t, Py_hash_t hash) noexcept nogil:
-    """First index slot on hash's probe sequence that holds no entry."""
+cdef inline size_t _free_slot(const Table* t, Py_hash_t hash, Py_ssize_t* held) noexcept nogil:
+    """First index slot on hash's probe sequence that holds no entry; what it
+    holds (IX_EMPTY or IX_DUMMY) in *held."""
     cdef size_t mask = t.mask
     cdef size_t perturb = <size_t>hash
     cdef size_t i = <size_t>hash & mask
-    while _ix_get(t, i) >= 0:
+    cdef Py_ssize_t cur = _ix_get(t, i)
+    while cur >= 0:
         perturb >>= 5
         i = (i * 5 + perturb + 1) & mask
+        cur = _ix_get(t, i)
+    held[0] = cur
     return i
 
 
@@ -1295,24 +1299,16 @@ cdef inline Py_ssize_t table_size_hint(Py_ssize_t hint, Py_ssize_t extra) noexce
 
 
 cdef int table_append(Table* t, PyObject* key, Py_hash_t hash, PyObject* value) except -1:
-    cdef Py_ssize_t j, cur
-    cdef size_t i, mask, perturb
+    cdef Py_ssize_t j, held
+    cdef size_t i
     cdef Entry* ep
     if t.unicode and not (_is_str(key) and FASTKV_STR_HASH(key) == hash):
         _rebuild(t, t.capacity if t.used < t.capacity else _grow_capacity(t.used), False)
     elif t.usable <= 0:
         _rebuild(t, _grow_capacity(t.used), t.unicode)
     j = t.nentries
-    # _free_slot, keeping what the slot held
-    mask = t.mask
-    perturb = <size_t>hash
-    i = <size_t>hash & mask
-    cur = _ix_get(t, i)
-    while cur >= 0:
-        perturb >>= 5
-        i = (i * 5 + perturb + 1) & mask
-        cur = _ix_get(t, i)
-    if cur == IX_EMPTY:
+    i = _free_slot(t, hash, &held)
+    if held == IX_EMPTY:
         t.filled += 1           # (a dummy slot taken over stays counted)
     _ix_put(t, i, j, hash)
     if t.intexact and not _int_hash_exact(key, hash):

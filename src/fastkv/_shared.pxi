@@ -77,7 +77,6 @@ from cpython.ref cimport Py_XDECREF, Py_INCREF
 
 import pickle as _pickle
 import types as _types
-import weakref as _weakref
 from fastkv import _shm
 
 cdef extern from "_shared.h":
@@ -849,21 +848,6 @@ cdef class _SharedIter:
 # -- the table ------------------------------------------------------------------------
 
 
-cdef object _SH_OPEN_SEGMENTS = _weakref.WeakSet()
-
-
-def _sh_close_all_at_exit():
-    for seg in list(_SH_OPEN_SEGMENTS):
-        try:
-            seg.close()
-        except Exception:
-            pass
-
-
-import atexit as _atexit
-_atexit.register(_sh_close_all_at_exit)
-
-
 @cython.final
 @cython.auto_pickle(False)
 cdef class SharedTable:
@@ -1340,7 +1324,6 @@ cdef SharedTable _sh_attach(object seg, bint allow_pickle, bint verify, Py_ssize
     except BaseException:
         t.close()
         raise
-    _SH_OPEN_SEGMENTS.add(seg)
     return t
 
 

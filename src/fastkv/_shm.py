@@ -47,6 +47,7 @@ while mapped); its next read sees G+1 and it remaps. A reader that finds the
 file of a generation gone re-reads the counter (a newer one was published).
 """
 
+import atexit
 import errno
 import fcntl
 import mmap
@@ -518,7 +519,9 @@ def _after_fork_in_child():
                 pass
 
 
-def _close_all_segments(*_):
+def _close_all_segments():
+    """Close every segment this process still has open (closed ones are a
+    no-op): at exit, for the compiled table and its reference twin alike."""
     for seg in list(_SEGMENTS):
         try:
             seg.close()
@@ -558,6 +561,7 @@ def _after_fork_in_child_mp():
     _exit_close_armed = True    # inherited: the registry entry is too
 
 
+atexit.register(_close_all_segments)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
     os.register_at_fork(after_in_child=_after_fork_in_child_mp)

@@ -1642,7 +1642,6 @@ MutableMapping.register(OwnerTable)
 import mmap as _mmap
 import pickle as _pickle
 import struct as _struct
-import weakref as _weakref
 
 from fastkv import _shm
 
@@ -1990,18 +1989,6 @@ def _sh_fletcher(a, b, data):
 _SH_CODEC = types.SimpleNamespace(
     hash=_sh_hash, checksum=_sh_checksum, lookup=_sh_lookup,
     rebuild_slots=_sh_rebuild_slots, compact=_sh_compact, fletcher=_sh_fletcher)
-
-_SH_OPEN_SEGMENTS = _weakref.WeakSet()
-
-
-@atexit.register
-def _sh_close_all_at_exit():
-    for seg in list(_SH_OPEN_SEGMENTS):
-        try:
-            seg.close()
-        except Exception:
-            pass
-
 
 def _sh_changes(data, kwargs, allow_pickle):
     out = {}
@@ -2373,7 +2360,6 @@ def _sh_attach(cls, seg, allow_pickle, verify, cache_size):
     except BaseException:
         t.close()
         raise
-    _SH_OPEN_SEGMENTS.add(seg)
     return t
 
 
