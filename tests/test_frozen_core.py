@@ -347,6 +347,42 @@ def test_str_subclass_and_int_keys_use_dict_semantics(impl):
     assert t2.get(float(2**100)) == "big"
 
 
+@pytest.mark.parametrize("ch", ["a", "\xe9", "\u03a9", "\U0001d11e"], ids=["ascii", "latin1", "ucs2", "ucs4"])
+def test_engine_str_compare_at_every_length_and_position(ch):
+    # fastkv_str_eq: compact ASCII keys of up to 16 bytes compare with two
+    # overlapping 8-byte (8-16) or 4-byte (4-7) loads a side, or byte by byte
+    # (0-3); longer ones and every other kind by memcmp. Each length from 0
+    # to 40 and each position: equal copies are equal, one changed character
+    # (or one more, or one less) is not; kinds never mix.
+    from fastkv import _core
+
+    for n in range(41):
+        s = "".join(chr(ord(ch) + i % 5) for i in range(n))
+        assert _core._str_equal(s, (s + ".")[:-1])
+        assert not _core._str_equal(s, s + ch) and not _core._str_equal(s + ch, s)
+        for i in range(n):
+            changed = s[:i] + chr(ord(s[i]) + 8) + s[i + 1:]
+            assert len(changed) == n and not _core._str_equal(s, changed)
+            assert not _core._str_equal(changed, s)
+        if n and ch != "a":
+            ascii_same_length = "b" * n
+            assert not _core._str_equal(s, ascii_same_length)
+    # a one-byte difference at each end of a 16-byte key, in the 8-byte halves
+    assert not _core._str_equal("a" * 15 + "b", "a" * 16)
+    assert not _core._str_equal("b" + "a" * 15, "a" * 16)
+    with pytest.raises(TypeError):
+        _core._str_equal(type("S", (str,), {})("x"), "x")
+
+
+def test_str_keys_of_every_length_found_by_equal_copies(impl):
+    keys = {"".join(chr(ord(c) + i % 5) for i in range(n)): n for n in range(41) for c in "a\xe9\u03a9"}
+    t = impl.LockedTable(keys)
+    f = impl.FrozenTable(keys)
+    for k, n in keys.items():
+        probe = (k + ".")[:-1]
+        assert t[probe] == n and f[probe] == n and f.get(probe + "\x00", -1) == -1
+
+
 def test_many_collisions(impl):
     keys = [Key(f"k{i}", h=42) for i in range(200)] + [f"s{i}" for i in range(200)]
     t = impl.FrozenTable({k: i for i, k in enumerate(keys)})

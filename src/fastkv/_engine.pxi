@@ -992,16 +992,32 @@ cdef void _build_index(Table* t) noexcept nogil:
 
 # --- equality without Python -------------------------------------------------
 
-cdef inline bint _str_eq(PyObject* a, PyObject* b) noexcept:
-    """Two exact, hashed (so ready) str objects: equal contents?"""
-    cdef Py_ssize_t n = _str_len(a)
-    cdef int kind
-    if n != _str_len(b):
-        return False
-    kind = _str_kind(a)
-    if kind != _str_kind(b):
-        return False
-    return memcmp(_str_data(a), _str_data(b), <size_t>n * kind) == 0
+cdef extern from *:
+    """
+    #include "_shared.h"   /* fk_sh_eq_short: n <= 16 bytes, no call */
+    /* Two exact, ready str objects: equal contents? Compact ASCII strs (most
+       keys) have their bytes right after the header; up to 16 of them are
+       compared with two overlapping loads a side (byte order does not matter
+       to an equality), more by memcmp. */
+    static inline int fastkv_str_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        int kind;
+        if (n != PyUnicode_GET_LENGTH(b))
+            return 0;
+        if (PyUnicode_IS_COMPACT_ASCII(a) && PyUnicode_IS_COMPACT_ASCII(b)) {
+            const unsigned char *x = (const unsigned char *)((PyASCIIObject *)a + 1);
+            const unsigned char *y = (const unsigned char *)((PyASCIIObject *)b + 1);
+            if (n <= 16)
+                return fk_sh_eq_short(x, y, (size_t)n);
+            return memcmp(x, y, (size_t)n) == 0;
+        }
+        kind = PyUnicode_KIND(a);
+        if (kind != PyUnicode_KIND(b))
+            return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * kind) == 0;
+    }
+    """
+    bint _str_eq "fastkv_str_eq"(PyObject* a, PyObject* b) noexcept
 
 
 cdef inline bint _int_eq(PyObject* a, PyObject* b) noexcept:
@@ -1134,8 +1150,10 @@ cdef Py_ssize_t _lookup_int(const Table* t, PyObject* key, Py_hash_t hash) noexc
     cdef PyObject* k
     # Every stored key a hash-exact int (t.intexact) and so is this one: an
     # equal hash is an equal key, and the stored key object is never read
-    # (one cache miss less than dict's compare on a large table).
-    cdef bint exact = t.intexact and fastkv_int_hash_exact(key, hash)
+    # (one cache miss less than dict's compare on a large table). Asked only
+    # at an equal hash: an absent key (an insert, a miss) never decodes its
+    # digits here.
+    cdef int exact = -1
     while True:
         ix = _ix_get(t, i)
         if ix >= 0:
@@ -1146,6 +1164,8 @@ cdef Py_ssize_t _lookup_int(const Table* t, PyObject* key, Py_hash_t hash) noexc
                 if k == key:
                     return ix
                 if ep.hash == hash:
+                    if exact < 0:
+                        exact = t.intexact and fastkv_int_hash_exact(key, hash)
                     if exact:
                         return ix
                     if _is_int(k):
@@ -1796,6 +1816,16 @@ cdef int table_traverse(const Table* t, visitproc visit, void* arg) noexcept:
 # --- a thin wrapper, for the engine's own tests only ---------------------------
 
 cdef object _NO_KEY = object()
+
+
+def _str_equal(str a, str b):
+    """The engine's str compare (fastkv_str_eq) on two exact strs, for tests
+    (tests/test_frozen_core.py): a look-up reaches it only at an equal hash and
+    tag, so its "not equal" answers cannot be driven through a table. Not
+    public API."""
+    if type(a) is not str or type(b) is not str:
+        raise TypeError("_str_equal takes two exact str")
+    return _str_eq(<PyObject*>a, <PyObject*>b)
 
 
 @cython.final
