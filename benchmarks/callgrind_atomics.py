@@ -33,6 +33,10 @@ and the value held twice) and 5.97 (get: the table in a typed local), 3.97
 for both since. FrozenTable: t[k] 9.92 (the same sentinel, and the value
 held twice), get 5.95. A shared dict: t[k] 9.02, d.get(k) 25.85 (a critical
 section, a PyMutex that parks: a dict created by another thread, 3.13t).
+On 3.14.7t (same command, python3.14t, 20,000 str keys): every table's t[k]
+and get 2.00 rmw and 1.00 fence per read, the value's incref (the read) and
+decref (the interpreter); the table itself is borrowed from the frame
+(LOAD_FAST_BORROW), its refcount untouched. A shared dict: 7.07 and 7.03.
 On a GIL build the same loops execute no atomic at all.
 Needs valgrind and objdump; x86-64 only.
 """

@@ -614,9 +614,6 @@ cdef extern from "Python.h":
     void _decref "Py_DECREF"(PyObject* o)
     bint _is_str "PyUnicode_CheckExact"(PyObject* o) noexcept
     bint _is_int "PyLong_CheckExact"(PyObject* o) noexcept
-    Py_ssize_t _str_len "PyUnicode_GET_LENGTH"(PyObject* o) noexcept
-    int _str_kind "PyUnicode_KIND"(PyObject* o) noexcept
-    void* _str_data "PyUnicode_DATA"(PyObject* o) noexcept
     long long _int_as_ll "PyLong_AsLongLongAndOverflow"(PyObject* o, int* overflow) noexcept
     int _richcompare_bool "PyObject_RichCompareBool"(PyObject* a, PyObject* b, int op) noexcept
     Py_hash_t _object_hash "PyObject_Hash"(PyObject* o) except? -1
